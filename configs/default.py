@@ -1,0 +1,114 @@
+"""Reference recipe: the dual-branch CNN-LSTM with the published hyperparameters.
+
+Every number the model, data pipeline or schedule uses lives here, so a run is
+fully described by this file plus its ``--config.x.y=value`` overrides (which
+are saved to ``WORKDIR/config.json``).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # --- Where songs come from and how they are split (by song, never by segment).
+  config.data = ml_collections.ConfigDict()
+  config.data.source = 'synthetic'  # synthetic | gtzan | folder | manifest
+  config.data.root = ''  # dataset root (gtzan, folder)
+  config.data.manifest = ''  # CSV path,label[,split][,group] (manifest)
+  config.data.cache_dir = ''  # '' -> WORKDIR/cache
+  # stratified | kfold | manifest | gtzan_fault_filtered | gtzan_stratified
+  # | gtzan_artist_3fold | segment_random (leaky, for comparison only)
+  config.data.split = 'stratified'
+  config.data.validation_fraction = 0.2
+  config.data.test_fraction = 0.1
+  config.data.num_folds = 5  # kfold / gtzan_artist_3fold (3 folds)
+  config.data.fold = 0
+  config.data.worker_count = 0  # grain worker processes (0: in the main process)
+  config.data.cache_workers = 2  # processes decoding audio while building the cache
+  config.data.max_bad_fraction = 0.1  # fail when more files than this are unreadable
+  config.data.min_song_seconds = 1.0  # shorter songs are skipped; longer are padded to one segment
+  config.data.skip_silent = True  # songs whose every segment is silent are skipped
+  # Built-in synthetic genre set (source='synthetic').
+  config.data.synthetic = ml_collections.ConfigDict()
+  config.data.synthetic.songs_per_genre = 100
+  config.data.synthetic.song_seconds = 30.0
+  config.data.synthetic.num_genres = 10
+
+  # --- Audio decoding and segmentation.
+  config.audio = ml_collections.ConfigDict()
+  config.audio.sample_rate = 22050
+  config.audio.segment_seconds = 3.0
+  config.audio.segment_hop_seconds = 3.0  # = segment_seconds: ten 3 s segments per 30 s song
+
+  # --- Log-mel front end (librosa conventions).
+  config.features = ml_collections.ConfigDict()
+  config.features.where = 'device'  # device: computed in the compiled step | host: librosa, cached
+  config.features.n_fft = 2048
+  config.features.hop_length = 512
+  config.features.n_mels = 128
+  config.features.fmin = 0.0
+  config.features.fmax = 0.0  # 0 -> sample_rate / 2
+  config.features.mel_norm = 'slaney'  # slaney | none
+  config.features.htk = False
+  config.features.top_db = 80.0  # <= 0 disables clipping
+  config.features.amin = 1e-10
+  config.features.normalize = False  # per-band standardisation, stats from the training split
+
+  # --- On-device augmentation (training only; all off, as the reference found best).
+  config.augment = ml_collections.ConfigDict()
+  config.augment.noise_snr_db = 0.0  # > 0: add white noise at this SNR
+  config.augment.noise_prob = 0.5
+  config.augment.time_shift_seconds = 0.0  # > 0: random circular shift up to this much
+  config.augment.time_masks = 0  # SpecAugment masks
+  config.augment.time_mask_frames = 10
+  config.augment.freq_masks = 0
+  config.augment.freq_mask_bins = 8
+  config.augment.mixup_alpha = 0.0  # > 0: mixup with Beta(alpha, alpha)
+
+  # --- Model.
+  config.model = ml_collections.ConfigDict()
+  config.model.conv_features = 32
+  config.model.num_blocks = 2
+  config.model.branch_a_kernel = (5, 5)
+  config.model.branch_a_pool = (4, 4)
+  config.model.branch_b_kernel = (3, 3)
+  config.model.branch_b_pool = (2, 2)
+  config.model.lstm_sizes = (128, 32)
+  config.model.dropout = 0.2
+  config.model.leaky_slope = 0.3
+  config.model.batchnorm_momentum = 0.99
+  config.model.dtype = 'float32'  # float32 | bfloat16 (CNN compute dtype)
+
+  # --- Optimisation.
+  config.batch_size = 32  # global, over all devices and hosts
+  config.eval_batch_size = 64
+  config.num_epochs = 50
+  config.optim = ml_collections.ConfigDict()
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.eps = 1e-7
+  config.optim.l2 = 1e-4  # coupled L2 on kernels (= 0.5 * l2 * |W|^2 ... added to the loss gradient)
+
+  # Multi-stage learning rate, in epochs (1-based: the first stage covers epochs
+  # 1..stage_ends[0]). A stage is linear from its start to its end value, so
+  # equal values make it constant. Past the last stage the last value holds.
+  config.schedule = ml_collections.ConfigDict()
+  config.schedule.stage_ends = (5, 41, 46, 50)
+  config.schedule.stage_start_lrs = (5e-5, 5.55e-4, 2e-4, 2e-4)
+  config.schedule.stage_end_lrs = (5.55e-4, 5.55e-4, 2e-4, 5e-5)
+
+  # --- Checkpoints, logging.
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.max_to_keep = 3
+  config.checkpoint.every_epochs = 1
+  config.log_every_steps = 10
+  config.progress_bar = True
+  config.eval_every_epochs = 1
+
+  # --- Test hooks (never set in real runs).
+  config.debug = ml_collections.ConfigDict()
+  config.debug.nan_at_step = -1  # inject a NaN loss at this step to exercise the guard
+  config.debug.max_steps = -1  # stop after this many steps (tests)
+  return config

@@ -1,0 +1,384 @@
+"""The train loop's data API: cached, split segment sets and grain loaders.
+
+``load_dataset`` runs discover -> cache -> split and returns one ``SegmentSet``
+per split (memory-mapped rows of whole songs). ``create_train_loader`` wraps a
+set in an infinite, per-epoch reshuffled, per-process sharded
+``grain.DataLoader`` whose iterator state is checkpointable; ``eval_batches``
+walks a set once, in order, padding the last batch with a mask.
+
+Checkpointing the loader: pass ``checkpoint_save_args(iterator)`` /
+``checkpoint_restore_args(iterator)`` (grain's Orbax handlers) as one item of
+``ocp.args.Composite``; or store ``iterator.get_state()`` bytes yourself and
+call ``iterator.set_state(bytes)`` on a fresh ``iter(loader)``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import os
+import sys
+import uuid
+import zlib
+from typing import Any, Iterator
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from melgenre_jax import cache as cache_lib
+from melgenre_jax import sources
+from melgenre_jax import splits as splits_lib
+from melgenre_jax.songs import Song
+
+
+@dataclasses.dataclass
+class SegmentSet:
+  """One split of the cached dataset: segments of whole songs."""
+  inputs: np.ndarray  # memmap [N, segment_samples] or [N, frames, n_mels]
+  labels: np.ndarray  # [N] int32 genre index
+  song_index: np.ndarray  # [N] int32 index into ``songs``
+  songs: list[Song]  # songs of this split
+
+  def __len__(self) -> int:
+    return int(self.labels.shape[0])
+
+
+@dataclasses.dataclass
+class Dataset:
+  genres: list[str]
+  train: SegmentSet
+  validation: SegmentSet
+  test: SegmentSet | None
+  summary: dict[str, Any]
+
+
+# ------------------------------------------------------------ load_dataset
+
+
+def _check_quality(summary: dict[str, Any], genres: list[str],
+                   config: ml_collections.ConfigDict, summary_path: str):
+  """Fails on an empty genre or too many unusable files, naming the causes."""
+  per_genre = summary['per_genre']
+  bad_by_genre = collections.defaultdict(list)
+  for b in summary['bad_files']:
+    bad_by_genre[b['genre']].append(b)
+  for g in genres:
+    stats = per_genre.get(g, {'songs': 0, 'good': 0, 'bad': 0})
+    if stats['good'] == 0:
+      if stats['songs'] == 0:
+        detail = 'no song files were found for it'
+      else:
+        reasons = '; '.join(f"{os.path.basename(b['path'] or b['key'])}: "
+                            f"{b['reason']}" for b in bad_by_genre[g][:3])
+        detail = (f"all {stats['songs']} file(s) are unusable (e.g. "
+                  f'{reasons})')
+      raise ValueError(
+          f'genre {g!r} has no usable songs: {detail}. Add readable songs for '
+          f'it or remove it from the dataset (source={config.data.source!r}, '
+          f'root={config.data.root!r}); details in {summary_path}')
+  n, bad = summary['num_songs'], summary['num_bad']
+  if n and bad / n > config.data.max_bad_fraction:
+    reasons = '; '.join(f"{b['key']}: {b['reason']}"
+                        for b in summary['bad_files'][:5])
+    raise ValueError(
+        f'{bad} of {n} files ({100 * bad / n:.1f}%) could not be used, more '
+        f'than config.data.max_bad_fraction={config.data.max_bad_fraction}. '
+        f'First reasons: {reasons}. Fix the files, or raise '
+        f'--config.data.max_bad_fraction; full list in {summary_path}')
+
+
+def _segment_set(c: cache_lib.Cache, song_ids: np.ndarray,
+                 genre_index: dict[str, int]) -> SegmentSet:
+  """Rows of cache songs ``song_ids`` (ascending) as a SegmentSet."""
+  song_ids = np.sort(np.asarray(song_ids, np.int64))
+  counts = c.num_rows[song_ids]
+  rows = (np.concatenate([np.arange(c.first_row[i], c.first_row[i] + n)
+                          for i, n in zip(song_ids, counts)])
+          if len(song_ids) else np.zeros(0, np.int64))
+  songs = [c.songs[i] for i in song_ids]
+  local = np.repeat(np.arange(len(song_ids), dtype=np.int32), counts)
+  labels = np.repeat(np.array([genre_index[s.genre] for s in songs],
+                              np.int32), counts)
+  return SegmentSet(inputs=cache_lib.materialize_rows(c, rows),
+                    labels=labels.astype(np.int32), song_index=local,
+                    songs=songs)
+
+
+def _segment_rows_set(c: cache_lib.Cache, rows: np.ndarray,
+                      genre_index: dict[str, int]) -> SegmentSet:
+  """segment_random: arbitrary rows; ``songs`` is every cached song."""
+  rows = np.sort(np.asarray(rows, np.int64))
+  song_labels = np.array([genre_index[s.genre] for s in c.songs], np.int32)
+  return SegmentSet(inputs=cache_lib.materialize_rows(c, rows),
+                    labels=song_labels[c.song_index[rows]],
+                    song_index=c.song_index[rows].astype(np.int32),
+                    songs=list(c.songs))
+
+
+def _set_summary(s: SegmentSet | None, genres: list[str]) -> dict[str, Any]:
+  if s is None:
+    return {'songs': 0, 'segments': 0}
+  songs_per = collections.Counter(song.genre for song in s.songs)
+  segs_per = np.bincount(s.labels, minlength=len(genres))
+  return {
+      'songs': len(s.songs), 'segments': len(s),
+      'per_genre': {g: {'songs': songs_per.get(g, 0),
+                        'segments': int(segs_per[i])}
+                    for i, g in enumerate(genres)},
+  }
+
+
+def _write_summary(path: str, summary: dict[str, Any]):
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(summary, f, indent=1, ensure_ascii=False, default=str)
+  os.replace(tmp, path)
+
+
+def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
+  """Discovers songs, builds/reuses the cache, splits by song; logs a summary.
+
+  Also writes the summary (bad files with reasons, counts per split and
+  genre) to ``WORKDIR/data_summary.json``.
+  """
+  songs = sources.discover_songs(config)
+  genres = sources.genre_names(config, songs)
+  genre_index = {g: i for i, g in enumerate(genres)}
+  cache_dir = config.data.cache_dir or os.path.join(workdir, 'cache')
+  c = cache_lib.build_or_load(config, songs, cache_dir,
+                              progress=bool(config.get('progress_bar', True)))
+  summary_path = os.path.join(workdir, 'data_summary.json')
+  summary: dict[str, Any] = {
+      'source': config.data.source, 'root': config.data.root,
+      'manifest': config.data.manifest, 'cache': c.path,
+      'cache_reused': c.reused, 'genres': genres,
+      **{k: v for k, v in c.summary.items() if k != 'fingerprint'},
+  }
+  try:
+    _check_quality(c.summary, genres, config, summary_path)
+    split = splits_lib.split_songs(c.songs, config)
+  except ValueError as e:
+    summary['error'] = str(e)
+    _write_summary(summary_path, summary)
+    raise
+
+  if split.leaky:
+    song_labels = np.array([genre_index[s.genre] for s in c.songs], np.int32)
+    tr, va, te = splits_lib.split_segments_randomly(
+        song_labels[c.song_index], config.data.validation_fraction,
+        config.data.test_fraction, config.seed)
+    train = _segment_rows_set(c, tr, genre_index)
+    validation = _segment_rows_set(c, va, genre_index)
+    test = _segment_rows_set(c, te, genre_index) if len(te) else None
+  else:
+    pos = {s.key: i for i, s in enumerate(c.songs)}
+    ids = {name: np.array([pos[s.key] for s in side], np.int64)
+           for name, side in split.as_dict().items()}
+    train = _segment_set(c, ids['train'], genre_index)
+    validation = _segment_set(c, ids['validation'], genre_index)
+    test = (_segment_set(c, ids['test'], genre_index) if len(ids['test'])
+            else None)
+
+  summary['split'] = {
+      'name': config.data.split, 'seed': config.seed, 'leaky': split.leaky,
+      **{k: v for k, v in split.info.items() if k != 'name'},
+      'train': _set_summary(train, genres),
+      'validation': _set_summary(validation, genres),
+      'test': _set_summary(test, genres),
+  }
+  for name, s in (('train', train), ('validation', validation), ('test', test)):
+    if s is not None and len(s):
+      empty = [g for g, v in summary['split'][name]['per_genre'].items()
+               if v['songs'] == 0]
+      if empty:
+        logging.warning('%s split has no songs of genre(s) %s', name, empty)
+  _write_summary(summary_path, summary)
+  logging.info(
+      'data: %s, %d genres, %d songs discovered, %d skipped as bad, cache %s '
+      '(%s); split %s%s: train %d songs/%d segments, validation %d/%d, test '
+      '%d/%d; summary in %s', config.data.source, len(genres), len(songs),
+      c.summary['num_bad'], c.path, 'reused' if c.reused else 'built',
+      config.data.split, ' (LEAKY)' if split.leaky else '',
+      len(train.songs), len(train), len(validation.songs), len(validation),
+      len(test.songs) if test else 0, len(test) if test else 0, summary_path)
+  return Dataset(genres=genres, train=train, validation=validation, test=test,
+                 summary=summary)
+
+
+# -------------------------------------------------------------- batching
+
+
+def steps_per_epoch(num_train_segments: int, global_batch_size: int) -> int:
+  """Full batches per epoch (the remainder of each epoch is dropped)."""
+  if global_batch_size <= 0:
+    raise ValueError(f'config.batch_size={global_batch_size} must be > 0')
+  steps = int(num_train_segments) // int(global_batch_size)
+  if steps < 1:
+    raise ValueError(
+        f'only {num_train_segments} training segments, fewer than one batch '
+        f'of config.batch_size={global_batch_size}: lower --config.batch_size '
+        'or add songs')
+  return steps
+
+
+class SegmentSource:
+  """grain random-access source over a SegmentSet's rows.
+
+  Memory-mapped inputs are reopened by file name in each process (pickling a
+  memmap would copy the whole split into every grain worker).
+  """
+
+  def __init__(self, segments: SegmentSet):
+    x = segments.inputs
+    self._filename = None
+    if isinstance(x, np.memmap) and x.filename:
+      try:
+        reopened = np.load(x.filename, mmap_mode='r')
+        if reopened.shape == x.shape and reopened.dtype == x.dtype:
+          self._filename = os.fspath(x.filename)
+      except (OSError, ValueError):
+        pass
+    self._array = None if self._filename else np.asarray(x)
+    self._inputs = None
+    self._labels = np.asarray(segments.labels, np.int32)
+    self._songs = np.asarray(segments.song_index, np.int32)
+    self._shape = tuple(x.shape)
+    crc = zlib.crc32(self._labels.tobytes())
+    crc = zlib.crc32(self._songs.tobytes(), crc)
+    self._repr = f'SegmentSource(shape={self._shape}, crc={crc:08x})'
+
+  def _rows(self) -> np.ndarray:
+    if self._inputs is None:
+      self._inputs = (np.load(self._filename, mmap_mode='r')
+                      if self._filename else self._array)
+    return self._inputs
+
+  def __len__(self) -> int:
+    return self._shape[0]
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {'inputs': np.array(self._rows()[index], dtype=np.float32),
+            'label': self._labels[index], 'song': self._songs[index]}
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state['_inputs'] = None
+    return state
+
+  def __repr__(self) -> str:
+    return self._repr
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch_permutation(num_records: int, seed: int, epoch: int) -> np.ndarray:
+  perm = np.random.default_rng([seed, epoch]).permutation(num_records)
+  perm.setflags(write=False)
+  return perm
+
+
+class EpochSampler:
+  """Infinite sampler: epoch ``e`` is a fresh permutation seeded by (seed, e).
+
+  Each epoch yields exactly ``steps * global_batch_size`` records (the
+  remainder is dropped), so with grain's index-interleaved sharding every
+  process sees ``steps`` full local batches per epoch and the processes'
+  records are disjoint.
+  """
+
+  def __init__(self, num_records: int, global_batch_size: int, seed: int):
+    self._num_records = int(num_records)
+    self._batch = int(global_batch_size)
+    self._seed = int(seed)
+    self._epoch_len = (steps_per_epoch(num_records, global_batch_size)
+                       * self._batch)
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __getitem__(self, index: int):
+    import grain  # pylint: disable=g-import-not-at-top
+    if index < 0:
+      raise IndexError(index)
+    epoch, pos = divmod(int(index), self._epoch_len)
+    key = int(_epoch_permutation(self._num_records, self._seed, epoch)[pos])
+    return grain.RecordMetadata(index=index, record_key=key, rng=None)
+
+  def __repr__(self) -> str:
+    return (f'EpochSampler(num_records={self._num_records}, '
+            f'global_batch_size={self._batch}, seed={self._seed})')
+
+
+def create_train_loader(segments: SegmentSet, *, global_batch_size: int,
+                        seed: int, worker_count: int, process_index: int = 0,
+                        process_count: int = 1):
+  """Infinite, per-epoch reshuffled, per-process sharded grain DataLoader.
+
+  Yields dict(inputs=[B_local, ...] float32, label=[B_local] int32,
+  song=[B_local] int32), ``B_local = global_batch_size // process_count``.
+  With ``worker_count == 0`` batch k of the stream is exactly step k of epoch
+  ``k // steps_per_epoch``; with workers, each worker batches its own share of
+  the stream, so batches may straddle an epoch boundary (every record of an
+  epoch is still used once).
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} must be in '
+                     f'0..process_count-1 (process_count={process_count})')
+  if global_batch_size % process_count:
+    raise ValueError(
+        f'config.batch_size={global_batch_size} must be divisible by the '
+        f'number of processes ({process_count})')
+  if worker_count < 0:
+    raise ValueError(f'config.data.worker_count={worker_count} must be >= 0')
+  local_batch = global_batch_size // process_count
+  sampler = EpochSampler(len(segments), global_batch_size, seed)
+  return grain.DataLoader(
+      data_source=SegmentSource(segments),
+      sampler=sampler,
+      operations=[grain.transforms.Batch(batch_size=local_batch,
+                                         drop_remainder=True)],
+      worker_count=worker_count,
+      shard_options=grain.sharding.ShardOptions(
+          shard_index=process_index, shard_count=process_count,
+          drop_remainder=True),
+      read_options=grain.ReadOptions(num_threads=4,
+                                     prefetch_buffer_size=max(16,
+                                                              2 * local_batch)),
+  )
+
+
+def checkpoint_save_args(iterator):
+  """Orbax args saving a grain iterator (one item of ocp.args.Composite)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  return grain.checkpoint.CheckpointSave(iterator)
+
+
+def checkpoint_restore_args(iterator):
+  """Orbax args restoring into ``iterator`` (a fresh iter(loader)) in place."""
+  import grain  # pylint: disable=g-import-not-at-top
+  return grain.checkpoint.CheckpointRestore(iterator)
+
+
+def eval_batches(segments: SegmentSet,
+                 batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """Every segment once, in order; the last batch padded, mask False there."""
+  if batch_size <= 0:
+    raise ValueError(f'eval batch_size={batch_size} must be > 0')
+  n = len(segments)
+  row_shape = tuple(segments.inputs.shape[1:])
+  for start in range(0, n, batch_size):
+    end = min(n, start + batch_size)
+    k = end - start
+    inputs = np.zeros((batch_size, *row_shape), np.float32)
+    inputs[:k] = segments.inputs[start:end]
+    label = np.zeros(batch_size, np.int32)
+    label[:k] = segments.labels[start:end]
+    song = np.zeros(batch_size, np.int32)
+    song[:k] = segments.song_index[start:end]
+    mask = np.zeros(batch_size, bool)
+    mask[:k] = True
+    yield {'inputs': inputs, 'label': label, 'song': song, 'mask': mask}

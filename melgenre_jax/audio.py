@@ -9,6 +9,7 @@ import and this runs in every cache worker).
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -32,10 +33,19 @@ class AudioError(ValueError):
     return (AudioError, (self.path, self.reason))
 
 
+def _import_audioread():
+  # Its raw backend imports aifc/audioop/sunau, deprecated in Python 3.11+.
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', DeprecationWarning)
+    import audioread  # pylint: disable=g-import-not-at-top
+    import audioread.rawread  # pylint: disable=g-import-not-at-top,unused-import
+  return audioread
+
+
 def _audioread_can_decode_compressed() -> bool:
   """True when audioread has a real codec backend (not just the raw wav/au one)."""
   try:
-    import audioread  # pylint: disable=g-import-not-at-top
+    audioread = _import_audioread()
     backends = audioread.available_backends()
   except Exception:  # pylint: disable=broad-except
     return False
@@ -64,7 +74,7 @@ def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
 
 
 def _read_audioread(path: str) -> tuple[np.ndarray, int]:
-  import audioread  # pylint: disable=g-import-not-at-top
+  audioread = _import_audioread()
   with audioread.audio_open(path) as f:
     sr, channels = int(f.samplerate), int(f.channels)
     raw = b''.join(bytes(buf) for buf in f)

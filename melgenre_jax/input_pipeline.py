@@ -24,6 +24,7 @@ import uuid
 import zlib
 from typing import Any, Iterator
 
+from absl import flags
 from absl import logging
 import ml_collections
 import numpy as np
@@ -335,6 +336,10 @@ def create_train_loader(segments: SegmentSet, *, global_batch_size: int,
   if worker_count < 0:
     raise ValueError(f'config.data.worker_count={worker_count} must be >= 0')
   local_batch = global_batch_size // process_count
+  if worker_count > 0 and not flags.FLAGS.is_parsed():
+    # grain reads its absl flags when starting workers; outside an absl app
+    # (tests, notebooks) nobody parsed them, so use their defaults.
+    flags.FLAGS.mark_as_parsed()
   sampler = EpochSampler(len(segments), global_batch_size, seed)
   return grain.DataLoader(
       data_source=SegmentSource(segments),

@@ -1,0 +1,134 @@
+"""Decoding, resampling, segmentation and silence detection (melgenre_jax.audio)."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from melgenre_jax import audio
+
+SR = 8000
+
+
+def _tone(seconds=1.0, sr=SR, freq=440.0, amp=0.5):
+  t = np.arange(int(round(seconds * sr))) / sr
+  return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _peak_hz(wave, sr):
+  spec = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
+  return np.fft.rfftfreq(len(wave), 1 / sr)[np.argmax(spec)]
+
+
+@pytest.mark.parametrize('ext,subtype,exact', [
+    ('wav', 'PCM_16', True), ('flac', 'PCM_16', True), ('au', 'PCM_16', True),
+    ('aiff', 'PCM_16', True), ('aif', 'PCM_16', True), ('ogg', 'VORBIS', False),
+    ('mp3', 'MPEG_LAYER_III', False)])
+def test_load_formats(tmp_path, ext, subtype, exact):
+  if ext == 'mp3' and 'MP3' not in sf.available_formats():
+    pytest.skip('this libsndfile cannot write mp3')
+  wave = _tone(1.0)
+  path = str(tmp_path / f'song.{ext}')
+  fmt = {'aif': 'AIFF', 'mp3': 'MP3'}.get(ext, ext.upper())
+  sf.write(path, wave, SR, format=fmt, subtype=subtype)
+  out = audio.load_audio(path, SR)
+  assert out.dtype == np.float32 and out.ndim == 1
+  if exact:
+    np.testing.assert_allclose(out, wave, atol=1e-3)
+  else:  # lossy: length within codec padding, same pitch
+    assert abs(len(out) - len(wave)) < 0.1 * SR
+    assert abs(_peak_hz(out, SR) - 440) < 10
+  assert os.path.splitext(path)[1] in audio.SUPPORTED_EXTENSIONS
+
+
+def test_supported_extensions_cover_required():
+  for ext in ('.wav', '.flac', '.ogg', '.mp3', '.au', '.aiff', '.aif'):
+    assert ext in audio.SUPPORTED_EXTENSIONS
+  assert audio.has_supported_extension('a/B.WAV')
+  assert not audio.has_supported_extension('notes.txt')
+
+
+def test_stereo_is_mixed_to_mono_and_resampled(tmp_path):
+  left, right = _tone(1.0, 16000, 440), _tone(1.0, 16000, 440, amp=0.1)
+  path = str(tmp_path / 'stereo.wav')
+  sf.write(path, np.stack([left, right], axis=1), 16000, subtype='FLOAT')
+  out = audio.load_audio(path, SR)
+  assert len(out) == SR
+  assert abs(_peak_hz(out, SR) - 440) < 5
+  rms = np.sqrt(np.mean(out[100:-100] ** 2))
+  np.testing.assert_allclose(rms, 0.3 / np.sqrt(2), rtol=0.02)
+
+
+def test_missing_empty_and_directory(tmp_path):
+  with pytest.raises(audio.AudioError, match='not found'):
+    audio.load_audio(str(tmp_path / 'nope.wav'), SR)
+  empty = tmp_path / 'empty.wav'
+  empty.write_bytes(b'')
+  with pytest.raises(audio.AudioError, match='empty file'):
+    audio.load_audio(str(empty), SR)
+  with pytest.raises(audio.AudioError, match='directory'):
+    audio.load_audio(str(tmp_path), SR)
+
+
+def test_non_audio_and_corrupt(tmp_path):
+  text = tmp_path / 'notes.wav'
+  text.write_text('this is not audio at all\n' * 20)
+  with pytest.raises(audio.AudioError, match='not a readable audio file'):
+    audio.load_audio(str(text), SR)
+  good = tmp_path / 'good.flac'
+  sf.write(str(good), _tone(1.0), SR)
+  corrupt = tmp_path / 'corrupt.flac'
+  corrupt.write_bytes(good.read_bytes()[:30])  # truncated inside the header
+  with pytest.raises(audio.AudioError) as e:
+    audio.load_audio(str(corrupt), SR)
+  assert e.value.path == str(corrupt)
+
+
+def test_zero_length_audio(tmp_path):
+  path = str(tmp_path / 'zero.wav')
+  sf.write(path, np.zeros(0, np.float32), SR)
+  assert os.path.getsize(path) > 0  # a valid header with no frames
+  with pytest.raises(audio.AudioError, match='zero-length'):
+    audio.load_audio(path, SR)
+
+
+def test_audio_error_is_value_error_and_pickles():
+  e = audio.AudioError('/x/a.wav', 'too short')
+  assert isinstance(e, ValueError)
+  e2 = pickle.loads(pickle.dumps(e))
+  assert (e2.path, e2.reason) == ('/x/a.wav', 'too short')
+  assert '/x/a.wav' in str(e2) and 'too short' in str(e2)
+
+
+def test_segment_counts_and_content():
+  wave = np.arange(2300, dtype=np.float32)
+  seg = audio.segment_audio(wave, 1000, 1000, 500)
+  assert seg.shape == (2, 1000)  # trailing 300 samples dropped
+  np.testing.assert_array_equal(seg[1], wave[1000:2000])
+  overlap = audio.segment_audio(wave, 1000, 500, 500)
+  assert overlap.shape == (3, 1000)
+  np.testing.assert_array_equal(overlap[2], wave[1000:2000])
+  exact = audio.segment_audio(np.ones(3000, np.float32), 1000, 1000, 500)
+  assert exact.shape == (3, 1000)
+
+
+def test_short_song_is_padded_and_too_short_raises():
+  padded = audio.segment_audio(np.ones(600, np.float32), 1000, 1000, 500)
+  assert padded.shape == (1, 1000)
+  assert padded[0, :600].min() == 1 and padded[0, 600:].max() == 0
+  with pytest.raises(audio.AudioError, match='too short'):
+    audio.segment_audio(np.ones(499, np.float32), 1000, 1000, 500,
+                        path='clip.wav')
+  with pytest.raises(audio.AudioError, match='too short'):
+    audio.segment_audio(np.zeros(0, np.float32), 1000, 1000, 0)
+
+
+def test_is_silent():
+  assert audio.is_silent(np.zeros(100, np.float32))
+  assert not audio.is_silent(_tone(0.1))
+  quiet = _tone(0.1, amp=10 ** (-70 / 20) * np.sqrt(2))  # -70 dBFS RMS
+  assert audio.is_silent(quiet)
+  assert not audio.is_silent(quiet, threshold_db=-80)
+  assert abs(audio.rms_db(quiet) + 70) < 0.1

@@ -1,0 +1,44 @@
+"""Command-line entry point: flags -> config -> the package.
+
+  python main.py --config configs/synthetic.py --workdir runs/synthetic
+  python main.py --config configs/gtzan.py --workdir runs/gtzan --config.data.root=/data/gtzan
+  python main.py --workdir runs/synthetic --mode eval
+  python main.py --workdir runs/synthetic --mode predict --audio song.mp3
+
+Any config field can be overridden with --config.some.field=value.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from melgenre_jax import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, plots and reports.')
+flags.DEFINE_enum('mode', 'train', cli.MODES, 'What to do with the workdir.')
+flags.DEFINE_integer('step', None, 'eval/predict/export: checkpoint step (default: the best).')
+flags.DEFINE_multi_string('audio', [], 'predict: audio files or folders to classify.')
+flags.DEFINE_enum('output', 'text', ['text', 'json'], 'predict: print text, or write JSON.')
+flags.DEFINE_integer('top_k', 3, 'predict: how many genres to show per song.')
+flags.DEFINE_bool('plot', False, 'predict: save a genre-over-time PNG per song.')
+flags.DEFINE_string('coordinator_address', '', 'Multi-host: host:port of process 0.')
+flags.DEFINE_integer('num_processes', 0, 'Multi-host: number of processes.')
+flags.DEFINE_integer('process_id', -1, 'Multi-host: index of this process.')
+config_flags.DEFINE_config_file(
+    'config', None, 'Config file (configs/*.py). Optional for eval/predict/export, '
+    'which read WORKDIR/config.json.', lock_config=True)
+flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.quiet_library_logs()
+  cli.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS)
+  logging.info('Done (%s).', FLAGS.mode)
+
+
+if __name__ == '__main__':
+  app.run(main)

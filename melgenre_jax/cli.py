@@ -1,0 +1,80 @@
+"""Mode dispatch for main.py, kept out of main.py so it stays a thin flag parser."""
+
+from __future__ import annotations
+
+import json
+import logging as std_logging
+import os
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from melgenre_jax import parallel
+
+MODES = ('train', 'eval', 'predict', 'export', 'tune')
+
+
+class _DropLibraryInfo(std_logging.Filter):
+  """Orbax logs every save at INFO; keep its warnings, drop the chatter."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    noisy = ('/orbax/', '/grain/', '/jax/_src/distributed')
+    return record.levelno >= std_logging.WARNING or not any(
+        n in record.pathname for n in noisy)
+
+
+def quiet_library_logs() -> None:
+  logging.get_absl_handler().addFilter(_DropLibraryInfo())
+  logging.set_verbosity(logging.INFO)
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (written by the train loop)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{path} not found: is {workdir!r} the --workdir of a training run? Train '
+        'first (python main.py --config configs/synthetic.py --workdir ...) or '
+        'point --workdir at an existing run.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def _tuples(d: Any) -> Any:
+  """JSON lists back to tuples, as the config files write them."""
+  if isinstance(d, dict):
+    return {k: _tuples(v) for k, v in d.items()}
+  if isinstance(d, list):
+    return tuple(_tuples(v) for v in d)
+  return d
+
+
+def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str,
+        flags: Any) -> Any:
+  """Runs one mode. Training needs --config; the others fall back to the workdir's."""
+  parallel.maybe_initialize_distributed(flags.coordinator_address,
+                                        flags.num_processes, flags.process_id)
+  if mode == 'train':
+    if config is None:
+      config = load_workdir_config(workdir)
+    from melgenre_jax import train  # pylint: disable=g-import-not-at-top
+    return train.train_and_evaluate(config, workdir)
+  if mode == 'tune':
+    if config is None:
+      raise ValueError('--mode=tune needs --config (with a config.tune search space).')
+    from melgenre_jax import tune  # pylint: disable=g-import-not-at-top
+    return tune.run_search(config, workdir)
+  config = config if config is not None else load_workdir_config(workdir)
+  if mode == 'eval':
+    from melgenre_jax import evaluate  # pylint: disable=g-import-not-at-top
+    return evaluate.evaluate_workdir(config, workdir, step=flags.step)
+  if mode == 'predict':
+    from melgenre_jax import predict  # pylint: disable=g-import-not-at-top
+    return predict.predict_paths(config, workdir, flags.audio, step=flags.step,
+                                 output=flags.output, top_k=flags.top_k,
+                                 plot=flags.plot)
+  if mode == 'export':
+    from melgenre_jax import export  # pylint: disable=g-import-not-at-top
+    return export.export_workdir(config, workdir, step=flags.step)
+  raise ValueError(f'--mode={mode!r}: allowed values are {", ".join(MODES)}.')

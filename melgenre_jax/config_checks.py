@@ -1,0 +1,167 @@
+"""Start-up checks of a configuration, before any data or compile work.
+
+A bad value found after ten minutes of caching and compiling wastes the user's
+time, so every field with a restricted range is checked here first, and each
+message names the field and what it accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from melgenre_jax import schedules
+
+SOURCES = ('synthetic', 'gtzan', 'folder', 'manifest')
+SPLITS = ('stratified', 'kfold', 'manifest', 'gtzan_fault_filtered',
+          'gtzan_stratified', 'gtzan_artist_3fold', 'segment_random')
+FEATURE_PLACES = ('device', 'host')
+DTYPES = ('float32', 'bfloat16')
+MEL_NORMS = ('slaney', 'none')
+
+# Fields that change the model's parameters or the meaning of its input: a
+# workdir trained with other values cannot be resumed or evaluated with these.
+ARCHITECTURE_FIELDS = ('model', 'audio', 'features', 'data.source')
+
+
+class ConfigError(ValueError):
+  """A configuration value is out of range; the message names the field."""
+
+
+def _require(ok: bool, field: str, value, allowed: str) -> None:
+  if not ok:
+    raise ConfigError(f'config.{field}={value!r} is invalid: {allowed}.')
+
+
+def _positive_int(config, field: str) -> None:
+  value = _get(config, field)
+  _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+           field, value, 'must be a positive integer')
+
+
+def _positive(config, field: str) -> None:
+  value = _get(config, field)
+  _require(isinstance(value, (int, float)) and value > 0, field, value,
+           'must be > 0')
+
+
+def _choice(config, field: str, choices) -> None:
+  value = _get(config, field)
+  _require(value in choices, field, value, f'allowed values are {", ".join(choices)}')
+
+
+def _get(config, field: str):
+  node = config
+  for part in field.split('.'):
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for the first out-of-range field."""
+  _choice(config, 'data.source', SOURCES)
+  _choice(config, 'data.split', SPLITS)
+  _choice(config, 'features.where', FEATURE_PLACES)
+  _choice(config, 'features.mel_norm', MEL_NORMS)
+  _choice(config, 'model.dtype', DTYPES)
+  if config.data.source in ('gtzan', 'folder'):
+    root = config.data.root
+    _require(bool(root), 'data.root', root,
+             f'data.source={config.data.source!r} needs the dataset folder: pass '
+             '--config.data.root=/path/to/dataset')
+    _require(os.path.isdir(root), 'data.root', root,
+             'that folder does not exist; check the path')
+  if config.data.source == 'manifest':
+    path = config.data.manifest
+    _require(bool(path) and os.path.isfile(path), 'data.manifest', path,
+             'data.source=manifest needs an existing CSV: pass '
+             '--config.data.manifest=/path/to/manifest.csv')
+  for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'audio.sample_rate',
+                'features.n_fft', 'features.hop_length', 'features.n_mels',
+                'model.conv_features', 'model.num_blocks', 'checkpoint.max_to_keep',
+                'checkpoint.every_epochs', 'log_every_steps', 'eval_every_epochs',
+                'data.synthetic.songs_per_genre'):
+    _positive_int(config, field)
+  for field in ('audio.segment_seconds', 'audio.segment_hop_seconds',
+                'data.synthetic.song_seconds', 'features.amin'):
+    _positive(config, field)
+  _require(0 <= config.model.dropout < 1, 'model.dropout', config.model.dropout,
+           'must be in [0, 1)')
+  _require(config.model.leaky_slope >= 0, 'model.leaky_slope',
+           config.model.leaky_slope, 'must be >= 0')
+  _require(0 < config.model.batchnorm_momentum < 1, 'model.batchnorm_momentum',
+           config.model.batchnorm_momentum, 'must be in (0, 1)')
+  _require(len(config.model.lstm_sizes) >= 1 and all(
+      isinstance(s, int) and s > 0 for s in config.model.lstm_sizes),
+           'model.lstm_sizes', config.model.lstm_sizes,
+           'must be one or more positive integers, e.g. (128, 32)')
+  for field in ('model.branch_a_kernel', 'model.branch_a_pool',
+                'model.branch_b_kernel', 'model.branch_b_pool'):
+    value = tuple(_get(config, field))
+    _require(len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value),
+             field, value, 'must be two positive integers (time, frequency)')
+  _require(0 <= config.data.validation_fraction < 1
+           and 0 <= config.data.test_fraction < 1
+           and config.data.validation_fraction + config.data.test_fraction < 1,
+           'data.validation_fraction', config.data.validation_fraction,
+           'validation_fraction and test_fraction must be in [0, 1) and sum to < 1')
+  _require(0 <= config.data.max_bad_fraction <= 1, 'data.max_bad_fraction',
+           config.data.max_bad_fraction, 'must be in [0, 1]')
+  _require(config.data.worker_count >= 0, 'data.worker_count',
+           config.data.worker_count, 'must be >= 0')
+  _require(config.optim.l2 >= 0, 'optim.l2', config.optim.l2, 'must be >= 0')
+  n_fft = config.features.n_fft
+  _require(config.features.hop_length <= n_fft, 'features.hop_length',
+           config.features.hop_length, f'must be <= features.n_fft ({n_fft})')
+  nyquist = config.audio.sample_rate / 2
+  _require(0 <= config.features.fmin < (config.features.fmax or nyquist) <= nyquist,
+           'features.fmin', config.features.fmin,
+           f'need 0 <= fmin < fmax <= sample_rate/2 ({nyquist:g} Hz; fmax 0 = Nyquist)')
+  segment = int(round(config.audio.segment_seconds * config.audio.sample_rate))
+  _require(segment >= n_fft, 'audio.segment_seconds', config.audio.segment_seconds,
+           f'a segment must hold at least one FFT window ({n_fft} samples)')
+  try:
+    schedules.check_schedule(config.schedule, config.num_epochs)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    key = f'{prefix}{k}'
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + '.'))
+    else:
+      out[key] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def architecture_differences(saved: dict, config: ml_collections.ConfigDict
+                             ) -> list[str]:
+  """Fields (dotted) under ARCHITECTURE_FIELDS whose values differ."""
+  now = _flatten(json.loads(config.to_json_best_effort()))
+  before = _flatten(saved)
+  diffs = []
+  for key in sorted(set(now) | set(before)):
+    if any(key == f or key.startswith(f + '.') for f in ARCHITECTURE_FIELDS):
+      if now.get(key) != before.get(key):
+        diffs.append(f'{key}: workdir has {before.get(key)!r}, config has {now.get(key)!r}')
+  return diffs
+
+
+def check_workdir_compatible(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume a workdir whose model/feature config differs from ``config``."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  diffs = architecture_differences(saved, config)
+  if diffs:
+    raise ConfigError(
+        f'{workdir} holds a run made with a different model/data config, so its '
+        'checkpoints cannot be resumed with this one:\n  ' + '\n  '.join(diffs) +
+        '\nUse a new --workdir, or pass the same values as the saved run.')

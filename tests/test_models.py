@@ -1,0 +1,82 @@
+"""The dual-branch CNN-LSTM: shapes, parameter count, pooling, modes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from melgenre_jax import models
+
+
+def _reference_model(num_classes=10):
+  return models.create_model(default.get_config().model, num_classes)
+
+
+def test_reference_output_shape_and_parameter_count():
+  model = _reference_model()
+  x = jnp.zeros((2, 130, 128))  # 3 s at 22.05 kHz, hop 512, 128 mels
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+  out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+  assert out.shape == (2, 10)
+  params = variables['params']
+  n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+  # Counted by hand: branch A convs 832 + 25632, BN 4*32 (+ stats), branch B
+  # convs 320 + 9248; LSTM A 4*(256*128 + 128*128 + 128) + 4*(128*32 + 32*32 + 32),
+  # LSTM B 4*(1024*128 + 128*128 + 128) + same 32-unit layer; head 64*10 + 10.
+  conv = (5 * 5 * 1 * 32 + 32) + (5 * 5 * 32 * 32 + 32) + (3 * 3 * 32 + 32) + (3 * 3 * 32 * 32 + 32)
+  bn = 4 * 2 * 32
+  lstm2 = 4 * (128 * 32 + 32 * 32 + 32)
+  lstm_a = 4 * (256 * 128 + 128 * 128 + 128) + lstm2
+  lstm_b = 4 * (1024 * 128 + 128 * 128 + 128) + lstm2
+  head = 64 * 10 + 10
+  assert n == conv + bn + lstm_a + lstm_b + head
+  # The LSTM input widths prove the branch sequences: A 8 mels x 32 ch, B 32 x 32.
+  assert params['branch_a']['LSTMStack_0']['OptimizedLSTMCell_0']['ii']['kernel'].shape == (256, 128)
+  assert params['branch_b']['LSTMStack_0']['OptimizedLSTMCell_0']['ii']['kernel'].shape == (1024, 128)
+
+
+def test_max_pool_matches_reduce_window():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 13, 10, 3))
+  ours = models.max_pool(x, (4, 2))
+  ref = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 4, 2, 1), (1, 4, 2, 1), 'VALID')
+  np.testing.assert_array_equal(ours, ref)
+
+
+def test_too_small_input_gives_clear_error():
+  model = _reference_model()
+  with pytest.raises(ValueError, match='too small'):
+    jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 10, 128)),
+                                      train=False))
+
+
+def _tiny_model(dropout=0.5):
+  return models.DualBranchCRNN(num_classes=4, conv_features=4, lstm_sizes=(8, 4),
+                               dropout=dropout)
+
+
+def test_train_mode_uses_dropout_and_updates_batch_stats():
+  model = _tiny_model()
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32))
+  # Always jit: eager flax with a scanned LSTM re-traces the scan every call.
+  v = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)
+  infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  np.testing.assert_array_equal(infer(v, x), infer(v, x))  # inference is deterministic
+  train = jax.jit(lambda v, x, k: model.apply(v, x, train=True, rngs={'dropout': k},
+                                              mutable=['batch_stats']))
+  out1, upd = train(v, x, jax.random.PRNGKey(1))
+  out2, _ = train(v, x, jax.random.PRNGKey(2))
+  assert not np.allclose(out1, out2)
+  before = jax.tree.leaves(v['batch_stats'])
+  after = jax.tree.leaves(upd['batch_stats'])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+def test_kernels_are_he_normal_scaled():
+  model = _reference_model()
+  params = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(
+      jnp.zeros((1, 130, 128)))['params']
+  k = np.asarray(params['branch_a']['ConvBlock_1']['Conv_0']['kernel'])
+  fan_in = 5 * 5 * 32
+  assert abs(k.std() - np.sqrt(2.0 / fan_in)) < 0.1 * np.sqrt(2.0 / fan_in)

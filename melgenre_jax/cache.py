@@ -443,28 +443,35 @@ def materialize_rows(cache: Cache, rows: np.ndarray) -> np.ndarray:
     return cache.inputs
   digest = hashlib.sha256(rows.tobytes()).hexdigest()[:20]
   views = os.path.join(cache.path, 'views')
-  os.makedirs(views, exist_ok=True)
   path = os.path.join(views, f'{digest}.npy')
-  if not os.path.exists(path):
-    tmp = f'{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}.npy'
+  try:
+    view = np.load(path, mmap_mode='r')
     try:
-      out = np.lib.format.open_memmap(
-          tmp, mode='w+', dtype=np.float32,
-          shape=(rows.shape[0], *cache.inputs.shape[1:]))
-      chunk = max(1, (64 << 20) // max(1, out[0:1].nbytes))  # ~64 MiB
-      for i in range(0, rows.shape[0], chunk):
-        out[i:i + chunk] = cache.inputs[rows[i:i + chunk]]
-      out.flush()
-      del out
-      os.replace(tmp, path)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-      raise
-    _prune_views(views)
-  else:
-    os.utime(path)
-  return np.load(path, mmap_mode='r')
+      os.utime(path)  # mark as recently used
+    except OSError:
+      pass
+    return view
+  except FileNotFoundError:
+    pass
+  os.makedirs(views, exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}.npy'
+  try:
+    out = np.lib.format.open_memmap(
+        tmp, mode='w+', dtype=np.float32,
+        shape=(rows.shape[0], *cache.inputs.shape[1:]))
+    chunk = max(1, (64 << 20) // max(1, out[0:1].nbytes))  # ~64 MiB
+    for i in range(0, rows.shape[0], chunk):
+      out[i:i + chunk] = cache.inputs[rows[i:i + chunk]]
+    out.flush()
+    del out
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  view = np.load(path, mmap_mode='r')
+  _prune_views(views)
+  return view
 
 
 def _prune_views(views: str):

@@ -240,7 +240,7 @@ def test_resume_through_orbax_checkpoint(tmp_path):
   assert _take(fresh, 4) == expected
 
 
-def test_process_shards_are_disjoint():
+def test_process_shards_are_disjoint_parts_of_each_global_batch():
   toy = _toy()
   single = _take(iter(ip.create_train_loader(toy, global_batch_size=8,
                                              seed=1, worker_count=0)), 6)
@@ -252,9 +252,11 @@ def test_process_shards_are_disjoint():
     it = iter(loader)
     batch = next(it)
     assert batch['inputs'].shape == (4, 3)
-    shards.append(_ids(batch) + sum(_take(it, 5), []))
-  assert not set(shards[0]) & set(shards[1])
-  assert sorted(shards[0] + shards[1]) == sorted(sum(single, []))
+    shards.append([_ids(batch)] + _take(it, 5))
+  for step in range(6):
+    a, b = shards[0][step], shards[1][step]
+    assert not set(a) & set(b)
+    assert sorted(a + b) == sorted(single[step])
   with pytest.raises(ValueError, match='divisible'):
     ip.create_train_loader(toy, global_batch_size=9, seed=1, worker_count=0,
                            process_count=2)
@@ -301,6 +303,9 @@ def test_eval_batches_cover_every_segment_once():
   songs = np.concatenate([b['song'][b['mask']] for b in batches])
   np.testing.assert_array_equal(songs, toy.song_index)
   assert len(list(ip.eval_batches(_toy(n=32), 16))) == 2
+  unthreaded = list(ip.eval_batches(toy, 16, prefetch=0))
+  for a, b in zip(batches, unthreaded):
+    np.testing.assert_array_equal(a['inputs'], b['inputs'])
 
 
 def test_steps_per_epoch():

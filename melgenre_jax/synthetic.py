@@ -116,7 +116,9 @@ def synthesize_style(genre: str, rng: np.random.Generator, sample_rate: int,
           and seconds > 0):
     raise ValueError(f'seconds must be a positive finite number, got {seconds!r}.')
   sample_rate = int(sample_rate)
-  num_samples = max(1, int(round(float(seconds) * sample_rate)))
+  num_samples = int(round(float(seconds) * sample_rate))
+  if num_samples < 1:
+    raise ValueError(f'seconds={seconds!r} at {sample_rate} Hz gives no samples; ask for at least one.')
   ctx = _Ctx(rng=rng, sr=sample_rate, num_samples=num_samples, bright=float(rng.uniform(0.6, 1.6)))
   phrase = _STYLES[genre](ctx)
   return _mixdown(ctx, phrase)
@@ -128,7 +130,7 @@ def synthesize_style(genre: str, rng: np.random.Generator, sample_rate: int,
 
 @dataclasses.dataclass
 class _Ctx:
-  """Per-song rendering state: the generator, sizes, and cached index/time ramps (sliced, never rebuilt)."""
+  """Per-song rendering state: the generator, sizes, and index/time ramps that every note slices."""
   rng: np.random.Generator
   sr: int
   num_samples: int  # length of the whole song
@@ -442,7 +444,8 @@ class _Voice:
     out = tone * _declick(ctx, _decay(ctx, n, self.decay), self.attack)
     if self.dull_mix > 0:
       dull_table, _ = self._table(chord, _midi_hz(midi), dull=True)
-      out += _osc(ctx, dull_table, f0, n) * _declick(ctx, _decay(ctx, n, self.dull_decay) * np.float32(self.dull_mix), self.attack)
+      dull_env = _decay(ctx, n, self.dull_decay) * np.float32(self.dull_mix)
+      out += _osc(ctx, dull_table, f0, n) * _declick(ctx, dull_env, self.attack)
     return out
 
   def play(self, buf: np.ndarray, start: int, n: int, midi: float, chord: str = 'note',
@@ -656,8 +659,8 @@ def _rock(ctx: _Ctx) -> _Phrase:
   p = _new_phrase(ctx, score, _levels(ctx, drums=(0.6, 1.0), bass=(0.4, 0.8), chords=(0.5, 0.9),
                                       lead=(0.3, 0.6)), _Arrangement(intro_prob=0.35, break_prob=0.35))
   d = p.layers['drums']
-  _hits(ctx, score, d, _kick(ctx, decay=(0.12, 0.25)), [_pick(ctx, ('x.......x.x.....', 'x.....x.x.......', 'x.......x.......',
-                                                   'x..x....x.x.....'))])
+  kick = _pick(ctx, ('x.......x.x.....', 'x.....x.x.......', 'x.......x.......', 'x..x....x.x.....'))
+  _hits(ctx, score, d, _kick(ctx, decay=(0.12, 0.25)), [kick])
   _hits(ctx, score, d, _snare(ctx), _with_fill(score, '....x.......x...', '....x.......xoxx'))
   cym = _hat(ctx) if rng.random() < 0.7 else _ride(ctx)
   _hits(ctx, score, d, cym, [_pick(ctx, ('x.o.x.o.x.o.x.o.', 'x.x.x.x.x.x.x.x.'))], level=0.5)
@@ -697,11 +700,11 @@ def _metal(ctx: _Ctx) -> _Phrase:
                   _Arrangement(intro_prob=0.3, intro_keeps=('chords', 'texture'), break_prob=0.3,
                                break_keeps=('drums', 'chords', 'bass', 'texture'), lead_prob=0.4))
   d = p.layers['drums']
-  _hits(ctx, score, d, _kick(ctx, decay=(0.05, 0.1), low=(50, 70), click=(0.5, 1.0)), [_pick(ctx, ('xxxxxxxxxxxxxxxx', 'x.xxx.xxx.xxx.xx', 'xx.xxx.xxx.xxx.x',
-                                                   'x.x.x.x.x.x.x.x.'))], level=0.9, jitter_ms=1.5)
-  blast = rng.random() < 0.3
-  _hits(ctx, score, d, _snare(ctx, decay=(0.06, 0.12)), _with_fill(score, '..x...x...x...x.' if blast else '....x.......x...',
-                                                '....x.......xxxx'))
+  double = _pick(ctx, ('xxxxxxxxxxxxxxxx', 'x.xxx.xxx.xxx.xx', 'xx.xxx.xxx.xxx.x', 'x.x.x.x.x.x.x.x.'))
+  _hits(ctx, score, d, _kick(ctx, decay=(0.05, 0.1), low=(50, 70), click=(0.5, 1.0)), [double], level=0.9,
+        jitter_ms=1.5)
+  snare = '..x...x...x...x.' if rng.random() < 0.3 else '....x.......x...'  # blast beat or backbeat
+  _hits(ctx, score, d, _snare(ctx, decay=(0.06, 0.12)), _with_fill(score, snare, '....x.......xxxx'))
   _hits(ctx, score, d, _crash(ctx) if rng.random() < 0.5 else _ride(ctx),
         [_pick(ctx, ('x...x...x...x...', 'x.x.x.x.x.x.x.x.'))], level=0.45)
   key = 26 + int(rng.integers(0, 6))  # D1..G1 (down-tuned)
@@ -782,8 +785,10 @@ def _funk(ctx: _Ctx) -> _Phrase:
                   _Arrangement(intro_prob=0.35, intro_keeps=('drums', 'texture'), break_prob=0.4,
                                break_keeps=('drums', 'bass', 'texture'), lead_prob=0.5))
   d = p.layers['drums']
-  _hits(ctx, score, d, _kick(ctx, decay=(0.1, 0.2)), [_pick(ctx, ('x..x..x...x..x..', 'x.x...x..x.x....', 'x......x..x..x..'))])
-  _hits(ctx, score, d, _snare(ctx, decay=(0.05, 0.12)), [_pick(ctx, ('....x..g.g..x..g', '....x.g....gx.g.', '.g..x..g.g.gx...'))])
+  kick = _pick(ctx, ('x..x..x...x..x..', 'x.x...x..x.x....', 'x......x..x..x..'))
+  _hits(ctx, score, d, _kick(ctx, decay=(0.1, 0.2)), [kick])
+  snare = _pick(ctx, ('....x..g.g..x..g', '....x.g....gx.g.', '.g..x..g.g.gx...'))  # backbeat + ghosts
+  _hits(ctx, score, d, _snare(ctx, decay=(0.05, 0.12)), [snare])
   _hits(ctx, score, d, _hat(ctx), ['xoxoxoxoxoxoxoxo'], level=0.45, jitter_ms=2)
   key = 33 + int(rng.integers(0, 12))
   prog = _progression(ctx, ([(0, 'dom9')], [(0, 'min7'), (5, 'dom9')], [(0, 'dom9'), (0, 'dom9'), (5, 'dom9'),
@@ -876,7 +881,8 @@ def _jazz(ctx: _Ctx) -> _Phrase:
   _hits(ctx, score, d, _hat(ctx), ['...x.....x..'], level=0.4)
   _hits(ctx, score, d, _kick(ctx, decay=(0.1, 0.2)), ['g..g..g..g..'], level=0.8)
   comp = ''.join('g' if rng.random() < 0.12 else '.' for _ in range(12 * score.num_bars))
-  _hits(ctx, score, d, _snare(ctx, decay=(0.1, 0.25)), [comp[i * 12:(i + 1) * 12] for i in range(score.num_bars)], level=0.7)
+  _hits(ctx, score, d, _snare(ctx, decay=(0.1, 0.25)), [comp[i * 12:(i + 1) * 12] for i in range(score.num_bars)],
+        level=0.7)
   key = 36 + int(rng.integers(0, 12))
   prog = _progression(ctx, ([(2, 'min7'), (7, 'dom7'), (0, 'maj7'), (0, 'maj7')],
                             [(2, 'min7'), (7, 'dom7'), (0, 'maj7'), (9, 'dom7')],
@@ -950,7 +956,7 @@ def _blues(ctx: _Ctx) -> _Phrase:
 def _reggae(ctx: _Ctx) -> _Phrase:
   rng = ctx.rng
   score = _score(ctx, rng.uniform(60, 80), steps=16, bars=2, swing=rng.uniform(0.0, 0.25))
-  p = _new_phrase(ctx, score, _levels(ctx, drums=(0.5, 0.9), bass=(0.7, 1.0), chords=(0.4, 0.8),
+  p = _new_phrase(ctx, score, _levels(ctx, drums=(0.5, 0.9), bass=(0.5, 0.9), chords=(0.5, 0.9),
                                       lead=(0.2, 0.5)),
                   _Arrangement(intro_prob=0.3, intro_keeps=('drums', 'chords', 'texture'), break_prob=0.45,
                                break_keeps=('drums', 'bass', 'texture'), lead_prob=0.7))
@@ -972,12 +978,13 @@ def _reggae(ctx: _Ctx) -> _Phrase:
                  dull_mix=0.4)
   organ = _Voice(ctx, np.array([1.0, 0.8, 0.5, 0.6, 0.0, 0.4, 0.0, 0.3]), cutoff_hz=3000, sustained=True,
                  attack=0.005, decay=0.02)
+  skank_steps = (4, 12) if rng.random() < 0.5 else (2, 6, 10, 14)  # the off-beat chop
   for bar in range(score.num_bars):
     off, chord = _chord_at(prog, bar)
     for step, length, degree in line:
       bass.play(p.layers['bass'], score.at(bar, step), score.dur(length * 0.9),
                 _fold(key + off, 28, 40) + scale[degree % len(scale)])
-    for step in (4, 12) if rng.random() < 0.5 else (2, 6, 10, 14):
+    for step in skank_steps:
       skank.play(p.layers['chords'], score.at(bar, step), score.dur(1.2), key + 24 + off, chord, 0.9)
     for step in (3, 5, 11, 13):  # organ bubble
       organ.play(p.layers['lead'], score.at(bar, step), score.dur(0.8), key + 12 + off, chord, 0.6)
@@ -1030,7 +1037,7 @@ def _classical(ctx: _Ctx) -> _Phrase:
       piano.play(p.layers['bass'], score.at(bar, 0), score.dur(16), _fold(key + off, 36, 48), vel=0.8)
     _melody(ctx, piano, p.layers['lead'], score, key + 24, scale, lengths=(4, 4, 2, 2, 8), rest_prob=0.1,
             vel=0.9, leap=2, span=(4, 14))
-  for name in ('chords', 'lead', 'bass'):
+  for name in ('chords', 'lead'):  # a hall; the bass stays drier
     p.layers[name] = _room(ctx, p.layers[name], rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.8))
   return p
 
@@ -1086,14 +1093,16 @@ def _bar_gains(ctx: _Ctx, phrase: _Phrase, total_bars: int) -> dict[str, np.ndar
   """Per-bar gain of every layer: level x (intro / breakdown / lead on-off sections)."""
   rng, arr, nbars = ctx.rng, phrase.arrangement, phrase.score.num_bars
   on = {name: np.ones(total_bars, bool) for name in _LAYERS}
-  if rng.random() < arr.intro_prob and total_bars > 2:
-    intro = min(total_bars - 1, int(_pick(ctx, (1, 2, 4))))
+  # Sections stay short next to the song (at most a quarter / a fifth of its bars), so even a
+  # short song mostly plays in its style.
+  intro = min(int(_pick(ctx, (1, 2, 4))), total_bars // 4)
+  if rng.random() < arr.intro_prob and intro > 0:
     for name in _LAYERS:
       if name not in arr.intro_keeps:
         on[name][:intro] = False
-  if rng.random() < arr.break_prob and total_bars > 4:
-    length = int(_pick(ctx, (2, 4)))
-    start = int(rng.integers(1, max(2, total_bars - length)))
+  length = min(int(_pick(ctx, (2, 4))), total_bars // 5)
+  if rng.random() < arr.break_prob and length > 0:
+    start = int(rng.integers(max(1, intro), total_bars - length + 1))
     for name in _LAYERS:
       if name not in arr.break_keeps:
         on[name][start:start + length] = False

@@ -1,5 +1,6 @@
 """Tests of the built-in synthetic genre set (melgenre_jax/synthetic.py)."""
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -156,8 +157,14 @@ def _high_fraction(y: np.ndarray, cutoff: float = 2000.0) -> float:
   return float(power[:, freqs > cutoff].sum() / power.sum())
 
 
+@functools.lru_cache(maxsize=None)
+def _shared_song(genre: str, index: int, seconds: float) -> np.ndarray:
+  """Songs reused across the statistics tests (read-only: never mutate the result)."""
+  return _song(genre, index, seconds=seconds)
+
+
 def _stat(genre: str, fn, songs: int = 4) -> np.ndarray:
-  return np.array([fn(_song(genre, i, seconds=6.0)) for i in range(songs)])
+  return np.array([fn(_shared_song(genre, i, 6.0)) for i in range(songs)])
 
 
 def test_drummed_styles_have_denser_onsets_than_ambient_and_classical():
@@ -176,7 +183,7 @@ def test_hiphop_has_more_sub_bass_than_classical():
 
 
 def test_nearest_centroid_on_band_energies_beats_chance_by_far():
-  """Log band energies of 3 s segments, centroids from songs 0-2, tested on songs 3-4 (all 10 styles)."""
+  """Log band energies of 3 s songs, centroids from songs 0-2, tested on songs 3-4 (all 10 styles)."""
   edges = np.geomspace(40, 10000, 25)
 
   def features(y: np.ndarray) -> np.ndarray:
@@ -189,9 +196,7 @@ def test_nearest_centroid_on_band_energies_beats_chance_by_far():
   train, test = [], []
   for genre in synthetic.GENRES:
     for i in range(5):
-      y = _song(genre, i, seconds=6.0)
-      segs = [features(y[k * 3 * SR:(k + 1) * 3 * SR]) for k in range(2)]
-      (train if i < 3 else test).append(segs)
+      (train if i < 3 else test).append([features(_song(genre, i, seconds=3.0))])
   centroids = np.stack([np.mean(train[g * 3:(g + 1) * 3], axis=(0, 1)) for g in range(10)])
   scale = np.std(np.concatenate([np.concatenate(t) for t in train]), axis=0) + 1e-6
   correct = total = 0
@@ -200,4 +205,4 @@ def test_nearest_centroid_on_band_energies_beats_chance_by_far():
       for f in segs:
         correct += int(np.argmin((((f - centroids) / scale)**2).sum(1)) == g)
         total += 1
-  assert correct / total >= 0.4, correct / total  # chance is 0.1
+  assert correct / total >= 0.4, correct / total  # chance is 0.1; about 0.75 when written

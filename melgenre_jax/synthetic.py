@@ -438,9 +438,8 @@ class _Voice:
       tone = _osc_vibrato(ctx, table, f0, n, self.wobble, self.vibrato_cents)
     else:
       tone = _osc(ctx, table, f0, n)
-    if self.sustained:
-      env = np.ones(n, np.float32)
-      return tone * _declick(ctx, env, self.attack, min(self.decay, 0.5 * n / ctx.sr))
+    if self.sustained:  # attack/release ramps applied in place: no full-length envelope pass
+      return _declick(ctx, tone, self.attack, min(self.decay, 0.5 * n / ctx.sr))
     out = tone * _declick(ctx, _decay(ctx, n, self.decay), self.attack)
     if self.dull_mix > 0:
       dull_table, _ = self._table(chord, _midi_hz(midi), dull=True)
@@ -1074,7 +1073,7 @@ def _ambient(ctx: _Ctx) -> _Phrase:
   for start in range(0, tex.shape[0], wind.shape[0]):
     swell = 0.5 + 0.5 * math.sin(2 * np.pi * start / ctx.sr / period + phase)
     _add(tex, start, wind[:tex.shape[0] - start], swell)
-  p.layers['chords'] = _room(ctx, p.layers['chords'], rng.uniform(0.4, 0.7), rng.uniform(0.5, 1.5), stages=4)
+  p.layers['chords'] = _room(ctx, p.layers['chords'], rng.uniform(0.4, 0.7), rng.uniform(0.5, 1.5))
   return p
 
 

@@ -7,8 +7,9 @@ mix levels, room, brightness, noise floor, arrangement) lets neighbouring
 styles overlap, so a model has to learn time-frequency patterns rather than a
 single trivial cue.
 
-How it stays fast (~10 ms per 30 s song): a song is a loop of a few bars (a
-*phrase*) rendered once into per-layer buffers (drums, bass, chords, lead,
+How it stays fast (a 30 s song costs roughly 40 numpy passes over its samples:
+15-35 ms of CPU on a slow, shared 2-core box): a song is a loop of a few bars
+(a *phrase*) rendered once into per-layer buffers (drums, bass, chords, lead,
 texture) with wavetable oscillators and short one-shot drum samples, then laid
 out bar by bar with per-bar arrangement gains (intros, breakdowns). Every
 effect on the phrase is circular, so repeats join seamlessly. Chords use one

@@ -111,4 +111,32 @@ def get_config() -> ml_collections.ConfigDict:
   config.debug = ml_collections.ConfigDict()
   config.debug.nan_at_step = -1  # inject a NaN loss at this step to exercise the guard
   config.debug.max_steps = -1  # stop after this many steps (tests)
+
+  # --- Hyperparameter search (--mode=tune; see melgenre_jax/tune.py).
+  # Each entry of ``space`` is 'FIELD=SPEC': FIELD a config path ('model.dropout')
+  # or the special 'lr_scale' (multiplies every schedule.stage_*_lrs value);
+  # SPEC one of uniform:LOW:HIGH | loguniform:LOW:HIGH | int:LOW:HIGH[:STEP] |
+  # logint:LOW:HIGH | choice:A|B|C (Python literals). Replace the whole tuple from
+  # the command line: --config.tune.space="('model.dropout=uniform:0:0.5',)".
+  config.tune = ml_collections.ConfigDict()
+  config.tune.num_trials = 20  # stop when this many trials are COMPLETE or PRUNED
+  config.tune.sampler = 'tpe'  # tpe | random
+  config.tune.startup_trials = 5  # tpe: random trials before it models the space
+  config.tune.seed = 0  # sampler seed; give each machine its own when sharing a study
+  config.tune.pruner = 'median'  # median | halving | none
+  config.tune.min_epochs = 5  # no trial is pruned before it has trained this many epochs
+  config.tune.pruner_startup_trials = 3  # median: finished trials before any pruning
+  config.tune.halving_reduction_factor = 3  # halving: keep 1/factor of trials per rung
+  config.tune.storage = ''  # '' -> sqlite:///WORKDIR/tune/study.db; or postgresql://...
+  config.tune.study_name = 'melgenre'
+  config.tune.heartbeat_seconds = 60  # trials silent for 2x this are failed and retried
+  config.tune.max_retries = 2  # retries of a trial whose process died
+  config.tune.space = (
+      'lr_scale=loguniform:0.3:3.0',
+      'model.dropout=uniform:0.0:0.5',
+      'optim.l2=loguniform:1e-6:1e-2',
+      'model.lstm_sizes=choice:(64,16)|(128,32)|(256,64)',
+      'model.conv_features=choice:16|32|64',
+      'batch_size=choice:16|32|64',
+  )
   return config

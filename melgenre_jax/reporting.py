@@ -107,3 +107,72 @@ def plot_training_curves(history: Sequence[dict], path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def plot_confusion_matrix(cm: np.ndarray, genres: Sequence[str], path: str,
+                          title: str = '') -> None:
+  """Counts and row-normalised (recall per true genre) side by side.
+
+  Counts show how much evidence there is; the normalised panel shows where
+  each genre goes, whatever its support. Rows with no support stay blank.
+  """
+  cm = np.asarray(cm, dtype=np.int64)
+  rows = cm.sum(axis=1, keepdims=True)
+  norm = np.divide(cm, rows, out=np.full(cm.shape, np.nan), where=rows > 0)
+  n = len(genres)
+  size = max(4.0, 0.45 * n + 2.5)
+  fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1.5, size))
+  panels = ((axes[0], cm, 'counts', '{:d}', cm.max() if cm.size else 1),
+            (axes[1], norm, 'row-normalised (recall)', '{:.2f}', 1.0))
+  for ax, data, name, fmt, vmax in panels:
+    image = ax.imshow(np.nan_to_num(data.astype(float), nan=0.0), cmap='Blues',
+                      vmin=0, vmax=max(float(vmax), 1e-9))
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(n), genres, rotation=45, ha='right')
+    ax.set_yticks(range(n), genres)
+    ax.set_xlabel('predicted')
+    ax.set_ylabel('true')
+    ax.set_title(f'{title} - {name}' if title else name)
+    if n <= 20:
+      for i in range(n):
+        for j in range(n):
+          value = data[i, j]
+          if isinstance(value, float) and np.isnan(value):
+            continue
+          text = fmt.format(int(value) if fmt == '{:d}' else float(value))
+          dark = float(value) > 0.6 * float(vmax)
+          ax.text(j, i, text, ha='center', va='center', fontsize=8,
+                  color='white' if dark else 'black')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_genre_timeline(segment_probs: np.ndarray, starts: Sequence[float],
+                        segment_seconds: float, genres: Sequence[str], path: str,
+                        title: str = '') -> None:
+  """Genre probability over a song's time as a heatmap (genres x segments).
+
+  Each column spans its segment's time range (overlapping segments are drawn
+  at their start); the most likely genre of each segment is marked.
+  """
+  probs = np.asarray(segment_probs, dtype=float)
+  starts = np.asarray(starts, dtype=float)
+  n = len(genres)
+  width = float(starts[1] - starts[0]) if len(starts) > 1 else float(segment_seconds)
+  end = float(starts[-1] + width) if len(starts) else float(segment_seconds)
+  fig, ax = plt.subplots(figsize=(min(16.0, 5.0 + 0.25 * len(starts)),
+                                  1.2 + 0.35 * n))
+  image = ax.imshow(probs.T, aspect='auto', origin='lower', cmap='magma',
+                    vmin=0.0, vmax=1.0, interpolation='nearest',
+                    extent=(float(starts[0]) if len(starts) else 0.0, end, -0.5, n - 0.5))
+  ax.plot(starts + width / 2, probs.argmax(axis=1), 'o', color='cyan', ms=3,
+          label='most likely')
+  ax.set_yticks(range(n), genres)
+  ax.set_xlabel('time (s)')
+  ax.set_title(title or 'genre probability over time')
+  fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02, label='probability')
+  ax.legend(loc='upper right', fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

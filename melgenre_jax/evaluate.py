@@ -1,0 +1,315 @@
+"""Held-out evaluation of a trained workdir: the numbers a result is quoted with.
+
+``evaluate_workdir`` restores the best checkpoint (or ``--step``), predicts
+every segment of the test split (validation when the run has none), and writes
+``WORKDIR/eval/``:
+
+  * ``report.json`` - segment and song accuracy (song = mean of segment
+    probabilities, majority vote beside it), per-genre precision/recall/F1,
+    macro-F1 and confusion matrices at both levels;
+  * ``report.md`` - the same for people;
+  * ``confusion_matrix.png`` (songs) and ``confusion_matrix_segments.png``,
+    counts and row-normalised side by side;
+  * ``predictions.npz`` - the raw segment probabilities, labels, song index and
+    song keys, so every number above can be recomputed independently.
+
+Honesty checks: the split evaluated must be the one recorded at training time
+(``WORKDIR/dataset.json``), and disjoint from the training songs; evaluating
+on validation (which also picked the checkpoint) or on a leaky segment-level
+split is flagged in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from melgenre_jax import checkpointing
+from melgenre_jax import config_checks
+from melgenre_jax import input_pipeline
+from melgenre_jax import metrics as metrics_lib
+from melgenre_jax import reporting
+from melgenre_jax import train
+
+EVAL_DIR = 'eval'
+
+
+def inference_batch_size(requested: int) -> int:
+  """``requested`` rounded up to a multiple of this machine's device count.
+
+  A run trained on 8 accelerators may be evaluated on a 2-core CPU (or the
+  reverse); the batch only has to split evenly over the devices present.
+  """
+  n = jax.device_count()
+  return max(n, -(-int(requested) // n) * n)
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+  """95% Wilson score interval of a proportion (sane for small test sets)."""
+  if total <= 0:
+    return (0.0, 0.0)
+  p = successes / total
+  denom = 1 + z * z / total
+  centre = (p + z * z / (2 * total)) / denom
+  half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+  return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def macro_f1(cm: np.ndarray) -> float:
+  """Mean F1 over the genres that occur as label or prediction (sklearn's rule).
+
+  Genres absent from both would add an undefined 0/0; they are left out rather
+  than counted as 0 (which would punish a model for a small test set).
+  """
+  scores = metrics_lib.per_class_scores(cm)
+  present = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+  return float(scores['f1'][present].mean()) if present.any() else 0.0
+
+
+def level_report(labels: np.ndarray, predictions: np.ndarray,
+                 genres: list[str]) -> dict[str, Any]:
+  """Accuracy, per-genre scores, macro-F1 and confusion matrix of one level."""
+  cm = metrics_lib.confusion_matrix(labels, predictions, len(genres))
+  scores = metrics_lib.per_class_scores(cm)
+  correct = int(np.trace(cm))
+  total = int(cm.sum())
+  return {
+      'accuracy': correct / total if total else 0.0,
+      'accuracy_95ci': list(wilson_interval(correct, total)),
+      'correct': correct,
+      'total': total,
+      'macro_f1': macro_f1(cm),
+      'per_genre': {g: {'precision': float(scores['precision'][i]),
+                        'recall': float(scores['recall'][i]),
+                        'f1': float(scores['f1'][i]),
+                        'support': int(scores['support'][i])}
+                    for i, g in enumerate(genres)},
+      'confusion_matrix': cm.tolist(),
+  }
+
+
+def build_report(probs: np.ndarray, labels: np.ndarray, song_index: np.ndarray,
+                 song_keys: list[str], genres: list[str]) -> dict[str, Any]:
+  """Every metric of the report from the raw predictions (pure; no I/O).
+
+  ``probs`` [N, C] segment probabilities, ``labels`` [N], ``song_index`` [N]
+  into ``song_keys``. Song prediction = argmax of the mean segment
+  probability; ``vote`` = majority of segment argmaxes.
+  """
+  summary = metrics_lib.classification_summary(probs, labels, song_index,
+                                               len(song_keys))
+  segment = level_report(labels, probs.argmax(axis=1), genres)
+  song = level_report(summary['song_labels'], summary['song_predictions'], genres)
+  song['vote_accuracy'] = summary['song_vote_accuracy']
+  picked = probs[np.arange(len(labels)), labels] if len(labels) else np.ones(0)
+  songs = []
+  for k, sid in enumerate(summary['song_ids']):
+    p = summary['song_probs'][k]
+    songs.append({'key': song_keys[sid],
+                  'genre': genres[summary['song_labels'][k]],
+                  'predicted': genres[summary['song_predictions'][k]],
+                  'vote': genres[summary['song_vote_predictions'][k]],
+                  'probability': float(p[summary['song_predictions'][k]]),
+                  'segments': int(np.sum(song_index == sid))})
+  label_counts = np.bincount(summary['song_labels'], minlength=len(genres))
+  return {
+      'genres': list(genres),
+      'num_songs': int(summary['num_songs']),
+      'num_segments': int(summary['num_segments']),
+      'loss': float(-np.log(np.maximum(picked, 1e-12)).mean()) if len(picked) else 0.0,
+      'chance_accuracy': 1.0 / len(genres),
+      'majority_class_song_accuracy': (float(label_counts.max() / label_counts.sum())
+                                       if label_counts.sum() else 0.0),
+      'segment': segment,
+      'song': song,
+      'songs': songs,
+  }
+
+
+def _check_split(workdir: str, split_name: str,
+                 segments: input_pipeline.SegmentSet, leaky: bool) -> None:
+  """Refuses to evaluate songs other than the recorded held-out ones."""
+  path = os.path.join(workdir, 'dataset.json')
+  with open(path) as f:
+    recorded = json.load(f)['splits']
+  keys = [s.key for s in segments.songs]
+  if leaky:
+    return  # segment_random: every song is in every split, by construction
+  if split_name in recorded and sorted(recorded[split_name]) != sorted(keys):
+    raise ValueError(
+        f'The {split_name} split rebuilt now ({len(keys)} songs) differs from the '
+        f'one recorded at training time in {path} ({len(recorded[split_name])} '
+        'songs): the dataset folder, manifest or split settings changed since '
+        'training, so held-out songs may have been trained on. Evaluate with the '
+        "run's own config (drop --config) and the original data.")
+  overlap = set(keys) & set(recorded.get('train', []))
+  if overlap:
+    raise ValueError(f'{len(overlap)} {split_name} songs were training songs '
+                     f'(e.g. {sorted(overlap)[:3]}); refusing to report a leaky score.')
+
+
+def _checkpoint_info(workdir: str, step: int) -> dict[str, Any]:
+  manager = checkpointing.create_manager(workdir, read_only=True)
+  try:
+    best, latest = manager.best_step(), manager.latest_step()
+  finally:
+    manager.close()
+  return {'step': int(step), 'best_step': best, 'latest_step': latest,
+          'is_best': best is not None and int(step) == int(best)}
+
+
+def save_predictions(path: str, probs: np.ndarray, labels: np.ndarray,
+                     song_index: np.ndarray, song_keys: list[str],
+                     genres: list[str], step: int) -> None:
+  np.savez_compressed(path, segment_probs=probs.astype(np.float32),
+                      labels=labels.astype(np.int32),
+                      song_index=song_index.astype(np.int32),
+                      song_keys=np.asarray(song_keys, dtype=str),
+                      genres=np.asarray(genres, dtype=str), step=np.int64(step))
+
+
+def _pct(x: float) -> str:
+  return f'{100 * x:.1f}%'
+
+
+def format_table(report: dict[str, Any]) -> str:
+  """The short stdout summary: headline numbers, then per-genre song scores."""
+  s, g = report['song'], report['segment']
+  lo, hi = s['accuracy_95ci']
+  lines = [
+      f"{report['split']} split, checkpoint step {report['checkpoint']['step']}: "
+      f"{report['num_songs']} songs, {report['num_segments']} segments, "
+      f"{len(report['genres'])} genres (chance {_pct(report['chance_accuracy'])})",
+      f"  song accuracy     {_pct(s['accuracy']):>7}  (95% CI {_pct(lo)}-{_pct(hi)}; "
+      f"majority vote {_pct(s['vote_accuracy'])})",
+      f"  segment accuracy  {_pct(g['accuracy']):>7}",
+      f"  song macro-F1     {s['macro_f1']:.3f}   segment macro-F1 {g['macro_f1']:.3f}",
+      '',
+      f"  {'genre':<14}{'precision':>10}{'recall':>8}{'F1':>7}{'songs':>7}",
+  ]
+  for genre, sc in s['per_genre'].items():
+    lines.append(f"  {genre:<14}{sc['precision']:>10.3f}{sc['recall']:>8.3f}"
+                 f"{sc['f1']:>7.3f}{sc['support']:>7d}")
+  for w in report['warnings']:
+    lines.append(f'  WARNING: {w}')
+  return '\n'.join(lines)
+
+
+def _md_confusion(cm: list[list[int]], genres: list[str]) -> list[str]:
+  head = '| true \\ predicted | ' + ' | '.join(genres) + ' |'
+  rows = [head, '|' + '---|' * (len(genres) + 1)]
+  for g, row in zip(genres, cm):
+    rows.append(f'| **{g}** | ' + ' | '.join(str(v) for v in row) + ' |')
+  return rows
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+  """``report.md``: what was evaluated, headline numbers, per-genre, confusions."""
+  s, g = report['song'], report['segment']
+  ck = report['checkpoint']
+  lo, hi = s['accuracy_95ci']
+  out = [
+      f"# Evaluation of `{report['workdir']}`", '',
+      f"- split: **{report['split']}** ({report['num_songs']} songs, "
+      f"{report['num_segments']} segments)",
+      f"- checkpoint: step {ck['step']}" + (' (best by validation song accuracy)'
+                                            if ck['is_best'] else
+                                            f" (best is {ck['best_step']})"),
+      f"- chance accuracy {_pct(report['chance_accuracy'])}; always predicting the "
+      f"most common genre: {_pct(report['majority_class_song_accuracy'])} of songs", '',
+  ]
+  for w in report['warnings']:
+    out += [f'> **Warning:** {w}', '']
+  out += [
+      '| level | accuracy | 95% CI | macro-F1 |', '|---|---|---|---|',
+      f"| song (mean of segment probabilities) | {_pct(s['accuracy'])} | "
+      f"{_pct(lo)}-{_pct(hi)} | {s['macro_f1']:.3f} |",
+      f"| song (majority vote of segments) | {_pct(s['vote_accuracy'])} | | |",
+      f"| segment | {_pct(g['accuracy'])} | {_pct(g['accuracy_95ci'][0])}-"
+      f"{_pct(g['accuracy_95ci'][1])} | {g['macro_f1']:.3f} |", '',
+      f"Mean cross-entropy per segment: {report['loss']:.4f}", '',
+      '## Per genre (songs)', '',
+      '| genre | precision | recall | F1 | songs |', '|---|---|---|---|---|',
+  ]
+  for genre, sc in s['per_genre'].items():
+    out.append(f"| {genre} | {sc['precision']:.3f} | {sc['recall']:.3f} | "
+               f"{sc['f1']:.3f} | {sc['support']} |")
+  out += ['', '## Confusion matrix (songs)', '']
+  out += _md_confusion(s['confusion_matrix'], report['genres'])
+  out += ['', '![song confusion matrix](confusion_matrix.png)', '',
+          '## Confusion matrix (segments)', '']
+  out += _md_confusion(g['confusion_matrix'], report['genres'])
+  wrong = [x for x in report['songs'] if x['predicted'] != x['genre']]
+  out += ['', f'## Misclassified songs ({len(wrong)})', '']
+  if wrong:
+    out += ['| song | genre | predicted (p) | vote |', '|---|---|---|---|']
+    out += [f"| {x['key']} | {x['genre']} | {x['predicted']} ({x['probability']:.2f}) "
+            f"| {x['vote']} |" for x in wrong]
+  else:
+    out.append('None.')
+  out += ['', 'Raw segment probabilities: `predictions.npz` (segment_probs, labels, '
+          'song_index, song_keys, genres).', '']
+  return '\n'.join(out)
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
+                     step: int | None = None) -> dict[str, Any]:
+  """Evaluates a trained workdir on its held-out split; writes WORKDIR/eval/.
+
+  Returns the report dict (also in ``WORKDIR/eval/report.json``).
+  """
+  workdir = os.path.abspath(workdir)
+  config_checks.check_workdir_compatible(config, workdir)
+  model = train.load_for_inference(config, workdir, step)
+  dataset = input_pipeline.load_dataset(config, workdir)
+  leaky = bool(dataset.summary.get('split', {}).get('leaky', False))
+  warnings = []
+  if dataset.test is not None and len(dataset.test):
+    split_name, segments = 'test', dataset.test
+  else:
+    split_name, segments = 'validation', dataset.validation
+    warnings.append('no test split: evaluated on validation, which also chose the '
+                    'checkpoint, so these numbers are optimistic.')
+  if leaky:
+    warnings.append(f'split {config.data.split!r} is segment-level: segments of one '
+                    'song are in several splits, so these numbers are inflated.')
+  _check_split(workdir, split_name, segments, leaky)
+
+  batch = inference_batch_size(config.eval_batch_size)
+  probs = train.predict_segments(model.p_predict, model.state, segments, batch,
+                                 model.mesh, progress=None)
+  labels = np.asarray(segments.labels)
+  song_index = np.asarray(segments.song_index)
+  song_keys = [s.key for s in segments.songs]
+  report = build_report(probs, labels, song_index, song_keys, model.genres)
+  report.update(workdir=workdir, split=split_name, leaky_split=leaky,
+                warnings=warnings, checkpoint=_checkpoint_info(workdir, model.step))
+
+  if jax.process_index() == 0:
+    out_dir = os.path.join(workdir, EVAL_DIR)
+    os.makedirs(out_dir, exist_ok=True)
+    save_predictions(os.path.join(out_dir, 'predictions.npz'), probs, labels,
+                     song_index, song_keys, model.genres, model.step)
+    with open(os.path.join(out_dir, 'report.json'), 'w') as f:
+      json.dump(report, f, indent=1)
+    with open(os.path.join(out_dir, 'report.md'), 'w') as f:
+      f.write(format_markdown(report))
+    reporting.plot_confusion_matrix(
+        np.asarray(report['song']['confusion_matrix']), model.genres,
+        os.path.join(out_dir, 'confusion_matrix.png'),
+        title=f'{split_name} songs (step {model.step})')
+    reporting.plot_confusion_matrix(
+        np.asarray(report['segment']['confusion_matrix']), model.genres,
+        os.path.join(out_dir, 'confusion_matrix_segments.png'),
+        title=f'{split_name} segments (step {model.step})')
+    print(format_table(report))  # CLI output
+    print(f'Report: {os.path.join(out_dir, "report.md")}')
+    logging.info('Evaluation written to %s.', out_dir)
+  return report

@@ -1,0 +1,211 @@
+"""Serialize the trained waveform -> probabilities function with ``jax.export``.
+
+``export_workdir`` writes ``WORKDIR/export/``:
+
+  * ``model.stablehlo`` - ``jax.export.Exported.serialize()`` bytes: the
+    StableHLO module plus JAX's calling convention (a flatbuffer; read it back
+    with ``jax.export.deserialize``, no Python model code needed);
+  * ``contract.json`` - what the function expects and returns (sample rate,
+    segment length and hop, genre names, shapes/dtypes, platforms, JAX
+    version, checkpoint step).
+
+Design choices:
+  * The function is ``waves [b, segment_samples] float32 -> probabilities
+    [b, genres] float32``: the log-mel front end, the feature normalisation and
+    the model in inference mode (BatchNorm running statistics, no dropout), so
+    a consumer only has to decode and cut audio as the contract says. (When
+    the run used ``config.features.where='host'`` the front end is librosa on
+    the host and cannot be exported; the function then takes log-mels
+    ``[b, frames, n_mels]`` and the contract says so.)
+  * Parameters are baked in as constants: one self-contained artefact, and a
+    loader that cannot pair it with the wrong weights. (The reference model
+    is a few MB of float32; StableHLO constants handle that fine.)
+  * The batch dimension is symbolic (``b``): any batch size, no re-export.
+  * Platforms: ``('cpu', 'cuda')`` when lowering for CUDA works on this
+    machine (it needs no GPU: the ops are plain StableHLO), else ``('cpu',)``
+    and the contract records why. The front end picks its CPU-friendly form
+    (per-clip ``lax.map``, block-sparse mel matmul) when exported on a CPU
+    machine; it computes the same function on GPU, only less fast.
+
+``load_exported`` is the consumer side and uses only jax, numpy and json
+(imported inside it), so a serving process never imports the training code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+EXPORT_DIR = 'export'
+MODEL_FILE = 'model.stablehlo'
+CONTRACT_FILE = 'contract.json'
+CONTRACT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------
+# Consumer side: jax + numpy + json only.
+
+
+def load_exported(export_dir: str) -> tuple[Callable[[Any], Any], dict[str, Any]]:
+  """Returns ``(predict, contract)`` for an export folder.
+
+  ``predict(waves)`` takes float32 ``[b, segment_samples]`` (numpy or jax) and
+  returns numpy probabilities ``[b, len(contract['genres'])]``. Uses only jax,
+  numpy and json, so it runs without this package's training code.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  with open(os.path.join(export_dir, CONTRACT_FILE)) as f:
+    contract = json.load(f)
+  with open(os.path.join(export_dir, MODEL_FILE), 'rb') as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  want = tuple(contract['input']['shape'][1:])
+
+  def predict(inputs: Any) -> np.ndarray:
+    x = np.asarray(inputs, dtype=np.float32)
+    if x.ndim == len(want):
+      x = x[None]
+    if tuple(x.shape[1:]) != want:
+      raise ValueError(f'input shape {x.shape}: expected [batch, {", ".join(map(str, want))}] '
+                       f"({contract['input']['description']})")
+    return np.asarray(exported.call(x))
+
+  return predict, contract
+
+
+# ----------------------------------------------------------------------------
+# Producer side.
+
+
+def _inference_function(model) -> tuple[Callable, tuple[int, ...], str]:
+  """A single-device ``inputs -> probabilities`` with the weights as constants."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from melgenre_jax import train  # pylint: disable=g-import-not-at-top
+
+  state = model.state
+  # Host copies: replicated mesh arrays would carry a sharding into the module.
+  variables = jax.tree.map(np.asarray, {'params': state.params,
+                                        'batch_stats': state.batch_stats})
+  mean = np.asarray(state.feature_mean)
+  std = np.asarray(state.feature_std)
+  apply_fn = state.apply_fn
+  preprocess = model.preprocess
+
+  def probabilities(inputs: jax.Array) -> jax.Array:
+    # One clip at a time, as the CPU training path does: the front end
+    # compares its clip count with the batch, which a symbolic batch cannot.
+    spec = jax.lax.map(lambda x: preprocess(x[None], mean, std)[0], inputs)
+    logits = apply_fn(variables, spec, train=False)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+  shape = train.input_shape(model.config)
+  kind = 'waveform' if model.config.features.where == 'device' else 'log_mel'
+  return probabilities, shape, kind
+
+
+def export_model(model, platforms: tuple[str, ...] = ('cpu', 'cuda')
+                 ) -> tuple[Any, dict[str, Any]]:
+  """``jax.export`` of the model's inference function, symbolic batch.
+
+  Tries ``platforms``; if lowering for one of them fails, falls back to the
+  ones that work (``cpu`` at least) and says why in the returned info.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  fn, shape, kind = _inference_function(model)
+  (b,) = jax.export.symbolic_shape('b')
+  arg = jax.ShapeDtypeStruct((b,) + tuple(shape), jnp.float32)
+  info: dict[str, Any] = {'requested_platforms': list(platforms), 'input_kind': kind,
+                          'input_shape': shape}
+  try:
+    exported = jax.export.export(jax.jit(fn), platforms=platforms)(arg)
+  except Exception as e:  # pylint: disable=broad-except
+    if tuple(platforms) == ('cpu',):
+      raise
+    info['fallback_reason'] = f'{type(e).__name__}: {str(e)[:500]}'
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.warning('Export for %s failed (%s); exporting for cpu only.',
+                    platforms, info['fallback_reason'])
+    exported = jax.export.export(jax.jit(fn), platforms=('cpu',))(arg)
+  return exported, info
+
+
+def _contract(model, exported, info: dict[str, Any]) -> dict[str, Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+
+  config = model.config
+  sr = int(config.audio.sample_rate)
+  segment = int(round(config.audio.segment_seconds * sr))
+  hop = int(round(config.audio.segment_hop_seconds * sr))
+  shape = list(info['input_shape'])
+  if info['input_kind'] == 'waveform':
+    description = (f'mono float32 audio at {sr} Hz, one row per {segment}-sample '
+                   'segment, roughly in [-1, 1]')
+  else:
+    description = ('librosa log-mel [frames, n_mels] per segment (config.features; '
+                   'melgenre_jax.features.librosa_log_mel)')
+  return {
+      'contract_version': CONTRACT_VERSION,
+      'format': 'jax.export serialized Exported (StableHLO inside); load with '
+                'jax.export.deserialize(bytes).call(x)',
+      'function': 'segments -> genre probabilities (softmax), inference mode',
+      'parameters': 'baked into the module as constants',
+      'sample_rate': sr,
+      'segment_samples': segment,
+      'segment_hop_samples': hop,
+      'segment_seconds': float(config.audio.segment_seconds),
+      'segment_hop_seconds': float(config.audio.segment_hop_seconds),
+      'min_song_samples': max(1, int(round(config.data.min_song_seconds * sr))),
+      'song_aggregation': 'mean of segment probabilities; a song shorter than one '
+                          'segment is zero-padded; a trailing partial segment is dropped',
+      'genres': list(model.genres),
+      'input': {'kind': info['input_kind'], 'shape': ['b'] + shape,
+                'dtype': 'float32', 'description': description},
+      'output': {'shape': ['b', len(model.genres)], 'dtype': 'float32',
+                 'description': 'probabilities over genres (rows sum to 1)'},
+      'features': config.features.to_dict(),
+      'platforms': list(exported.platforms),
+      'requested_platforms': info['requested_platforms'],
+      **({'platform_fallback_reason': info['fallback_reason']}
+         if 'fallback_reason' in info else {}),
+      'calling_convention_version': int(exported.calling_convention_version),
+      'jax_version': jax.__version__,
+      'checkpoint_step': int(model.step),
+      'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+  }
+
+
+def export_workdir(config, workdir: str, step: int | None = None,
+                   platforms: tuple[str, ...] = ('cpu', 'cuda')) -> dict[str, Any]:
+  """``--mode=export``: writes WORKDIR/export/{model.stablehlo,contract.json}.
+
+  Returns the contract (with ``path`` added).
+  """
+  from melgenre_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from melgenre_jax import train  # pylint: disable=g-import-not-at-top
+
+  workdir = os.path.abspath(workdir)
+  config_checks.check_workdir_compatible(config, workdir)
+  model = train.load_for_inference(config, workdir, step)
+  exported, info = export_model(model, platforms)
+  contract = _contract(model, exported, info)
+  out_dir = os.path.join(workdir, EXPORT_DIR)
+  os.makedirs(out_dir, exist_ok=True)
+  blob = exported.serialize()
+  tmp = os.path.join(out_dir, MODEL_FILE + '.tmp')
+  with open(tmp, 'wb') as f:
+    f.write(blob)
+  os.replace(tmp, os.path.join(out_dir, MODEL_FILE))
+  with open(os.path.join(out_dir, CONTRACT_FILE), 'w') as f:
+    json.dump(contract, f, indent=1)
+  print(f'Exported step {model.step} for {", ".join(contract["platforms"])} '  # CLI output
+        f'({len(blob) / 1e6:.2f} MB) to {out_dir}')
+  return {**contract, 'path': out_dir}

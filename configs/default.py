@@ -89,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.b1 = 0.9
   config.optim.b2 = 0.999
   config.optim.eps = 1e-7
-  config.optim.l2 = 1e-4  # coupled L2 on kernels (= 0.5 * l2 * |W|^2 ... added to the loss gradient)
+  config.optim.l2 = 1e-4  # L2 penalty l2 * sum(W^2) on kernels (Keras' l2(...)), coupled into Adam
 
   # Multi-stage learning rate, in epochs (1-based: the first stage covers epochs
   # 1..stage_ends[0]). A stage is linear from its start to its end value, so
@@ -111,6 +111,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.debug = ml_collections.ConfigDict()
   config.debug.nan_at_step = -1  # inject a NaN loss at this step to exercise the guard
   config.debug.max_steps = -1  # stop after this many steps (tests)
+  config.debug.step_delay_seconds = 0.0  # sleep after each step (kill tests)
 
   # --- Hyperparameter search (--mode=tune; see melgenre_jax/tune.py).
   # Each entry of ``space`` is 'FIELD=SPEC': FIELD a config path ('model.dropout')

@@ -11,6 +11,8 @@ when complete, so a crash never leaves a half checkpoint that looks finished.
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from typing import Any
 
 import grain
@@ -94,24 +96,45 @@ def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,
   """Restores the newest checkpoint that reads back, falling back to older ones.
 
   A checkpoint damaged after it was written (a truncated file, a deleted
-  folder) is reported and skipped instead of ending the run. Returns None
-  when there is no checkpoint at all.
+  folder) is reported, moved aside to ``checkpoints_damaged/`` (kept, not
+  deleted, and out of the way of the step numbers training will save again)
+  and skipped instead of ending the run. Returns None when there is no
+  checkpoint at all.
   """
   steps = sorted(manager.all_steps(), reverse=True)
+  damaged = []
   for i, step in enumerate(steps):
     try:
       state, progress = restore(manager, step, abstract_state, data_iterator)
     except Exception as e:  # pylint: disable=broad-except
       older = f'falling back to step {steps[i + 1]}' if i + 1 < len(steps) else 'no older checkpoint left'
       logging.warning('Checkpoint at step %d in %s cannot be restored (%s: %s); %s.',
-                      step, manager.directory, type(e).__name__, e, older)
+                      step, manager.directory, type(e).__name__, str(e)[:300], older)
+      damaged.append(step)
       continue
-    if i:
+    if damaged:
+      _move_aside(manager, damaged)
       logging.warning('Resumed from step %d instead of the newest checkpoint (%d), '
-                      'which is damaged.', step, steps[0])
+                      'which is damaged; the damaged one(s) %s are kept in %s.',
+                      step, steps[0], damaged, _damaged_dir(manager))
     return step, state, progress
   if steps:
     raise RuntimeError(
         f'None of the checkpoints in {manager.directory} (steps {steps}) can be '
         'restored. Move that folder away to start training from scratch.')
   return None
+
+
+def _damaged_dir(manager: ocp.CheckpointManager) -> str:
+  return str(manager.directory) + '_damaged'
+
+
+def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+  """Moves unreadable step folders out of the manager's directory (never deletes)."""
+  target = _damaged_dir(manager)
+  os.makedirs(target, exist_ok=True)
+  for step in steps:
+    source = os.path.join(str(manager.directory), str(step))
+    if os.path.isdir(source):
+      shutil.move(source, os.path.join(target, f'{step}.{int(time.time())}'))
+  manager.reload()

@@ -322,9 +322,13 @@ def compute_feature_stats(config: ml_collections.ConfigDict,
 # The whole run.
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       on_epoch_end: Callable[[dict], None] | None = None) -> dict:
   """Trains (resuming from WORKDIR/checkpoints when present), evaluates each epoch.
 
+  ``on_epoch_end(row)`` is called after each epoch's checkpoint is written
+  (hyperparameter search reports to its pruner there; an exception it raises
+  ends the run with everything up to that epoch saved).
   Returns the final epoch's metrics row (plus ``best`` and ``stopped`` info).
   """
   config_checks.validate(config)
@@ -409,6 +413,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state, m = p_train(state, parallel.global_batch(
             {'inputs': batch['inputs'], 'label': batch['label']}, mesh))
         step += 1
+        if config.debug.step_delay_seconds > 0:  # test hook: widen the kill window
+          time.sleep(config.debug.step_delay_seconds)
         if not bool(m['finite']):
           manager.wait_until_finished()
           raise NonFiniteError(
@@ -467,6 +473,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ckpt_metrics = ({checkpointing.BEST_METRIC: row['val_song_accuracy']}
                         if do_eval else None)
         checkpointing.save(manager, step, state, data_iter, progress, ckpt_metrics)
+      if on_epoch_end is not None:
+        try:
+          on_epoch_end(row)
+        except BaseException:
+          manager.wait_until_finished()
+          raise
 
   manager.wait_until_finished()
   manager.close()
@@ -491,3 +503,66 @@ def _raw_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   raw = ml_collections.ConfigDict(config.to_dict())
   raw.features.normalize = False
   return raw
+
+
+# ----------------------------------------------------------------------------
+# Restoring a trained model for evaluation, prediction and export.
+
+
+@flax.struct.dataclass
+class InferenceModel:
+  """A restored model and what is needed to feed it, for eval/predict/export."""
+
+  state: TrainState
+  genres: list[str] = flax.struct.field(pytree_node=False)
+  config: ml_collections.ConfigDict = flax.struct.field(pytree_node=False)
+  step: int = flax.struct.field(pytree_node=False)
+  mesh: Any = flax.struct.field(pytree_node=False)
+  preprocess: Callable = flax.struct.field(pytree_node=False)
+  p_predict: Callable = flax.struct.field(pytree_node=False)
+
+
+def load_genres(workdir: str) -> list[str]:
+  path = os.path.join(workdir, 'dataset.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: {workdir!r} is not a training workdir '
+                            '(or training never got past loading the data).')
+  with open(path) as f:
+    return list(json.load(f)['genres'])
+
+
+def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
+                       step: int | None = None) -> InferenceModel:
+  """Restores the best checkpoint (or ``step``) onto this machine's devices.
+
+  Works whatever number of devices trained the model: parameters are saved
+  replicated and restored onto a mesh of the devices here (CPU included).
+  """
+  workdir = os.path.abspath(workdir)
+  genres = load_genres(workdir)
+  if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+    raise FileNotFoundError(f'No checkpoints in {workdir}: train first.')
+  manager = checkpointing.create_manager(workdir, read_only=True)
+  steps = manager.all_steps()
+  if not steps:
+    raise FileNotFoundError(f'No complete checkpoint in {checkpointing.checkpoint_dir(workdir)}.')
+  if step is None:
+    step = manager.best_step() or manager.latest_step()
+  elif step not in steps:
+    raise ValueError(f'--step={step}: no checkpoint at that step; available: {sorted(steps)}.')
+  mesh = parallel.create_mesh()
+  model = models.create_model(config.model, len(genres))
+  tx = create_optimizer(config, schedules.create_learning_rate_schedule(config.schedule, 1))
+  preprocess = make_preprocess(config)
+  abstract = jax.eval_shape(functools.partial(create_train_state, config, model, tx,
+                                              preprocess=preprocess),
+                            jax.random.PRNGKey(0))
+  sharding = parallel.replicated(mesh)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          abstract)
+  state, _ = checkpointing.restore(manager, step, abstract)
+  manager.close()
+  state = state.replace(apply_fn=model.apply, tx=tx)
+  return InferenceModel(state=state, genres=genres, config=config, step=int(step),
+                        mesh=mesh, preprocess=preprocess,
+                        p_predict=make_predict_step(mesh, preprocess))

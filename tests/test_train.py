@@ -7,6 +7,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import tiny
@@ -29,9 +30,9 @@ def _config(**overrides):
   return config
 
 
-def _state_and_step(config, mesh):
+def _state_and_step(config, mesh, tx=None):
   model = models.create_model(config.model, NUM_CLASSES, bn_axis_name=parallel.AXIS)
-  tx = train.create_optimizer(config, schedules.create_learning_rate_schedule(
+  tx = tx or train.create_optimizer(config, schedules.create_learning_rate_schedule(
       config.schedule, steps_per_epoch=10))
   preprocess = train.make_preprocess(config)
   init = functools.partial(train.create_train_state, config,
@@ -69,20 +70,20 @@ def test_loss_falls_on_a_fixed_batch():
 
 
 def test_one_and_two_devices_give_the_same_update():
+  """Plain SGD, because Adam would hide a gradient scaled by the device count
+  (e.g. a pmean on top of shard_map's own psum): its update is scale-free."""
   assert jax.device_count() >= 2, 'conftest forces 2 CPU devices'
   config = _config(**{'model.dropout': 0.0})
-  host_batch = _batch(config)
   params = []
   for devices in (jax.devices()[:1], jax.devices()[:2]):
     mesh = parallel.create_mesh(devices)
-    state, step = _state_and_step(config, mesh)
-    for i in range(3):
+    state, step = _state_and_step(config, mesh, tx=optax.sgd(0.05))
+    for i in range(2):
       state, _ = step(state, parallel.global_batch(_batch(config, seed=i), mesh))
     params.append(jax.tree.map(np.asarray, (state.params, state.batch_stats)))
   flat1, flat2 = jax.tree.leaves(params[0]), jax.tree.leaves(params[1])
   for a, b in zip(flat1, flat2):
-    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
-  del host_batch
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_non_finite_step_is_not_applied():

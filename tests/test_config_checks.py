@@ -1,0 +1,81 @@
+"""Bad configuration values fail at start-up, naming the field and what it accepts."""
+
+import json
+import os
+
+import pytest
+
+from configs import default
+from configs import tiny
+from melgenre_jax import config_checks
+
+
+def _set(config, key, value):
+  node = config
+  *parents, leaf = key.split('.')
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  return config
+
+
+def test_reference_and_tiny_configs_are_valid():
+  config_checks.validate(default.get_config())
+  config_checks.validate(tiny.get_config())
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('batch_size', 0, 'config.batch_size=0 is invalid: must be a positive integer'),
+    ('model.conv_features', -3, 'config.model.conv_features=-3'),
+    ('features.n_mels', 0, 'config.features.n_mels=0'),
+    ('model.dropout', 1.0, r'config.model.dropout=1.0 is invalid: must be in \[0, 1\)'),
+    ('model.dropout', -0.1, 'config.model.dropout=-0.1'),
+    ('data.source', 'spotify', 'allowed values are synthetic, gtzan, folder, manifest'),
+    ('data.split', 'random', 'allowed values are stratified'),
+    ('features.where', 'gpu', 'allowed values are device, host'),
+    ('model.dtype', 'float16', 'allowed values are float32, bfloat16'),
+    ('schedule.stage_ends', (5, 3, 46, 50), 'strictly increasing'),
+    ('schedule.stage_ends', (5, 41, 46, 60), 'past config.num_epochs=50'),
+    ('schedule.stage_start_lrs', (5e-5, 0.0, 2e-4, 2e-4), 'must all be > 0'),
+    ('model.lstm_sizes', (), 'config.model.lstm_sizes'),
+    ('model.branch_a_pool', (4, 0), 'config.model.branch_a_pool'),
+    ('audio.segment_seconds', 0.01, 'at least one FFT window'),
+    ('features.hop_length', 4096, 'must be <= features.n_fft'),
+    ('features.fmax', 20000.0, 'sample_rate/2'),
+    ('data.validation_fraction', 0.95, 'sum to < 1'),
+    ('data.max_bad_fraction', 1.5, 'config.data.max_bad_fraction'),
+    ('optim.l2', -1.0, 'config.optim.l2'),
+])
+def test_bad_value_names_field(key, value, message):
+  config = _set(default.get_config(), key, value)
+  with pytest.raises(config_checks.ConfigError, match=message):
+    config_checks.validate(config)
+
+
+def test_missing_data_root_says_what_to_pass(tmp_path):
+  config = _set(default.get_config(), 'data.source', 'gtzan')
+  with pytest.raises(config_checks.ConfigError, match='--config.data.root'):
+    config_checks.validate(config)
+  _set(config, 'data.root', str(tmp_path / 'nowhere'))
+  with pytest.raises(config_checks.ConfigError, match='does not exist'):
+    config_checks.validate(config)
+
+
+def test_missing_manifest_is_refused():
+  config = _set(default.get_config(), 'data.source', 'manifest')
+  with pytest.raises(config_checks.ConfigError, match='--config.data.manifest'):
+    config_checks.validate(config)
+
+
+def test_architecture_differences_are_named(tmp_path):
+  saved = json.loads(tiny.get_config().to_json_best_effort())
+  config = _set(_set(tiny.get_config(), 'model.lstm_sizes', (16, 4)),
+                'features.n_mels', 40)
+  config.num_epochs = 7  # not an architecture field: allowed to change
+  diffs = config_checks.architecture_differences(saved, config)
+  assert diffs == ['features.n_mels: workdir has 32, config has 40',
+                   'model.lstm_sizes: workdir has [8, 4], config has [16, 4]']
+  os.makedirs(tmp_path / 'checkpoints')
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  with pytest.raises(config_checks.ConfigError, match='features.n_mels'):
+    config_checks.check_workdir_compatible(config, str(tmp_path))

@@ -1,0 +1,163 @@
+"""Crashes and bad input: exact resumption after SIGKILL/SIGTERM, damaged checkpoints,
+the NaN guard, determinism, and refusing a workdir of another model."""
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from melgenre_jax import config_checks
+from melgenre_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 3 epochs of 4 steps each on the tiny set; eval each epoch; keep every checkpoint.
+OVERRIDES = {'num_epochs': 3, 'schedule.stage_ends': (1, 3), 'checkpoint.max_to_keep': 5}
+
+
+def _config(**extra):
+  config = tiny.get_config()
+  for key, value in {**OVERRIDES, **extra}.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _flags(**extra):
+  out = []
+  for key, value in {**OVERRIDES, **extra}.items():
+    if isinstance(value, tuple):
+      value = '(' + ','.join(map(str, value)) + ',)'
+    out.append(f'--config.{key}={value}')
+  return out
+
+
+def _launch(workdir, *extra_flags, **overrides):
+  cmd = [sys.executable, os.path.join(ROOT, 'main.py'),
+         '--config', os.path.join(ROOT, 'configs', 'tiny.py'), '--workdir', workdir,
+         *_flags(**overrides), *extra_flags]
+  return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def _steps(workdir):
+  return sorted(int(os.path.basename(d)) for d in glob.glob(os.path.join(workdir, 'checkpoints', '*'))
+                if os.path.basename(d).isdigit())
+
+
+def _final_params(workdir, **overrides):
+  steps = _steps(workdir)
+  model = train.load_for_inference(_config(**overrides), workdir, step=steps[-1])
+  return steps[-1], jax.tree.map(np.asarray, (model.state.params, model.state.batch_stats,
+                                              model.state.opt_state))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  result = train.train_and_evaluate(_config(), workdir)
+  return workdir, result
+
+
+def _assert_identical(a, b):
+  (step_a, tree_a), (step_b, tree_b) = a, b
+  assert step_a == step_b
+  for x, y in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_same_seed_same_run(uninterrupted, tmp_path):
+  workdir, result = uninterrupted
+  again = train.train_and_evaluate(_config(), str(tmp_path))
+  assert again['val_loss'] == result['val_loss']
+  _assert_identical(_final_params(workdir), _final_params(str(tmp_path)))
+
+
+def _wait_for_step(proc, workdir, min_step, timeout=300):
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    if proc.poll() is not None:
+      pytest.fail('training ended before it could be interrupted:\n' + proc.stdout.read()[-3000:])
+    if any(s >= min_step for s in _steps(workdir)):
+      return
+    time.sleep(0.2)
+  proc.kill()
+  pytest.fail('no checkpoint appeared in time')
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(uninterrupted, tmp_path):
+  reference, _ = uninterrupted
+  workdir = str(tmp_path / 'killed')
+  # Slow steps so the kill lands inside epoch 2 (after epoch 1's checkpoint at step 4).
+  proc = _launch(workdir, **{'debug.step_delay_seconds': 0.5})
+  _wait_for_step(proc, workdir, 4)
+  time.sleep(0.7)  # one or two steps into epoch 2
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert _steps(workdir)[-1] < 12
+  resumed = _launch(workdir)
+  out, _ = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, out[-3000:]
+  assert 'Resumed from checkpoint at step' in out
+  _assert_identical(_final_params(reference), _final_params(workdir))
+
+
+def test_sigterm_saves_then_exits_cleanly(uninterrupted, tmp_path):
+  reference, _ = uninterrupted
+  workdir = str(tmp_path / 'terminated')
+  proc = _launch(workdir, **{'debug.step_delay_seconds': 0.5})
+  _wait_for_step(proc, workdir, 4)
+  time.sleep(0.7)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-3000:]
+  assert 'SIGTERM received' in out
+  mid_epoch = [s for s in _steps(workdir) if s % 4]
+  assert mid_epoch, f'expected a mid-epoch checkpoint, got {_steps(workdir)}'
+  resumed = _launch(workdir)
+  out, _ = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, out[-3000:]
+  _assert_identical(_final_params(reference), _final_params(workdir))
+
+
+def test_damaged_latest_checkpoint_falls_back(uninterrupted, tmp_path, caplog):
+  reference, _ = uninterrupted
+  workdir = str(tmp_path / 'damaged')
+  shutil.copytree(reference, workdir)
+  latest = _steps(workdir)[-1]
+  for path in glob.glob(os.path.join(workdir, 'checkpoints', str(latest), 'state', '**', '*'),
+                        recursive=True):
+    if os.path.isfile(path):
+      with open(path, 'r+b') as f:
+        f.truncate(max(0, os.path.getsize(path) // 3))
+  result = train.train_and_evaluate(_config(), workdir)
+  # Fell back to the previous epoch's checkpoint, retrained the last epoch
+  # (deterministically, so it ends where the reference did) and kept the damaged one.
+  assert result['final_step'] == latest
+  assert glob.glob(os.path.join(workdir, 'checkpoints_damaged', f'{latest}.*'))
+  _assert_identical(_final_params(reference), _final_params(workdir))
+
+
+def test_nan_stops_with_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  with pytest.raises(train.NonFiniteError, match='step 5'):
+    train.train_and_evaluate(_config(**{'debug.nan_at_step': 5}), workdir)
+  assert _steps(workdir) == [4]  # epoch 1's checkpoint, nothing poisoned saved
+  model = train.load_for_inference(_config(), workdir, step=4)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(model.state.params))
+
+
+def test_workdir_of_another_model_is_refused(uninterrupted):
+  workdir, _ = uninterrupted
+  with pytest.raises(config_checks.ConfigError, match=r'model.conv_features: workdir has 4, config has 8'):
+    train.train_and_evaluate(_config(**{'model.conv_features': 8}), workdir)

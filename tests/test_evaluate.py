@@ -1,0 +1,137 @@
+"""--mode=eval on a trained tiny workdir: the report agrees with its own raw predictions."""
+
+import contextlib
+import io
+import json
+import os
+import types
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from configs import tiny
+from melgenre_jax import cli
+from melgenre_jax import evaluate
+from melgenre_jax import train
+
+
+def _flags(**kw):
+  base = dict(coordinator_address='', num_processes=0, process_id=-1, step=None,
+              audio=[], output='text', top_k=3, plot=False)
+  return types.SimpleNamespace(**{**base, **kw})
+
+
+@pytest.fixture(scope='module')
+def evaluated(tmp_path_factory):
+  """One tiny training run, evaluated through the CLI with the workdir's own config."""
+  workdir = str(tmp_path_factory.mktemp('eval_run'))
+  train.train_and_evaluate(tiny.get_config(), workdir)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    report = cli.run('eval', None, workdir, _flags())
+  return workdir, report, out.getvalue()
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def test_build_report_by_hand():
+  genres = ['a', 'b', 'c']
+  # song 0 (a): segments say a, a, b -> mean a; song 1 (b): b, c -> mean c (0.55), vote b
+  probs = np.array([[.8, .1, .1], [.6, .3, .1], [.2, .7, .1],
+                    [.1, .5, .4], [.1, .1, .8]])
+  labels = np.array([0, 0, 0, 1, 1])
+  song_index = np.array([0, 0, 0, 1, 1])
+  r = evaluate.build_report(probs, labels, song_index, ['s0', 's1'], genres)
+  assert r['segment']['accuracy'] == pytest.approx(3 / 5)
+  assert r['song']['accuracy'] == pytest.approx(1 / 2)
+  assert r['song']['vote_accuracy'] == pytest.approx(1.0)  # ties go to the lower class
+  assert r['song']['confusion_matrix'] == [[1, 0, 0], [0, 0, 1], [0, 0, 0]]
+  # Song level: a has F1 1, b has F1 0, c (predicted, no support) F1 0 -> 1/3.
+  assert r['song']['macro_f1'] == pytest.approx(1 / 3)
+  assert [s['predicted'] for s in r['songs']] == ['a', 'c']
+  assert r['loss'] == pytest.approx(-np.mean(np.log([.8, .6, .2, .5, .1])))
+
+
+def test_macro_f1_ignores_genres_absent_from_labels_and_predictions():
+  cm = np.array([[2, 0, 0], [0, 1, 0], [0, 0, 0]])
+  assert evaluate.macro_f1(cm) == pytest.approx(1.0)
+  assert skm.f1_score([0, 0, 1], [0, 0, 1], average='macro') == pytest.approx(1.0)
+
+
+def test_wilson_interval():
+  lo, hi = evaluate.wilson_interval(8, 10)
+  assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
+  assert evaluate.wilson_interval(0, 0) == (0.0, 0.0)
+
+
+# ---------------------------------------------------------------- the CLI run
+
+
+def test_report_numbers_match_a_recomputation_from_predictions(evaluated):
+  workdir, report, _ = evaluated
+  raw = np.load(os.path.join(workdir, 'eval', 'predictions.npz'))
+  probs, labels, song_index = raw['segment_probs'], raw['labels'], raw['song_index']
+  np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+  assert list(raw['genres']) == report['genres']
+  num_classes = len(report['genres'])
+
+  seg_pred = probs.argmax(axis=1)
+  assert report['segment']['accuracy'] == pytest.approx(skm.accuracy_score(labels, seg_pred))
+  assert report['segment']['macro_f1'] == pytest.approx(
+      skm.f1_score(labels, seg_pred, average='macro', zero_division=0))
+  np.testing.assert_array_equal(
+      report['segment']['confusion_matrix'],
+      skm.confusion_matrix(labels, seg_pred, labels=range(num_classes)))
+
+  songs = np.unique(song_index)
+  song_probs = np.stack([probs[song_index == s].mean(axis=0) for s in songs])
+  song_labels = np.array([labels[song_index == s][0] for s in songs])
+  song_pred = song_probs.argmax(axis=1)
+  assert report['song']['accuracy'] == pytest.approx(skm.accuracy_score(song_labels, song_pred))
+  assert report['song']['macro_f1'] == pytest.approx(
+      skm.f1_score(song_labels, song_pred, average='macro', zero_division=0))
+  cm = np.asarray(report['song']['confusion_matrix'])
+  assert cm.sum() == len(songs) == report['num_songs']
+  assert np.sum(report['segment']['confusion_matrix']) == len(labels) == report['num_segments']
+  np.testing.assert_array_equal(cm.sum(axis=1), np.bincount(song_labels, minlength=num_classes))
+  for g, sc in report['song']['per_genre'].items():
+    i = report['genres'].index(g)
+    assert sc['recall'] == pytest.approx(
+        skm.recall_score(song_labels, song_pred, labels=[i], average='macro', zero_division=0))
+
+
+def test_evaluates_the_recorded_test_split_and_the_best_checkpoint(evaluated):
+  workdir, report, _ = evaluated
+  with open(os.path.join(workdir, 'dataset.json')) as f:
+    recorded = json.load(f)['splits']
+  raw = np.load(os.path.join(workdir, 'eval', 'predictions.npz'))
+  assert report['split'] == 'test' and not report['warnings']
+  assert sorted(raw['song_keys']) == sorted(recorded['test'])
+  assert not set(raw['song_keys']) & set(recorded['train'])
+  assert report['checkpoint']['is_best']
+  assert int(raw['step']) == report['checkpoint']['step']
+
+
+def test_writes_readable_files_and_a_table(evaluated):
+  workdir, report, stdout = evaluated
+  out = os.path.join(workdir, 'eval')
+  with open(os.path.join(out, 'report.json')) as f:
+    assert json.load(f)['song']['accuracy'] == report['song']['accuracy']
+  with open(os.path.join(out, 'report.md')) as f:
+    md = f.read()
+  assert f"{100 * report['song']['accuracy']:.1f}%" in md
+  assert '## Confusion matrix (songs)' in md
+  for name in ('confusion_matrix.png', 'confusion_matrix_segments.png'):
+    with open(os.path.join(out, name), 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  assert 'song accuracy' in stdout and 'segment accuracy' in stdout
+  for genre in report['genres']:
+    assert genre in stdout
+
+
+def test_unknown_step_is_refused_with_the_available_ones(evaluated):
+  workdir, report, _ = evaluated
+  with pytest.raises(ValueError, match='available'):
+    evaluate.evaluate_workdir(cli.load_workdir_config(workdir), workdir, step=999)

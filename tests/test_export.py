@@ -1,0 +1,96 @@
+"""--mode=export: the serialized function reproduces the live model without the training code."""
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from melgenre_jax import cli
+from melgenre_jax import export
+from melgenre_jax import parallel
+from melgenre_jax import synthetic
+from melgenre_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _flags(**kw):
+  base = dict(coordinator_address='', num_processes=0, process_id=-1, step=None,
+              audio=[], output='text', top_k=3, plot=False)
+  return types.SimpleNamespace(**{**base, **kw})
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('export_run'))
+  train.train_and_evaluate(tiny.get_config(), workdir)
+  with contextlib.redirect_stdout(io.StringIO()):
+    contract = cli.run('export', None, workdir, _flags())
+  return workdir, contract
+
+
+def test_contract_describes_the_function(exported):
+  workdir, contract = exported
+  with open(os.path.join(workdir, 'export', 'contract.json')) as f:
+    saved = json.load(f)
+  config = tiny.get_config()
+  assert saved['genres'] == train.load_genres(workdir)
+  assert saved['sample_rate'] == config.audio.sample_rate
+  assert saved['segment_samples'] == saved['segment_hop_samples'] == 8000
+  assert saved['input'] == {**saved['input'], 'shape': ['b', 8000], 'dtype': 'float32',
+                            'kind': 'waveform'}
+  assert saved['output']['shape'] == ['b', len(saved['genres'])]
+  assert 'cpu' in saved['platforms']
+  assert saved['jax_version'] == jax.__version__
+  assert saved['checkpoint_step'] == contract['checkpoint_step'] > 0
+  assert os.path.getsize(os.path.join(workdir, 'export', 'model.stablehlo')) > 0
+
+
+def test_exported_matches_live_model_in_a_process_without_training_code(exported, tmp_path):
+  workdir, contract = exported
+  rng = np.random.default_rng(0)
+  songs = [synthetic.synthesize_song(f'synthetic/{g}/0100', 8000, 1.0)
+           for g in ('ambient', 'blues', 'classical')]
+  waves = np.stack(songs + [0.3 * rng.standard_normal(8000)]).astype(np.float32)
+  np.save(tmp_path / 'waves.npy', waves)
+  script = textwrap.dedent(f"""
+      import sys
+      import numpy as np
+      from melgenre_jax.export import load_exported
+      predict, contract = load_exported({os.path.join(workdir, 'export')!r})
+      waves = np.load({str(tmp_path / 'waves.npy')!r})
+      np.save({str(tmp_path / 'batch.npy')!r}, predict(waves))
+      np.save({str(tmp_path / 'single.npy')!r}, predict(waves[2]))  # batch of one
+      loaded = sorted(m for m in sys.modules if m.startswith('melgenre_jax'))
+      print(loaded, 'flax' in sys.modules, 'optax' in sys.modules)
+  """)
+  env = {**os.environ, 'PYTHONPATH': ROOT, 'JAX_PLATFORMS': 'cpu'}
+  env.pop('XLA_FLAGS', None)  # a plain one-device machine
+  proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                        env=env, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip().splitlines()[-1] == "['melgenre_jax', 'melgenre_jax.export'] False False"
+
+  model = train.load_for_inference(cli.load_workdir_config(workdir), workdir)
+  live = np.asarray(model.p_predict(
+      model.state, parallel.global_batch({'inputs': waves}, model.mesh)['inputs']))
+  batch = np.load(tmp_path / 'batch.npy')
+  assert batch.shape == (4, len(contract['genres']))
+  np.testing.assert_allclose(batch, live, atol=1e-5)
+  np.testing.assert_allclose(np.load(tmp_path / 'single.npy'), live[2:3], atol=1e-5)
+
+
+def test_loader_refuses_a_wrong_input_shape(exported):
+  workdir, _ = exported
+  predict, _ = export.load_exported(os.path.join(workdir, 'export'))
+  with pytest.raises(ValueError, match='expected'):
+    predict(np.zeros((2, 100), np.float32))

@@ -36,7 +36,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_library_logs()
-  cli.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS)
+  try:
+    cli.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS)
+  except Exception as e:  # pylint: disable=broad-except
+    if not cli.is_user_error(e):
+      raise
+    logging.error('%s: %s', type(e).__name__, e)  # what to do, without a traceback
+    raise SystemExit(1) from None
   logging.info('Done (%s).', FLAGS.mode)
 
 

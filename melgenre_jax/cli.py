@@ -15,6 +15,14 @@ from melgenre_jax import parallel
 MODES = ('train', 'eval', 'predict', 'export', 'tune')
 
 
+def is_user_error(e: BaseException) -> bool:
+  """Errors whose message tells the user what to do (bad input, a NaN run).
+
+  main.py prints these without a traceback; anything else is a bug and keeps it.
+  """
+  return isinstance(e, (ValueError, FileNotFoundError)) or getattr(e, 'user_error', False)
+
+
 class _DropLibraryInfo(std_logging.Filter):
   """Orbax logs every save at INFO; keep its warnings, drop the chatter."""
 

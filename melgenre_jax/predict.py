@@ -36,6 +36,8 @@ PREDICTIONS_DIR = 'predictions'
 class NothingClassifiedError(RuntimeError):
   """No input file could be classified; the message lists each file's reason."""
 
+  user_error = True
+
 
 @dataclasses.dataclass(frozen=True)
 class SegmentSpec:

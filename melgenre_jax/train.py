@@ -57,6 +57,8 @@ class TrainState(train_state.TrainState):
 class NonFiniteError(RuntimeError):
   """The loss or a gradient became NaN/Inf; the poisoned update was not applied."""
 
+  user_error = True
+
 
 # ----------------------------------------------------------------------------
 # Optimizer and state.
@@ -429,9 +431,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if step % config.log_every_steps == 0 and is_chief:
           writer.write_scalars(step, {'train/loss_step': float(m['loss']),
                                       'train/learning_rate': float(schedule(step))})
-        if stop.signal_name:
+        if stop.signal_name and step < epoch_end:
           break
-      if stop.signal_name:
+      if step < epoch_end:  # stopped by a signal mid-epoch: save exactly here
         checkpointing.save(manager, step, state, data_iter, progress, None)
         stopped = stop.signal_name
         break
@@ -453,7 +455,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                    val_song_vote_accuracy=val['song_vote_accuracy'])
       previous_best = max((r.get('val_song_accuracy', -1) for r in progress['history']),
                           default=-1)
-      row['best'] = bool(do_eval and row['val_song_accuracy'] > previous_best)
+      # Ties go to the later epoch, as in the checkpoint manager's best_step().
+      row['best'] = bool(do_eval and row['val_song_accuracy'] >= previous_best)
       progress['history'].append(row)
       last_row = row
       logging.info(
@@ -469,7 +472,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.write_history(progress['history'])
         reporting.plot_training_curves(progress['history'],
                                        os.path.join(workdir, 'training_curves.png'))
-      if epoch % config.checkpoint.every_epochs == 0 or step >= total_steps:
+      if (epoch % config.checkpoint.every_epochs == 0 or step >= total_steps
+          or stop.signal_name):
         ckpt_metrics = ({checkpointing.BEST_METRIC: row['val_song_accuracy']}
                         if do_eval else None)
         checkpointing.save(manager, step, state, data_iter, progress, ckpt_metrics)
@@ -479,6 +483,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         except BaseException:
           manager.wait_until_finished()
           raise
+      if stop.signal_name:  # arrived during the epoch's last step or its eval
+        stopped = stop.signal_name
+        break
 
   manager.wait_until_finished()
   manager.close()
@@ -487,7 +494,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.warning('Stopped by %s at step %d; run the same command to resume.',
                     stopped, step)
   history = progress['history']
-  best = max(history, key=lambda r: r.get('val_song_accuracy', -1)) if history else {}
+  best = max(reversed(history), key=lambda r: r.get('val_song_accuracy', -1)) if history else {}
   return {**last_row, 'best_epoch': best.get('epoch'),
           'best_val_song_accuracy': best.get('val_song_accuracy'),
           'stopped': stopped, 'final_step': step}

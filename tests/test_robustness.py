@@ -121,9 +121,9 @@ def test_sigterm_saves_then_exits_cleanly(uninterrupted, tmp_path):
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, out[-3000:]
-  assert 'SIGTERM received' in out
-  mid_epoch = [s for s in _steps(workdir) if s % 4]
-  assert mid_epoch, f'expected a mid-epoch checkpoint, got {_steps(workdir)}'
+  assert 'SIGTERM received' in out and 'run the same command to resume' in out
+  # It saved where it stopped (mid-epoch, or at the epoch end it was finishing).
+  assert 4 < _steps(workdir)[-1] < 12, _steps(workdir)
   resumed = _launch(workdir)
   out, _ = resumed.communicate(timeout=600)
   assert resumed.returncode == 0, out[-3000:]

@@ -132,6 +132,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.tune.study_name = 'melgenre'
   config.tune.heartbeat_seconds = 60  # trials silent for 2x this are failed and retried
   config.tune.max_retries = 2  # retries of a trial whose process died
+  config.tune.compile_cache = True  # share XLA compilations between trials (WORKDIR/tune/jax_cache)
   config.tune.space = (
       'lr_scale=loguniform:0.3:3.0',
       'model.dropout=uniform:0.0:0.5',

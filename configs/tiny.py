@@ -5,20 +5,11 @@ Used by the tests and handy for checking an install end to end
 its accuracy means nothing.
 """
 
-import importlib.util
-import os
-
-
-def _default():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'default.py')
-  spec = importlib.util.spec_from_file_location('melgenre_default_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from configs import default  # main.py's folder (the repo root) is on sys.path
 
 
 def get_config():
-  config = _default().get_config()
+  config = default.get_config()
   config.data.source = 'synthetic'
   config.data.synthetic.songs_per_genre = 5
   config.data.synthetic.num_genres = 4

@@ -313,7 +313,8 @@ def compute_feature_stats(config: ml_collections.ConfigDict,
   """Per-band mean/std of training features (a deterministic subset)."""
   n = len(segments)
   idx = np.linspace(0, n - 1, num=min(n, max_segments)).astype(int)
-  fn = jax.jit(preprocess_raw)
+  n_mels = config.features.n_mels
+  fn = jax.jit(lambda x: preprocess_raw(x, jnp.zeros(n_mels), jnp.ones(n_mels)))
   batches = [np.asarray(fn(jnp.asarray(segments.inputs[idx[i:i + 64]])))
              for i in range(0, len(idx), 64)]
   mean, std = features.band_stats(batches)

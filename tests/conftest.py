@@ -18,3 +18,24 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+
+import shutil  # noqa: E402  (after the environment set-up above)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def tiny_run_dir(tmp_path_factory):
+  """One training run of configs/tiny.py, shared read-only by the eval/predict/export tests."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from melgenre_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp('tiny_run'))
+  train.train_and_evaluate(tiny.get_config(), workdir)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tiny_run_dir, tmp_path_factory):
+  """A private copy of the shared tiny run, for a test module to write reports into."""
+  return shutil.copytree(tiny_run_dir, str(tmp_path_factory.mktemp('tiny_copy') / 'run'))

@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from configs import tiny
 from melgenre_jax import cli
 from melgenre_jax import evaluate
-from melgenre_jax import train
 
 
 def _flags(**kw):
@@ -23,10 +21,9 @@ def _flags(**kw):
 
 
 @pytest.fixture(scope='module')
-def evaluated(tmp_path_factory):
-  """One tiny training run, evaluated through the CLI with the workdir's own config."""
-  workdir = str(tmp_path_factory.mktemp('eval_run'))
-  train.train_and_evaluate(tiny.get_config(), workdir)
+def evaluated(tiny_run):
+  """The shared tiny training run, evaluated through the CLI with the workdir's own config."""
+  workdir = tiny_run
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
     report = cli.run('eval', None, workdir, _flags())

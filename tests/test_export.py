@@ -30,9 +30,8 @@ def _flags(**kw):
 
 
 @pytest.fixture(scope='module')
-def exported(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('export_run'))
-  train.train_and_evaluate(tiny.get_config(), workdir)
+def exported(tiny_run):
+  workdir = tiny_run
   with contextlib.redirect_stdout(io.StringIO()):
     contract = cli.run('export', None, workdir, _flags())
   return workdir, contract

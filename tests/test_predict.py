@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from configs import tiny
 from melgenre_jax import cli
 from melgenre_jax import predict
 from melgenre_jax import synthetic
@@ -49,11 +48,10 @@ def _write_inputs(folder: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope='module')
-def predicted(tmp_path_factory):
-  """Train once; predict a folder plus a missing path, JSON output and plots on."""
-  workdir = str(tmp_path_factory.mktemp('predict_run'))
+def predicted(tiny_run, tmp_path_factory):
+  """The shared tiny run; predict a folder plus a missing path, JSON output and plots on."""
+  workdir = tiny_run
   folder = str(tmp_path_factory.mktemp('audio'))
-  train.train_and_evaluate(tiny.get_config(), workdir)
   paths = _write_inputs(folder)
   paths['missing.wav'] = os.path.join(folder, 'missing.wav')
   config = cli.load_workdir_config(workdir)  # as a CPU-only user machine would

@@ -5,7 +5,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -117,7 +116,7 @@ def test_kernel_mask_selects_kernels_only():
 @pytest.fixture(scope='module')
 def trained_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('run'))
-  result = train.train_and_evaluate(_config(), workdir)
+  result = train.train_and_evaluate(_config(**{'features.normalize': True}), workdir)
   return workdir, result
 
 
@@ -135,11 +134,14 @@ def test_training_run_leaves_checkpoints_metrics_and_plots(trained_workdir):
   steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
                  if d.isdigit())
   assert steps[-1] == result['final_step']
+  # Per-band statistics of the training split were computed and checkpointed.
+  state = train.load_for_inference(_config(**{'features.normalize': True}), workdir).state
+  assert np.asarray(state.feature_mean).std() > 0 and (np.asarray(state.feature_std) > 0).all()
 
 
 def test_rerun_resumes_instead_of_restarting(trained_workdir):
   workdir, result = trained_workdir
-  again = train.train_and_evaluate(_config(), workdir)
+  again = train.train_and_evaluate(_config(**{'features.normalize': True}), workdir)
   assert again['final_step'] == result['final_step']
   history = json.load(open(os.path.join(workdir, 'metrics.json')))
   assert len(history) == 2  # nothing retrained
@@ -147,7 +149,8 @@ def test_rerun_resumes_instead_of_restarting(trained_workdir):
 
 def test_checkpoint_round_trip_gives_identical_predictions(trained_workdir, tmp_path):
   workdir, _ = trained_workdir
-  config = _config(**{'num_epochs': 3, 'schedule.stage_ends': (1, 3)})
+  config = _config(**{'num_epochs': 3, 'schedule.stage_ends': (1, 3),
+                      'features.normalize': True})
   # A run that restores the checkpoint and trains one more epoch twice from the
   # same state must land on identical parameters: restore is exact.
   import shutil

@@ -101,3 +101,17 @@ def to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(x)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def barrier(name: str, timeout_seconds: int = 1800) -> None:
+  """Waits until every process gets here (no-op with one process).
+
+  Uses the coordination service, not a collective: CPU collectives (gloo) give
+  up after 30 s, less than one process may spend compiling while another has
+  already reached its first collective.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  distributed.global_state.client.wait_at_barrier(f'melgenre_{name}',
+                                                  timeout_seconds * 1000)

@@ -372,6 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       process_index=jax.process_index(), process_count=jax.process_count())
   data_iter = iter(loader)
 
+  parallel.barrier('before_checkpoint_manager')
   manager = checkpointing.create_manager(workdir, config.checkpoint.max_to_keep)
   progress = {'history': [], 'epoch_sums': {'loss': 0.0, 'accuracy': 0.0, 'steps': 0}}
   restored = checkpointing.restore_latest_good(
@@ -398,8 +399,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                len(dataset.validation), num_classes, steps_per_epoch,
                jax.device_count(), jax.process_count(), config.batch_size)
 
-  p_train = make_train_step(mesh, preprocess, config, num_classes)
-  p_predict = make_predict_step(mesh, preprocess)
+  # Compile both steps ahead of time: the first epoch's time is then training
+  # only, and processes of a multi-host run meet before their first collective.
+  p_train = compile_ahead('train', make_train_step(mesh, preprocess, config, num_classes),
+                          state, {'inputs': (config.batch_size,) + input_shape(config),
+                                  'label': (config.batch_size,)}, mesh)
+  p_predict = compile_ahead('predict', make_predict_step(mesh, preprocess), state,
+                            (config.eval_batch_size,) + input_shape(config), mesh)
   last_row: dict = progress['history'][-1] if progress['history'] else {}
   stopped = None
   step = start_step
@@ -499,6 +505,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return {**last_row, 'best_epoch': best.get('epoch'),
           'best_val_song_accuracy': best.get('val_song_accuracy'),
           'stopped': stopped, 'final_step': step}
+
+
+def compile_ahead(name: str, step: Callable, state: TrainState, batch_shapes: Any,
+                  mesh) -> Callable:
+  """AOT-compiles ``step(state, batch)`` for batches of ``batch_shapes``."""
+  sharding = parallel.batch_sharded(mesh)
+  dtypes = {'label': jnp.int32}
+  if isinstance(batch_shapes, dict):
+    batch = {k: jax.ShapeDtypeStruct(v, dtypes.get(k, jnp.float32), sharding=sharding)
+             for k, v in batch_shapes.items()}
+  else:
+    batch = jax.ShapeDtypeStruct(batch_shapes, jnp.float32, sharding=sharding)
+  compiled = step.lower(state, batch).compile()
+  parallel.barrier(f'compiled_{name}')
+  return compiled
 
 
 def ocp_abstract(x: Any) -> Any:

@@ -6,20 +6,11 @@ Searches dropout, L2 and the learning-rate scale; the median pruner may stop a
 trial after its first epoch. Its scores mean nothing: it exercises the machinery.
 """
 
-import importlib.util
-import os
-
-
-def _tiny():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tiny.py')
-  spec = importlib.util.spec_from_file_location('melgenre_tiny_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from configs import tiny  # main.py's folder (the repo root) is on sys.path
 
 
 def get_config():
-  config = _tiny().get_config()
+  config = tiny.get_config()
   config.num_epochs = 2
   config.tune.num_trials = 3
   config.tune.sampler = 'tpe'

@@ -15,6 +15,10 @@ stops and writes, under ``WORKDIR/tune/``:
                           line overrides included) with the best params applied:
                           python main.py --config WORKDIR/tune/best_config.py --workdir X
   study.db                the Optuna study (SQLite), unless config.tune.storage is set
+  cache/, jax_cache/      decoded audio and XLA compilations shared by the trials
+                          (config.data.cache_dir / JAX_COMPILATION_CACHE_DIR win
+                          when set; config.tune.compile_cache=False turns the
+                          latter off)
 
 The search space (``config.tune.space``) is a tuple of ``'FIELD=SPEC'`` strings,
 because dotted names cannot be ConfigDict keys and a tuple can be replaced whole
@@ -75,6 +79,7 @@ import math
 import os
 import pprint
 import socket
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -315,6 +320,7 @@ class Settings:
   study_name: str
   heartbeat_seconds: int
   max_retries: int
+  compile_cache: bool
   space: tuple[Param, ...]
   tune_dir: str
 
@@ -348,7 +354,8 @@ def read_settings(config: ml_collections.ConfigDict, workdir: str) -> Settings:
       halving_reduction_factor=nonneg_int('halving_reduction_factor', 2),
       storage=storage, study_name=t.study_name or 'melgenre',
       heartbeat_seconds=nonneg_int('heartbeat_seconds'),
-      max_retries=nonneg_int('max_retries'), space=parse_space(t.space),
+      max_retries=nonneg_int('max_retries'),
+      compile_cache=bool(t.get('compile_cache', True)), space=parse_space(t.space),
       tune_dir=tune_dir)
 
 
@@ -381,7 +388,17 @@ def make_storage(s: Settings, on_stale: Callable) -> optuna.storages.RDBStorage:
     kwargs.update(heartbeat_interval=s.heartbeat_seconds,
                   grace_period=2 * s.heartbeat_seconds,
                   heartbeat_stale_trial_callback=on_stale)
-  return optuna.storages.RDBStorage(s.storage, **kwargs)
+  for attempt in range(5):
+    try:
+      return optuna.storages.RDBStorage(s.storage, **kwargs)
+    except Exception as e:  # pylint: disable=broad-except
+      # Processes starting together race to create the tables ("table studies
+      # already exists"): the loser finds them on its next try.
+      if attempt == 4 or 'OperationalError' not in type(e).__name__:
+        raise
+      logging.info('Opening %s failed (%s); retrying.', s.storage, str(e).splitlines()[0])
+      time.sleep(1.0 + attempt)
+  raise AssertionError('unreachable')
 
 
 # ----------------------------------------------------------------------------
@@ -477,10 +494,12 @@ def make_objective(config: ml_collections.ConfigDict, s: Settings,
     trial.set_user_attr('machine', machine_id())
     trial.set_user_attr('pid', os.getpid())
     retry_of = trial.user_attrs.get('retry_of')
+    reported: set[int] = set()
     if retry_of is not None:  # carry over what the dead trial reported
       dead = trial.study.get_trials(deepcopy=False)[retry_of]
       for step, value in sorted(dead.intermediate_values.items()):
         trial.report(value, step)
+        reported.add(step)
       if 'epochs' in dead.user_attrs:
         trial.set_user_attr('epochs', dead.user_attrs['epochs'])
     logging.info('Trial %d%s in %s: %s', trial.number,
@@ -491,7 +510,11 @@ def make_objective(config: ml_collections.ConfigDict, s: Settings,
       trial.set_user_attr('epochs', int(row['epoch']))
       if 'val_song_accuracy' not in row:
         return
-      trial.report(float(row['val_song_accuracy']), int(row['epoch']))
+      # An epoch reported by the dead trial but retrained (its checkpoint was
+      # not yet on disk) keeps its first value: Optuna takes one per step.
+      if int(row['epoch']) not in reported:
+        trial.report(float(row['val_song_accuracy']), int(row['epoch']))
+        reported.add(int(row['epoch']))
       if trial.should_prune():
         raise optuna.TrialPruned(
             f'epoch {row["epoch"]}: val song accuracy {row["val_song_accuracy"]:.4f} '
@@ -717,6 +740,10 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, *,
           'share the study between machines instead (config.tune.storage, see '
           'melgenre_jax/tune.py).')
     train_fn = train.train_and_evaluate
+    if s.compile_cache and not jax.config.jax_compilation_cache_dir:
+      # Trials differ in constants of the train step only: model init and the
+      # eval step compile once for the whole search (a retried trial: nothing).
+      jax.config.update('jax_compilation_cache_dir', os.path.join(s.tune_dir, 'jax_cache'))
 
     def extra_check(c):
       parallel.check_batch_divisible(c.batch_size)

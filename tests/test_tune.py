@@ -8,10 +8,12 @@ end-to-end test runs ``main.py --mode tune`` on tiny models, SIGKILLs it in
 the middle of a trial and resumes it.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -320,6 +322,18 @@ def test_sigterm_stops_the_search_and_the_rerun_resumes_the_trial(tmp_path):
 # End to end: main.py, real tiny training, SIGKILL in the middle, resume.
 
 
+def _study_created(path: str) -> bool:
+  """True once main.py has made the study (read-only: never races its set-up)."""
+  if not os.path.exists(path):
+    return False
+  try:
+    with contextlib.closing(sqlite3.connect(f'file:{path}?mode=ro', uri=True)) as db:
+      return db.execute("SELECT count(*) FROM studies WHERE study_name = 'melgenre'"
+                        ).fetchone()[0] > 0
+  except sqlite3.Error:
+    return False
+
+
 def _poll(study_db: str, proc: subprocess.Popen, done, timeout: float):
   """Waits until ``done(study)``; fails with the log if the process exits first."""
   deadline = time.time() + timeout
@@ -328,64 +342,87 @@ def _poll(study_db: str, proc: subprocess.Popen, done, timeout: float):
     if proc.poll() is not None:
       pytest.fail(f'main.py exited ({proc.returncode}) early:\n'
                   + proc.stdout.read()[-4000:])
-    if study is None and os.path.exists(study_db):
-      try:
-        study = optuna.load_study(study_name='melgenre', storage=f'sqlite:///{study_db}')
-      except KeyError:
-        pass
+    if study is None and _study_created(study_db):
+      study = optuna.load_study(study_name='melgenre', storage=f'sqlite:///{study_db}')
     if study is not None and done(study):
       return study
-    time.sleep(1.0)
+    time.sleep(0.3)
   pytest.fail('timed out waiting for the search')
 
 
+def _killable(workdir):
+  """A RUNNING trial (not the first) with an epoch reported and checkpointed."""
+  def check(study):
+    for t in study.get_trials(deepcopy=False):
+      ckpts = os.path.join(workdir, 'tune', t.user_attrs.get('workdir', '-'), 'checkpoints')
+      if (t.number >= 1 and t.state.name == 'RUNNING' and t.intermediate_values
+          and os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts))):
+        return t.number
+    return None
+  return check
+
+
 def test_main_tune_survives_sigkill_and_resumes(tmp_path):
+  """main.py --mode tune, SIGKILLed mid-trial, then the same command again.
+
+  The space is overridden on the command line (which this also tests) with the
+  run's seed: it changes no compiled program, so every trial reuses the XLA
+  compilations (of this test suite's cache); searching dropout/l2/lr_scale
+  costs a ~1 min CPU compile per trial. A step delay keeps the trial running
+  long enough to be killed mid-way; pruning waits for the last epoch for the
+  same reason.
+  """
   workdir = str(tmp_path / 'search')
   db = os.path.join(workdir, 'tune', 'study.db')
-  env = dict(os.environ)
-  # A persistent compile cache: the resumed trial compiles what the killed one did.
-  env['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path / 'jax_cache')
-  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   cmd = [sys.executable, 'main.py', '--config', 'configs/tune_tiny.py',
-         '--workdir', workdir, '--mode', 'tune']
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+         '--workdir', workdir, '--mode', 'tune',
+         "--config.tune.space=('seed=int:0:1000',)",
+         '--config.tune.min_epochs=2', '--config.debug.step_delay_seconds=1.0']
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
   try:
-    # Kill once trial 1 has its first epoch checkpointed and reported.
-    _poll(db, proc, lambda s: len(s.trials) > 1 and s.trials[1].intermediate_values,
-          timeout=900)
+    _poll(db, proc, lambda s: _killable(workdir)(s) is not None, timeout=900)
   finally:
-    os.killpg(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
   study = optuna.load_study(study_name='melgenre', storage=f'sqlite:///{db}')
+  killed = _killable(workdir)(study)
+  assert killed is not None, [t.state.name for t in study.trials]
   assert study.trials[0].state.name in ('COMPLETE', 'PRUNED')
-  assert study.trials[1].state.name == 'RUNNING'
-  killed_params = study.trials[1].params
-  trial1_dir = os.path.join(workdir, 'tune', 'trial_1')
-  epoch1 = json.load(open(os.path.join(trial1_dir, 'metrics.json')))[0]
+  killed_trial = study.trials[killed]
+  killed_dir = os.path.join(workdir, 'tune', killed_trial.user_attrs['workdir'])
+  epoch1 = json.load(open(os.path.join(killed_dir, 'metrics.json')))[0]
 
-  out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+  out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, timeout=900)
   assert out.returncode == 0, out.stdout[-4000:]
   study = optuna.load_study(study_name='melgenre', storage=f'sqlite:///{db}')
   states = [t.state.name for t in study.trials]
-  assert states[1] == 'FAIL'
+  assert states[killed] == 'FAIL'
   assert sum(s in ('COMPLETE', 'PRUNED') for s in states) == 3, states
-  retry = study.trials[2]
-  assert retry.user_attrs['retry_of'] == 1 and retry.params == killed_params
-  assert retry.user_attrs['workdir'] == 'trial_1'
-  history = json.load(open(os.path.join(trial1_dir, 'metrics.json')))
+  assert 'RUNNING' not in states and 'WAITING' not in states
+  retry, = [t for t in study.trials if t.user_attrs.get('retry_of') == killed]
+  assert retry.state.name in ('COMPLETE', 'PRUNED')
+  assert retry.params == killed_trial.params
+  assert retry.user_attrs['workdir'] == killed_trial.user_attrs['workdir']
+  assert retry.intermediate_values[1] == killed_trial.intermediate_values[1]
+  history = json.load(open(os.path.join(killed_dir, 'metrics.json')))
+  assert [r['epoch'] for r in history] == [1, 2]
   assert history[0] == epoch1  # epoch 1 restored from its checkpoint, not retrained
-  assert 1 in retry.intermediate_values
+  for t in study.trials:  # each trial trained with its sampled value
+    trained = json.load(open(os.path.join(workdir, 'tune', t.user_attrs['workdir'],
+                                          'config.json')))
+    assert trained['seed'] == t.params['seed']
 
   tune_dir = os.path.join(workdir, 'tune')
   table = open(os.path.join(tune_dir, 'trials.md')).read()
-  assert '| 1 | FAIL |' in table and 'Best: trial' in table
-  assert '| number | state | score | epochs |' in out.stdout  # printed table
+  assert f'| {killed} | FAIL |' in table
+  assert '| number | state | score | epochs | seed |' in out.stdout  # printed table
   assert os.path.getsize(os.path.join(tune_dir, 'trials.png')) > 0
-  # The best config is the one its trial trained with (the trial only moved
-  # the shared cache), so it trains.
+  # best_config.py is the config its trial trained with (the trial only moved
+  # the audio cache into the search's folder), so it trains the same way.
   best = study.best_trial
   config = _load_best_config(os.path.join(tune_dir, 'best_config.py'))
   trained = json.load(open(os.path.join(tune_dir, best.user_attrs['workdir'],

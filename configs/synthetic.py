@@ -15,8 +15,8 @@ def get_config():
   config.data.split = 'stratified'
   config.data.synthetic.songs_per_genre = 24
   config.data.synthetic.song_seconds = 12.0
-  config.num_epochs = 12
-  config.schedule.stage_ends = (2, 8, 10, 12)
+  config.num_epochs = 10
+  config.schedule.stage_ends = (2, 6, 8, 10)
   config.checkpoint.max_to_keep = 2
   # ~20 steps an epoch is too few for BatchNorm's running averages at the
   # reference momentum (0.99) to settle on raw dB inputs: validation would sit

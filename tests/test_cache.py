@@ -1,6 +1,5 @@
 """Decode-once cache: content, bad files, reuse, rebuild, atomicity (melgenre_jax.cache)."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from configs import default
 from melgenre_jax import audio
 from melgenre_jax import cache
 from melgenre_jax import sources
@@ -18,11 +18,7 @@ SR = 8000
 
 
 def _config(root='', **data):
-  spec = importlib.util.spec_from_file_location('_default_cfg_cache',
-                                                ROOT / 'configs' / 'default.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = default.get_config()
   config.audio.sample_rate = SR
   config.audio.segment_seconds = 0.5
   config.audio.segment_hop_seconds = 0.5

@@ -1,6 +1,5 @@
 """load_dataset end to end, the grain train loader (resume, shards) and eval batches."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from configs import default
 from melgenre_jax import input_pipeline as ip
 from melgenre_jax import sources
 from melgenre_jax import splits
@@ -19,11 +19,7 @@ SR = 8000
 
 
 def _config(**data):
-  spec = importlib.util.spec_from_file_location('_default_cfg_pipeline',
-                                                ROOT / 'configs' / 'default.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = default.get_config()
   config.audio.sample_rate = SR
   config.audio.segment_seconds = 0.5
   config.audio.segment_hop_seconds = 0.5

@@ -1,22 +1,18 @@
 """Song discovery for every config.data.source (melgenre_jax.sources)."""
 
-import importlib.util
 import os
 import pathlib
 
 import pytest
 
+from configs import default
 from melgenre_jax import sources
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(**data):
-  spec = importlib.util.spec_from_file_location('_default_cfg_sources',
-                                                ROOT / 'configs' / 'default.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = default.get_config()
   for k, v in data.items():
     setattr(config.data, k, v)
   return config

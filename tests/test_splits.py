@@ -1,13 +1,13 @@
 """Song/group-level splits and the published GTZAN lists (melgenre_jax.splits)."""
 
 import collections
-import importlib.util
 import logging
 import pathlib
 
 import numpy as np
 import pytest
 
+from configs import default
 from melgenre_jax import sources
 from melgenre_jax import splits
 from melgenre_jax.songs import Song
@@ -16,11 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(**data):
-  spec = importlib.util.spec_from_file_location('_default_cfg_splits',
-                                                ROOT / 'configs' / 'default.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = default.get_config()
   for k, v in data.items():
     setattr(config.data, k, v)
   return config

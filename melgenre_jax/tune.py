@@ -390,7 +390,9 @@ def make_storage(s: Settings, on_stale: Callable) -> optuna.storages.RDBStorage:
                   heartbeat_stale_trial_callback=on_stale)
   for attempt in range(5):
     try:
-      return optuna.storages.RDBStorage(s.storage, **kwargs)
+      with warnings.catch_warnings():  # heartbeat_interval is "experimental"
+        warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(s.storage, **kwargs)
     except Exception as e:  # pylint: disable=broad-except
       # Processes starting together race to create the tables ("table studies
       # already exists"): the loser finds them on its next try.
@@ -630,7 +632,7 @@ def plot_trials(rows: Sequence[dict], path: str) -> None:
   ax.set_ylim(-0.03, 1.03)
   ax.grid(alpha=0.3)
   if rows:
-    ax.legend(loc='lower right', fontsize=8)
+    ax.legend(loc='best', fontsize=8, framealpha=0.8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -741,8 +743,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, *,
           'melgenre_jax/tune.py).')
     train_fn = train.train_and_evaluate
     if s.compile_cache and not jax.config.jax_compilation_cache_dir:
-      # Trials differ in constants of the train step only: model init and the
-      # eval step compile once for the whole search (a retried trial: nothing).
+      # Trials mostly differ in constants of the train step only: model init
+      # and the eval step then compile once for the whole search.
       jax.config.update('jax_compilation_cache_dir', os.path.join(s.tune_dir, 'jax_cache'))
 
     def extra_check(c):
@@ -785,6 +787,12 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, *,
       counts = _counts(study)
       finished = counts['COMPLETE'] + counts['PRUNED']
       if finished + counts['RUNNING'] >= s.num_trials:
+        break
+      if counts['FAIL'] > 2 * s.num_trials:
+        logging.error('%d trials failed (NaN losses or crashed processes; see the log '
+                      'and %s): stopping the search. Narrow config.tune.space (e.g. '
+                      'lower learning rates) and run again.', counts['FAIL'],
+                      os.path.join(s.tune_dir, 'trials.md'))
         break
       logging.info('Starting trial %d of %d (%d finished, %d running elsewhere).',
                    finished + counts['RUNNING'] + 1, s.num_trials, finished,

@@ -221,6 +221,15 @@ def test_search_prunes_fails_and_reports(tmp_path):
   assert len(states) == n + 1 and states[-1] in ('COMPLETE', 'PRUNED')
 
 
+def test_search_gives_up_when_every_trial_diverges(tmp_path):
+  config = _fake_config(num_trials=1)
+  config.tune.space = ('optim.l2=loguniform:6e-3:9e-3',)  # fake_train: NaN above 5e-3
+  summary = tune.run_search(config, str(tmp_path), train_fn=fake_train)
+  assert _states(_study(str(tmp_path))) == ['FAIL'] * 3
+  assert summary['best_trial'] is None
+  assert not os.path.exists(os.path.join(str(tmp_path), 'tune', 'best_config.py'))
+
+
 def _load_best_config(path):
   spec = importlib.util.spec_from_file_location('best_config', path)
   module = importlib.util.module_from_spec(spec)
@@ -292,6 +301,41 @@ def test_trial_of_a_live_process_is_left_alone(tmp_path):
   trial.set_user_attr('pid', 2 ** 22 + 12345)
   assert tune.recover_dead_trials(study, max_retries=2) == []
   assert study.trials[0].state.name == 'RUNNING'
+
+
+@pytest.mark.filterwarnings('ignore:Heartbeat of storage')  # study.ask() outside optimize
+def test_silent_trial_of_another_machine_is_retried_via_heartbeat(tmp_path):
+  workdir = str(tmp_path)
+  _enqueue(workdir, (0.2, 1e-4))
+  config = _fake_config(num_trials=1)
+  config.tune.heartbeat_seconds = 1  # stale after 2 s without a heartbeat
+  s = tune.read_settings(config, workdir)
+  storage = tune.make_storage(s, on_stale=None)
+  study = optuna.load_study(study_name='melgenre', storage=storage)
+  trial = study.ask()
+  for param in s.space:
+    param.suggest(trial)
+  trial.set_user_attr('machine', 'elsewhere/boot')  # not ours: no pid check
+  trial.set_user_attr('pid', 1)
+  trial.set_user_attr('workdir', 'trial_0')
+  storage.record_heartbeat(trial._trial_id)  # pylint: disable=protected-access
+  time.sleep(2.5)
+  tune.run_search(config, workdir, train_fn=fake_train)
+  study = _study(workdir)
+  assert _states(study) == ['FAIL', 'COMPLETE']
+  assert study.trials[1].user_attrs['retry_of'] == 0
+  assert study.trials[1].params == study.trials[0].params
+
+
+def test_requeue_gives_up_after_max_retries(tmp_path):
+  study = _enqueue(str(tmp_path), (0.2, 1e-4))
+  trial = study.ask()
+  trial.set_user_attr('retries', 2)
+  study.tell(trial, state=optuna.trial.TrialState.FAIL)
+  assert not tune.requeue(study, study.trials[0], max_retries=2)
+  assert tune.requeue(study, study.trials[0], max_retries=3)
+  assert study.trials[1].state.name == 'WAITING'
+  assert study.trials[1].user_attrs['retries'] == 3
 
 
 def test_sigterm_stops_the_search_and_the_rerun_resumes_the_trial(tmp_path):

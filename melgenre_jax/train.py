@@ -485,10 +485,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         if do_eval else None)
         checkpointing.save(manager, step, state, data_iter, progress, ckpt_metrics)
       if on_epoch_end is not None:
+        manager.wait_until_finished()  # the epoch's checkpoint is on disk first
         try:
           on_epoch_end(row)
         except BaseException:
-          manager.wait_until_finished()
+          manager.close()
+          writer.close()
           raise
       if stop.signal_name:  # arrived during the epoch's last step or its eval
         stopped = stop.signal_name

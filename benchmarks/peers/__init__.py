@@ -1,0 +1,1 @@
+"""Peer implementations of the reference model, used only by the benchmarks."""

@@ -319,7 +319,9 @@ def test_silent_trial_of_another_machine_is_retried_via_heartbeat(tmp_path):
   trial.set_user_attr('pid', 1)
   trial.set_user_attr('workdir', 'trial_0')
   storage.record_heartbeat(trial._trial_id)  # pylint: disable=protected-access
-  time.sleep(2.5)
+  # SQLite's now() has whole seconds and Optuna wants "> 2 s": after 2.5 s the
+  # truncated gap can still read 2 (it failed CI that way); 3.5 s reads >= 3.
+  time.sleep(3.5)
   tune.run_search(config, workdir, train_fn=fake_train)
   study = _study(workdir)
   assert _states(study) == ['FAIL', 'COMPLETE']

@@ -40,8 +40,57 @@ def max_pool(x: jax.Array, window: Sequence[int]) -> jax.Array:
   return x.max(axis=(2, 4))
 
 
+def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """'SAME'-padded stride-1 convolution of ``[B, T, F, Cin]`` by ``[kt, kf, Cin, Cout]``."""
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+class _ConvParams(nn.Module):
+  """``nn.Conv``'s kernel and bias: same names, shapes, initialisers and order."""
+
+  features: int
+  kernel_size: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+    kernel = self.param('kernel', he_normal,
+                        (*self.kernel_size, in_features, self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    return kernel, bias
+
+
+class _BatchNormVars(nn.Module):
+  """``nn.BatchNorm``'s parameters and running statistics, same names and order."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self):
+    shape = (self.features,)
+    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), shape)
+    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), shape)
+    scale = self.param('scale', nn.initializers.ones, shape, jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, shape, jnp.float32)
+    return ra_mean, ra_var, scale, bias
+
+
 class ConvBlock(nn.Module):
-  """Conv -> BatchNorm -> LeakyReLU -> MaxPool -> Dropout."""
+  """Conv -> BatchNorm -> LeakyReLU -> MaxPool -> Dropout.
+
+  Computed as Conv -> batch statistics -> MaxPool -> BatchNorm affine ->
+  LeakyReLU -> Dropout, which is the same function: per channel the BatchNorm
+  affine map ``a * y + c`` and the LeakyReLU are monotonic, so the window max
+  of their output is their output at the window max of ``y`` (at the window
+  min where ``a < 0``, i.e. the max of ``-y``). The conv bias is folded into
+  the statistics (``y + b - mean(y + b) = y - mean(y)``). Only the conv output
+  and its batch statistics are full-resolution; everything after works on the
+  pooled map, which on CPU makes the train step several times cheaper (fresh
+  full-size buffers dominate there). Parameters, statistics, their updates
+  and the random dropout masks are those of the plain
+  ``nn.Conv``/``nn.BatchNorm``/``nn.Dropout`` formulation (see
+  tests/test_models.py); benchmarks/bench_train_step.py measures it.
+  """
 
   features: int
   kernel: Sequence[int]
@@ -54,15 +103,34 @@ class ConvBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = nn.Conv(self.features, tuple(self.kernel), padding='SAME',
-                kernel_init=he_normal, dtype=self.dtype)(x)
+    kernel, conv_bias = _ConvParams(self.features, tuple(self.kernel), name='Conv_0')(
+        x.shape[-1])
+    ra_mean, ra_var, scale, bn_bias = _BatchNormVars(self.features, name='BatchNorm_0')()
+    y = conv_same(x.astype(self.dtype), kernel.astype(self.dtype))  # bias folded below
+
+    if train:
+      # Batch statistics in float32 of y; those of y + bias follow exactly.
+      y32 = y.astype(jnp.float32)
+      stats = jnp.stack([y32.mean((0, 1, 2)), jnp.square(y32).mean((0, 1, 2))])
+      if self.bn_axis_name is not None and not self.is_initializing():
+        stats = jax.lax.pmean(stats, self.bn_axis_name)
+      mean_y = stats[0]
+      var = jnp.maximum(0.0, stats[1] - jnp.square(mean_y))
+      if not self.is_initializing():
+        m = self.bn_momentum
+        ra_mean.value = m * ra_mean.value + (1 - m) * (mean_y + conv_bias)
+        ra_var.value = m * ra_var.value + (1 - m) * var
+      center = mean_y  # mean(y + b) - b
+    else:
+      var = ra_var.value
+      center = ra_mean.value - conv_bias
     # Keras' epsilon (1e-3), as in the reference implementation.
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                     epsilon=1e-3, dtype=self.dtype,
-                     axis_name=self.bn_axis_name if train else None)(x)
-    x = nn.leaky_relu(x, negative_slope=self.leaky_slope)
-    x = max_pool(x, self.pool)
-    return nn.Dropout(self.dropout)(x, deterministic=not train)
+    mul = scale * jax.lax.rsqrt(var + 1e-3)
+    sign = jnp.where(scale >= 0, 1.0, -1.0).astype(y.dtype)  # sign of mul
+    z = sign * max_pool(y * sign, self.pool)  # window max (min where mul < 0)
+    z = ((z - center) * mul + bn_bias).astype(self.dtype)
+    z = nn.leaky_relu(z, negative_slope=self.leaky_slope)
+    return nn.Dropout(self.dropout)(z, deterministic=not train)
 
 
 class LSTMStack(nn.Module):

@@ -80,3 +80,58 @@ def test_kernels_are_he_normal_scaled():
   k = np.asarray(params['branch_a']['ConvBlock_1']['Conv_0']['kernel'])
   fan_in = 5 * 5 * 32
   assert abs(k.std() - np.sqrt(2.0 / fan_in)) < 0.1 * np.sqrt(2.0 / fan_in)
+
+
+class _PlainConvBlock(models.ConvBlock):
+  """The textbook order (full-resolution BatchNorm and LeakyReLU, then the pool)."""
+
+  @models.nn.compact
+  def __call__(self, x, train):
+    nn = models.nn
+    x = nn.Conv(self.features, tuple(self.kernel), padding='SAME',
+                kernel_init=models.he_normal)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                     epsilon=1e-3)(x)
+    x = nn.leaky_relu(x, negative_slope=self.leaky_slope)
+    x = models.max_pool(x, self.pool)
+    return nn.Dropout(self.dropout)(x, deterministic=not train)
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_pool_first_conv_block_is_the_textbook_block(train):
+  """ConvBlock pools before the BatchNorm affine and LeakyReLU: same function, grads, stats."""
+  kwargs = dict(features=3, kernel=(3, 3), pool=(2, 2), dropout=0.3, leaky_slope=0.3,
+                bn_momentum=0.9)
+  ours, plain = models.ConvBlock(**kwargs), _PlainConvBlock(**kwargs)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 9, 8, 2))
+  variables = plain.init(jax.random.PRNGKey(1), x, train=False)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x, train=False)) == \
+      jax.tree.map(jnp.shape, variables)
+  # Non-trivial state: a negative BatchNorm scale (pooling must take the min
+  # there), a conv bias, running statistics away from their initial values.
+  params = jax.tree.map(lambda p: p, variables['params'])
+  params['BatchNorm_0']['scale'] = jnp.array([1.5, -0.7, 0.2])
+  params['BatchNorm_0']['bias'] = jnp.array([0.1, -0.2, 0.3])
+  params['Conv_0']['bias'] = jnp.array([0.5, -1.0, 2.0])
+  stats = {'mean': jnp.array([0.4, -0.9, 2.2]), 'var': jnp.array([2.0, 0.5, 1.3])}
+  rngs = {'dropout': jax.random.PRNGKey(2)}
+
+  def run(block, params, x):
+    out, updates = block.apply({'params': params, 'batch_stats': {'BatchNorm_0': stats}}, x,
+                               train=train, rngs=rngs, mutable=['batch_stats'])
+    return out, updates
+
+  def loss(block, params, x):
+    out, _ = run(block, params, x)
+    return jnp.sum(out * jnp.arange(out.size).reshape(out.shape) / out.size)
+
+  out_ours, upd_ours = run(ours, params, x)
+  out_plain, upd_plain = run(plain, params, x)
+  np.testing.assert_allclose(out_ours, out_plain, rtol=1e-5, atol=1e-5)
+  for k in ('mean', 'var'):
+    np.testing.assert_allclose(upd_ours['batch_stats']['BatchNorm_0'][k],
+                               upd_plain['batch_stats']['BatchNorm_0'][k], rtol=1e-5, atol=1e-6)
+  g_ours = jax.grad(lambda p, x: loss(ours, p, x), argnums=(0, 1))(params, x)
+  g_plain = jax.grad(lambda p, x: loss(plain, p, x), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_plain)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

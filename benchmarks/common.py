@@ -1,0 +1,65 @@
+"""Pieces the benchmark scripts share: configs, the compiled reference step, timing."""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from melgenre_jax import models, parallel, schedules, train
+
+
+def reference_config(**overrides) -> ml_collections.ConfigDict:
+  """configs/default.py with ``a__b=value`` style overrides (``data__worker_count=1``)."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('__')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def untrained_state(config: ml_collections.ConfigDict, num_classes: int, mesh,
+                    seed: int = 0, bn_axis_name: str | None = None):
+  """A freshly initialised TrainState: throughput does not depend on the weights."""
+  tx = train.create_optimizer(config, schedules.create_learning_rate_schedule(config.schedule, 100))
+  preprocess = train.make_preprocess(config)
+  init = functools.partial(train.create_train_state, config,
+                           models.create_model(config.model, num_classes), tx,
+                           preprocess=preprocess)
+  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(seed))
+  return state.replace(apply_fn=models.create_model(config.model, num_classes,
+                                                    bn_axis_name=bn_axis_name).apply)
+
+
+def compiled_train_step(config: ml_collections.ConfigDict, num_classes: int, mesh):
+  """(compiled step, state, a batch of zeros-like inputs, compile seconds)."""
+  state = untrained_state(config, num_classes, mesh, bn_axis_name=parallel.AXIS)
+  preprocess = train.make_preprocess(config)
+  rng = np.random.default_rng(0)
+  shape = (config.batch_size,) + train.input_shape(config)
+  scale = 0.1 if config.features.where == 'device' else 15.0
+  batch = parallel.global_batch(
+      {'inputs': (scale * rng.standard_normal(shape)).astype(np.float32),
+       'label': (np.arange(config.batch_size) % num_classes).astype(np.int32)}, mesh)
+  start = time.perf_counter()
+  step = train.make_train_step(mesh, preprocess, config, num_classes).lower(state, batch).compile()
+  return step, state, batch, time.perf_counter() - start
+
+
+def median_rate(fn: Callable[[], int], repeats: int) -> tuple[float, list[float]]:
+  """Median of ``units / seconds`` over ``repeats`` calls of ``fn`` (returns units done)."""
+  rates = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    units = fn()
+    rates.append(units / (time.perf_counter() - start))
+  return statistics.median(rates), rates

@@ -68,10 +68,10 @@ def main(argv):
   mesh = parallel.create_mesh()
   model = inference_model(config, mesh)
   sr = config.audio.sample_rate
-  rows = []
+  rows, files = [], {}
   with tempfile.TemporaryDirectory() as tmp:
     for rate in (sr, 44100):
-      paths = write_songs(tmp, rate)
+      paths = files[rate] = write_songs(tmp, rate)
       predict.classify_files(model, paths[:2])  # compiles
 
       def run_predict() -> int:
@@ -93,7 +93,7 @@ def main(argv):
 
     # The same songs as the eval path sees them: cached 3 s segments.
     spec = predict.SegmentSpec.from_config(config)
-    waves = [predict.song_segments(p, spec)[0] for p in paths if p.endswith(f'_{sr}.wav')]
+    waves = [predict.song_segments(p, spec)[0] for p in files[sr]]
     segs = input_pipeline.SegmentSet(
         inputs=np.concatenate(waves), labels=np.zeros(sum(map(len, waves)), np.int32),
         song_index=np.repeat(np.arange(len(waves), dtype=np.int32), [len(w) for w in waves]),

@@ -11,7 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from melgenre_jax import models, parallel, schedules, train
+from melgenre_jax import hostmem, models, parallel, schedules, train
 
 
 def reference_config(**overrides) -> ml_collections.ConfigDict:
@@ -29,7 +29,13 @@ def reference_config(**overrides) -> ml_collections.ConfigDict:
 
 def untrained_state(config: ml_collections.ConfigDict, num_classes: int, mesh,
                     seed: int = 0, bn_axis_name: str | None = None):
-  """A freshly initialised TrainState: throughput does not depend on the weights."""
+  """A freshly initialised TrainState: throughput does not depend on the weights.
+
+  Also applies ``config.keep_host_memory`` as train_and_evaluate and
+  load_for_inference do, so the timed steps are the product's.
+  """
+  if config.keep_host_memory:
+    hostmem.keep_freed_memory()
   tx = train.create_optimizer(config, schedules.create_learning_rate_schedule(config.schedule, 100))
   preprocess = train.make_preprocess(config)
   init = functools.partial(train.create_train_state, config,

@@ -105,6 +105,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.every_epochs = 1
   config.log_every_steps = 10
   config.progress_bar = True
+  # glibc: keep freed host memory mapped; the CPU train step is ~1.5x faster
+  # (melgenre_jax/hostmem.py), the process keeps its peak memory.
+  config.keep_host_memory = True
   config.eval_every_epochs = 1
 
   # --- Test hooks (never set in real runs).

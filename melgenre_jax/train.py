@@ -29,6 +29,7 @@ from melgenre_jax import augment
 from melgenre_jax import checkpointing
 from melgenre_jax import config_checks
 from melgenre_jax import features
+from melgenre_jax import hostmem
 from melgenre_jax import input_pipeline
 from melgenre_jax import metrics as metrics_lib
 from melgenre_jax import models
@@ -335,6 +336,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns the final epoch's metrics row (plus ``best`` and ``stopped`` info).
   """
   config_checks.validate(config)
+  if config.get('keep_host_memory', True):
+    hostmem.keep_freed_memory()
   parallel.check_batch_divisible(config.batch_size)
   parallel.check_batch_divisible(config.eval_batch_size, 'config.eval_batch_size')
   workdir = os.path.abspath(workdir)
@@ -569,6 +572,8 @@ def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
   Works whatever number of devices trained the model: parameters are saved
   replicated and restored onto a mesh of the devices here (CPU included).
   """
+  if config.get('keep_host_memory', True):
+    hostmem.keep_freed_memory()
   workdir = os.path.abspath(workdir)
   genres = load_genres(workdir)
   if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):

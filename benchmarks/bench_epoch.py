@@ -47,7 +47,10 @@ def main(argv):
     shutil.rmtree(cache_dir, ignore_errors=True)
   config = common.reference_config(
       data__source='synthetic', data__cache_dir=cache_dir,
-      data__synthetic__songs_per_genre=_SONGS.value, num_epochs=1, progress_bar=False)
+      data__synthetic__songs_per_genre=_SONGS.value, num_epochs=1, progress_bar=False,
+      # Epoch 1 of the reference schedule (its warm-up) as the whole schedule.
+      schedule__stage_ends=(1,), schedule__stage_start_lrs=(5e-5,),
+      schedule__stage_end_lrs=(1.55e-4,))
 
   start = time.perf_counter()
   dataset = input_pipeline.load_dataset(config, os.path.join(workdir, 'cache_probe'))

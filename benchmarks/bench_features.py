@@ -83,7 +83,7 @@ def main(argv: list[str]) -> None:
   # (name, batch, clips per call, call)
   methods = [
       ('librosa, one clip at a time', 1, len(single), lambda: _librosa_single(single, cfg)),
-      (f'librosa, batched [B,S] call', len(single), len(single), lambda: _librosa_batched(single, cfg)),
+      ('librosa, batched [B,S] call', len(single), len(single), lambda: _librosa_batched(single, cfg)),
       ('JAX make_frontend', 1, 1, _jax_runner(frontend, waves[:1])),
       ('JAX make_frontend', batch, batch, _jax_runner(frontend, waves)),
   ]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 
 from absl import app
 from absl import flags
@@ -32,7 +31,7 @@ import soundfile as sf  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from benchmarks.peers import harness  # noqa: E402
-from melgenre_jax import audio, evaluate, input_pipeline, parallel, predict, synthetic, train  # noqa: E402
+from melgenre_jax import audio, evaluate, hostmem, input_pipeline, parallel, predict, synthetic, train  # noqa: E402
 
 _SONGS = flags.DEFINE_integer('songs', 20, 'Songs per timed run.')
 _SECONDS = flags.DEFINE_float('song_seconds', 30.0, 'Song length.')
@@ -64,6 +63,7 @@ def inference_model(config, mesh) -> train.InferenceModel:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  hostmem.keep_freed_memory()  # as main.py: before JAX starts its backend
   config = common.reference_config()
   mesh = parallel.create_mesh()
   model = inference_model(config, mesh)

@@ -10,6 +10,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
+from melgenre_jax import hostmem
 from melgenre_jax import parallel
 
 MODES = ('train', 'eval', 'predict', 'export', 'tune')
@@ -61,6 +62,10 @@ def _tuples(d: Any) -> Any:
 def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str,
         flags: Any) -> Any:
   """Runs one mode. Training needs --config; the others fall back to the workdir's."""
+  if config is None or config.get('keep_host_memory', True):
+    # Before JAX starts its backend and thread pool: the setting then covers
+    # every thread's allocations (train_and_evaluate repeats it for library use).
+    hostmem.keep_freed_memory()
   parallel.maybe_initialize_distributed(flags.coordinator_address,
                                         flags.num_processes, flags.process_id)
   if mode == 'train':

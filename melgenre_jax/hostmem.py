@@ -36,7 +36,9 @@ _NEVER_TRIM = 2**31 - 1
 def keep_freed_memory() -> bool:
   """Asks glibc malloc to keep freed memory mapped; True if it agreed.
 
-  Process-wide and idempotent (cached): call it at the start of a run.
+  Process-wide and idempotent (cached). Call it before JAX starts its backend
+  (``cli.run`` does): threads that already hold a malloc arena of their own
+  keep it, and a probe measured the step ~1.3x slower when it came after.
   """
   if not sys.platform.startswith('linux'):
     return False

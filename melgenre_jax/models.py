@@ -85,7 +85,7 @@ class ConvBlock(nn.Module):
   min where ``a < 0``, i.e. the max of ``-y``). The conv bias is folded into
   the statistics (``y + b - mean(y + b) = y - mean(y)``). Only the conv output
   and its batch statistics are full-resolution; everything after works on the
-  pooled map: fewer full-size buffers, a train step 1.1-1.4x faster on a
+  pooled map: fewer full-size buffers, a train step ~1.2x faster on a
   2-core CPU (benchmarks/bench_train_step.py, jax vs. jax_plain_block).
   Parameters, statistics, their updates
   and the random dropout masks are those of the plain

@@ -36,6 +36,8 @@ def test_big_buffers_come_from_the_kept_heap():
   assert during.uordblks - before.uordblks >= x.nbytes  # but in the heap's used bytes
   del x
   after = mallinfo2()
-  # Freed, and the heap kept the pages (nothing trimmed back to the OS).
+  # Freed, and the heap kept the pages (nothing trimmed back to the OS). The
+  # block may have reused free heap space from earlier tests, so compare with
+  # the block's size, not with the free bytes before it.
   assert after.arena >= during.arena
-  assert after.fordblks - before.fordblks >= 16 * 2**20 * 4 - 2**20
+  assert after.fordblks >= 16 * 2**20 * 4

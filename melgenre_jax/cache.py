@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 
 from melgenre_jax import audio
+from melgenre_jax.processes import pid_alive
 from melgenre_jax.songs import Song
 
 CACHE_VERSION = 1
@@ -282,16 +283,6 @@ def _tmp_prefix(key: str) -> str:
   return f'.tmp-{key}-{socket.gethostname()}-'
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def _cleanup_stale_tmp(cache_dir: str):
   """Removes temp build folders of crashed builds on this host."""
   host = socket.gethostname()
@@ -304,7 +295,7 @@ def _cleanup_stale_tmp(cache_dir: str):
       pid = int(parts[-2])
     except (ValueError, IndexError):
       continue
-    if f'-{host}-' in name and not _pid_alive(pid):
+    if f'-{host}-' in name and not pid_alive(pid):
       shutil.rmtree(os.path.join(cache_dir, name), ignore_errors=True)
 
 

@@ -78,7 +78,6 @@ import json
 import math
 import os
 import pprint
-import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -90,6 +89,7 @@ from absl import logging
 from optuna.trial import TrialState
 
 from melgenre_jax import config_checks
+from melgenre_jax.processes import machine_id, pid_alive
 
 LR_SCALE = 'lr_scale'
 KINDS = ('uniform', 'loguniform', 'int', 'logint', 'choice')
@@ -405,30 +405,6 @@ def make_storage(s: Settings, on_stale: Callable) -> optuna.storages.RDBStorage:
 
 # ----------------------------------------------------------------------------
 # Dead trials: recognise, fail and retry.
-
-
-def machine_id() -> str:
-  """Host name plus boot id: a process id means something only on this machine."""
-  try:
-    with open('/proc/sys/kernel/random/boot_id') as f:
-      boot = f.read().strip()
-  except OSError:
-    boot = ''
-  return f'{socket.gethostname()}/{boot}'
-
-
-def pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  try:  # a zombie is dead, whatever kill(0) says
-    with open(f'/proc/{pid}/stat') as f:
-      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-  except (OSError, IndexError):
-    return True
 
 
 def requeue(study: optuna.Study, dead: optuna.trial.FrozenTrial, max_retries: int) -> bool:

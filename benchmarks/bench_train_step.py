@@ -200,12 +200,7 @@ class JaxRunner:
     from melgenre_jax import models, parallel, schedules, train  # pylint: disable=g-import-not-at-top
     config = reference_config()
     config.features.where = self.opts.get('where', 'host')
-    for key, value in self.opts.get('overrides', {}).items():
-      node = config
-      *parents, leaf = key.split('.')
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
+    config.update_from_flattened_dict(self.opts.get('overrides', {}))
     if config.keep_host_memory:  # what train_and_evaluate does (melgenre_jax/hostmem.py)
       from melgenre_jax import hostmem  # pylint: disable=g-import-not-at-top
       if not hostmem.keep_freed_memory():

@@ -18,12 +18,7 @@ def reference_config(**overrides) -> ml_collections.ConfigDict:
   """configs/default.py with ``a__b=value`` style overrides (``data__worker_count=1``)."""
   from configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('__')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict({k.replace('__', '.'): v for k, v in overrides.items()})
   return config
 
 

@@ -20,12 +20,7 @@ NUM_CLASSES = 4
 
 def _config(**overrides):
   config = tiny.get_config()
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

@@ -27,7 +27,7 @@ import librosa  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import default as default_config  # noqa: E402
-from melgenre_jax import features  # noqa: E402
+from melgenre_jax.data import features  # noqa: E402
 
 _SECONDS = flags.DEFINE_float('seconds', 30.0, 'Clip length in seconds.')
 _BATCH = flags.DEFINE_integer('batch', 32, 'Large JAX batch size.')

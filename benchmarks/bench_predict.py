@@ -31,7 +31,10 @@ import soundfile as sf  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from benchmarks.peers import harness  # noqa: E402
-from melgenre_jax import audio, evaluate, hostmem, input_pipeline, parallel, predict, synthetic, train  # noqa: E402
+from melgenre_jax.data import audio, input_pipeline, synthetic  # noqa: E402
+from melgenre_jax.modes import evaluate, predict  # noqa: E402
+from melgenre_jax.runtime import hostmem, parallel  # noqa: E402
+from melgenre_jax import train  # noqa: E402
 
 _SONGS = flags.DEFINE_integer('songs', 20, 'Songs per timed run.')
 _SECONDS = flags.DEFINE_float('song_seconds', 30.0, 'Song length.')

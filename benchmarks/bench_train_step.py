@@ -197,12 +197,13 @@ class JaxRunner:
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-    from melgenre_jax import models, parallel, schedules, train  # pylint: disable=g-import-not-at-top
+    from melgenre_jax import models, schedules, train  # pylint: disable=g-import-not-at-top
+    from melgenre_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
     config = reference_config()
     config.features.where = self.opts.get('where', 'host')
     config.update_from_flattened_dict(self.opts.get('overrides', {}))
-    if config.keep_host_memory:  # what train_and_evaluate does (melgenre_jax/hostmem.py)
-      from melgenre_jax import hostmem  # pylint: disable=g-import-not-at-top
+    if config.keep_host_memory:  # what train_and_evaluate does (melgenre_jax/runtime/hostmem.py)
+      from melgenre_jax.runtime import hostmem  # pylint: disable=g-import-not-at-top
       if not hostmem.keep_freed_memory():
         raise RuntimeError('glibc mallopt refused config.keep_host_memory')
     mesh = parallel.create_mesh(jax.devices()[:1])

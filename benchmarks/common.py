@@ -11,7 +11,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from melgenre_jax import hostmem, models, parallel, schedules, train
+from melgenre_jax.runtime import hostmem, parallel
+from melgenre_jax import models, schedules, train
 
 
 def reference_config(**overrides) -> ml_collections.ConfigDict:

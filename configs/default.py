@@ -106,7 +106,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 10
   config.progress_bar = True
   # glibc: keep freed host memory mapped; the CPU train step is ~1.5x faster
-  # (melgenre_jax/hostmem.py), the process keeps its peak memory.
+  # (melgenre_jax/runtime/hostmem.py), the process keeps its peak memory.
   config.keep_host_memory = True
   config.eval_every_epochs = 1
 
@@ -116,7 +116,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.debug.max_steps = -1  # stop after this many steps (tests)
   config.debug.step_delay_seconds = 0.0  # sleep after each step (kill tests)
 
-  # --- Hyperparameter search (--mode=tune; see melgenre_jax/tune.py).
+  # --- Hyperparameter search (--mode=tune; see melgenre_jax/modes/tune.py).
   # Each entry of ``space`` is 'FIELD=SPEC': FIELD a config path ('model.dropout')
   # or the special 'lr_scale' (multiplies every schedule.stage_*_lrs value);
   # SPEC one of uniform:LOW:HIGH | loguniform:LOW:HIGH | int:LOW:HIGH[:STEP] |

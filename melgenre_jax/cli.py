@@ -10,8 +10,8 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from melgenre_jax import hostmem
-from melgenre_jax import parallel
+from melgenre_jax.runtime import hostmem
+from melgenre_jax.runtime import parallel
 
 MODES = ('train', 'eval', 'predict', 'export', 'tune')
 
@@ -76,18 +76,18 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str,
   if mode == 'tune':
     if config is None:
       raise ValueError('--mode=tune needs --config (with a config.tune search space).')
-    from melgenre_jax import tune  # pylint: disable=g-import-not-at-top
+    from melgenre_jax.modes import tune  # pylint: disable=g-import-not-at-top
     return tune.run_search(config, workdir)
   config = config if config is not None else load_workdir_config(workdir)
   if mode == 'eval':
-    from melgenre_jax import evaluate  # pylint: disable=g-import-not-at-top
+    from melgenre_jax.modes import evaluate  # pylint: disable=g-import-not-at-top
     return evaluate.evaluate_workdir(config, workdir, step=flags.step)
   if mode == 'predict':
-    from melgenre_jax import predict  # pylint: disable=g-import-not-at-top
+    from melgenre_jax.modes import predict  # pylint: disable=g-import-not-at-top
     return predict.predict_paths(config, workdir, flags.audio, step=flags.step,
                                  output=flags.output, top_k=flags.top_k,
                                  plot=flags.plot)
   if mode == 'export':
-    from melgenre_jax import export  # pylint: disable=g-import-not-at-top
+    from melgenre_jax.modes import export  # pylint: disable=g-import-not-at-top
     return export.export_workdir(config, workdir, step=flags.step)
   raise ValueError(f'--mode={mode!r}: allowed values are {", ".join(MODES)}.')

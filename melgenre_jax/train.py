@@ -25,15 +25,15 @@ from absl import logging
 from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
-from melgenre_jax import augment
+from melgenre_jax.data import augment
 from melgenre_jax import checkpointing
 from melgenre_jax import config_checks
-from melgenre_jax import features
-from melgenre_jax import hostmem
-from melgenre_jax import input_pipeline
+from melgenre_jax.data import features
+from melgenre_jax.runtime import hostmem
+from melgenre_jax.data import input_pipeline
 from melgenre_jax import metrics as metrics_lib
 from melgenre_jax import models
-from melgenre_jax import parallel
+from melgenre_jax.runtime import parallel
 from melgenre_jax import reporting
 from melgenre_jax import schedules
 

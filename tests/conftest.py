@@ -24,7 +24,7 @@ import shutil  # noqa: E402  (after the environment set-up above)
 
 import pytest  # noqa: E402
 
-from melgenre_jax import hostmem  # noqa: E402
+from melgenre_jax.runtime import hostmem  # noqa: E402
 
 # As train_and_evaluate does (config.keep_host_memory): every test's steps run
 # the way the product's do, and ~1.5x faster.

@@ -1,4 +1,4 @@
-"""Decoding, resampling, segmentation and silence detection (melgenre_jax.audio)."""
+"""Decoding, resampling, segmentation and silence detection (melgenre_jax.data.audio)."""
 
 import os
 import pickle
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from melgenre_jax import audio
+from melgenre_jax.data import audio
 
 SR = 8000
 

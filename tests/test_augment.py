@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import default as default_config
-from melgenre_jax import augment
+from melgenre_jax.data import augment
 
 KEY = jax.random.PRNGKey(0)
 

@@ -1,4 +1,4 @@
-"""Decode-once cache: content, bad files, reuse, rebuild, atomicity (melgenre_jax.cache)."""
+"""Decode-once cache: content, bad files, reuse, rebuild, atomicity (melgenre_jax.data.cache)."""
 
 import json
 import os
@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 
 from configs import default
-from melgenre_jax import audio
-from melgenre_jax import cache
-from melgenre_jax import sources
+from melgenre_jax.data import audio
+from melgenre_jax.data import cache
+from melgenre_jax.data import sources
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SR = 8000
@@ -176,13 +176,13 @@ def test_synthetic_songs_are_generated(tmp_path):
   config.data.synthetic.song_seconds = 1.2
   c = _build(config)
   assert len(c.songs) == 4 and c.inputs.shape == (8, 4000)
-  from melgenre_jax import synthetic
+  from melgenre_jax.data import synthetic
   want = synthetic.synthesize_song(c.songs[0].key, SR, 1.2)[:4000]
   np.testing.assert_allclose(c.inputs[0], want, atol=1e-6)
 
 
 def test_host_features_are_cached(tmp_path):
-  from melgenre_jax import features
+  from melgenre_jax.data import features
   root = tmp_path / 'music'
   _write(root / 'jazz' / 'a.wav', _tone(1.0, 300))
   config = _config(root)

@@ -11,7 +11,7 @@ import pytest
 from sklearn import metrics as skm
 
 from melgenre_jax import cli
-from melgenre_jax import evaluate
+from melgenre_jax.modes import evaluate
 
 
 def _flags(**kw):

@@ -15,9 +15,9 @@ import pytest
 
 from configs import tiny
 from melgenre_jax import cli
-from melgenre_jax import export
-from melgenre_jax import parallel
-from melgenre_jax import synthetic
+from melgenre_jax.modes import export
+from melgenre_jax.runtime import parallel
+from melgenre_jax.data import synthetic
 from melgenre_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +64,7 @@ def test_exported_matches_live_model_in_a_process_without_training_code(exported
   script = textwrap.dedent(f"""
       import sys
       import numpy as np
-      from melgenre_jax.export import load_exported
+      from melgenre_jax.modes.export import load_exported
       predict, contract = load_exported({os.path.join(workdir, 'export')!r})
       waves = np.load({str(tmp_path / 'waves.npy')!r})
       np.save({str(tmp_path / 'batch.npy')!r}, predict(waves))
@@ -77,7 +77,7 @@ def test_exported_matches_live_model_in_a_process_without_training_code(exported
   proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
                         env=env, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stdout.strip().splitlines()[-1] == "['melgenre_jax', 'melgenre_jax.export'] False False"
+  assert proc.stdout.strip().splitlines()[-1] == "['melgenre_jax', 'melgenre_jax.modes', 'melgenre_jax.modes.export'] False False"
 
   model = train.load_for_inference(cli.load_workdir_config(workdir), workdir)
   live = np.asarray(model.p_predict(

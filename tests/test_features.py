@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import default as default_config
-from melgenre_jax import features
+from melgenre_jax.data import features
 
 TOL_DB = 0.05
 

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from melgenre_jax import hostmem
+from melgenre_jax.runtime import hostmem
 
 
 class _MallInfo2(ctypes.Structure):

@@ -9,10 +9,10 @@ import pytest
 import soundfile as sf
 
 from configs import default
-from melgenre_jax import input_pipeline as ip
-from melgenre_jax import sources
-from melgenre_jax import splits
-from melgenre_jax.songs import Song
+from melgenre_jax.data import input_pipeline as ip
+from melgenre_jax.data import sources
+from melgenre_jax.data import splits
+from melgenre_jax.data.songs import Song
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SR = 8000

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from configs import tiny
-from melgenre_jax import input_pipeline
+from melgenre_jax.data import input_pipeline
 from melgenre_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

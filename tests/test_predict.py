@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 
 from melgenre_jax import cli
-from melgenre_jax import predict
-from melgenre_jax import synthetic
+from melgenre_jax.modes import predict
+from melgenre_jax.data import synthetic
 from melgenre_jax import train
 
 CAN_WRITE_MP3 = 'MP3' in sf.available_formats()

@@ -1,4 +1,4 @@
-"""Song discovery for every config.data.source (melgenre_jax.sources)."""
+"""Song discovery for every config.data.source (melgenre_jax.data.sources)."""
 
 import os
 import pathlib
@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 from configs import default
-from melgenre_jax import sources
+from melgenre_jax.data import sources
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -150,5 +150,5 @@ def test_synthetic_source():
   config.data.synthetic.num_genres = 4
   songs = sources.discover_songs(config)
   assert len(songs) == 12 and all(s.path == '' for s in songs)
-  from melgenre_jax import synthetic
+  from melgenre_jax.data import synthetic
   assert sources.genre_names(config, songs) == list(synthetic.GENRES[:4])

@@ -1,4 +1,4 @@
-"""Song/group-level splits and the published GTZAN lists (melgenre_jax.splits)."""
+"""Song/group-level splits and the published GTZAN lists (melgenre_jax.data.splits)."""
 
 import collections
 import logging
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from melgenre_jax import sources
-from melgenre_jax import splits
-from melgenre_jax.songs import Song
+from melgenre_jax.data import sources
+from melgenre_jax.data import splits
+from melgenre_jax.data.songs import Song
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests of the built-in synthetic genre set (melgenre_jax/synthetic.py)."""
+"""Tests of the built-in synthetic genre set (melgenre_jax/data/synthetic.py)."""
 
 import functools
 import hashlib
@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from melgenre_jax import synthetic
-from melgenre_jax.songs import Song
+from melgenre_jax.data import synthetic
+from melgenre_jax.data.songs import Song
 
 SR = 22050
 

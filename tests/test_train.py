@@ -11,7 +11,7 @@ import pytest
 
 from configs import tiny
 from melgenre_jax import models
-from melgenre_jax import parallel
+from melgenre_jax.runtime import parallel
 from melgenre_jax import schedules
 from melgenre_jax import train
 

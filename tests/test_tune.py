@@ -26,7 +26,7 @@ import pytest
 from configs import tune_tiny
 from melgenre_jax import config_checks
 from melgenre_jax import train
-from melgenre_jax import tune
+from melgenre_jax.modes import tune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -89,7 +89,7 @@ from absl import logging
 from optuna.trial import TrialState
 
 from melgenre_jax import config_checks
-from melgenre_jax.processes import machine_id, pid_alive
+from melgenre_jax.runtime.processes import machine_id, pid_alive
 
 LR_SCALE = 'lr_scale'
 KINDS = ('uniform', 'loguniform', 'int', 'logint', 'choice')
@@ -631,7 +631,7 @@ def best_config_source(config: ml_collections.ConfigDict, best_params: dict[str,
   return f'''"""Best trial of the search in {tune_dir}: trial {trial.number}, \
 validation song accuracy {trial.value:.4f}.
 
-Written by melgenre_jax.tune from {origin}, with
+Written by melgenre_jax.modes.tune from {origin}, with
 BEST_PARAMS applied ('{LR_SCALE}' already multiplies schedule.stage_*_lrs).
 Train it with:
 
@@ -710,13 +710,13 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, *,
   extra_check = None
   if train_fn is None:
     import jax  # pylint: disable=g-import-not-at-top
-    from melgenre_jax import parallel  # pylint: disable=g-import-not-at-top
+    from melgenre_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
     from melgenre_jax import train  # pylint: disable=g-import-not-at-top
     if jax.process_count() > 1:
       raise ValueError(
           '--mode=tune runs one training process per machine; drop --num_processes and '
           'share the study between machines instead (config.tune.storage, see '
-          'melgenre_jax/tune.py).')
+          'melgenre_jax/modes/tune.py).')
     train_fn = train.train_and_evaluate
     if s.compile_cache and not jax.config.jax_compilation_cache_dir:
       # Trials mostly differ in constants of the train step only: model init

@@ -15,8 +15,8 @@ import unicodedata
 from absl import logging
 import ml_collections
 
-from melgenre_jax import audio
-from melgenre_jax.songs import Song
+from melgenre_jax.data import audio
+from melgenre_jax.data.songs import Song
 
 SOURCES = ('synthetic', 'gtzan', 'folder', 'manifest')
 
@@ -237,7 +237,7 @@ def discover_songs(config: ml_collections.ConfigDict) -> list[Song]:
   """The songs of ``config.data.source``, sorted by key (deterministic)."""
   source = config.data.source
   if source == 'synthetic':
-    from melgenre_jax import synthetic  # pylint: disable=g-import-not-at-top
+    from melgenre_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     syn = config.data.synthetic
     songs = list(synthetic.list_synthetic_songs(syn.songs_per_genre,
                                                 syn.num_genres))
@@ -268,7 +268,7 @@ def genre_names(config: ml_collections.ConfigDict,
   if config.data.source == 'gtzan':
     return list(GTZAN_GENRES)
   if config.data.source == 'synthetic':
-    from melgenre_jax import synthetic  # pylint: disable=g-import-not-at-top
+    from melgenre_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     canonical = [g for g in synthetic.GENRES if g in present]
     return canonical + sorted(present - set(canonical))
   return sorted(present)

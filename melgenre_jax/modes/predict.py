@@ -23,12 +23,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from melgenre_jax import audio
+from melgenre_jax.data import audio
 from melgenre_jax import config_checks
-from melgenre_jax import evaluate
-from melgenre_jax import input_pipeline
+from melgenre_jax.modes import evaluate
+from melgenre_jax.data import input_pipeline
 from melgenre_jax import train
-from melgenre_jax.songs import Song
+from melgenre_jax.data.songs import Song
 
 PREDICTIONS_DIR = 'predictions'
 
@@ -103,7 +103,7 @@ def model_inputs(segments: np.ndarray, config: ml_collections.ConfigDict) -> np.
   """What the model was fed in training: waves, or librosa log-mels (host features)."""
   if config.features.where != 'host':
     return segments
-  from melgenre_jax import features  # pylint: disable=g-import-not-at-top
+  from melgenre_jax.data import features  # pylint: disable=g-import-not-at-top
   return np.stack([features.librosa_log_mel(s, config.audio, config.features)
                    for s in segments]).astype(np.float32)
 

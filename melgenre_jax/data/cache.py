@@ -33,9 +33,9 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from melgenre_jax import audio
-from melgenre_jax.processes import pid_alive
-from melgenre_jax.songs import Song
+from melgenre_jax.data import audio
+from melgenre_jax.runtime.processes import pid_alive
+from melgenre_jax.data.songs import Song
 
 CACHE_VERSION = 1
 _HEADER_BYTES = 256  # reserved .npy header, so rows can stream in before N is known
@@ -144,7 +144,7 @@ class SongResult:
 
 def _song_wave(song: Song, p: DecodeParams) -> np.ndarray:
   if not song.path:
-    from melgenre_jax import synthetic  # pylint: disable=g-import-not-at-top
+    from melgenre_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     return np.asarray(synthetic.synthesize_song(song.key, p.sample_rate,
                                                 p.synthetic_seconds),
                       dtype=np.float32)
@@ -164,7 +164,7 @@ def decode_song(index: int, song: Song, p: DecodeParams) -> SongResult:
           where, f'silent: every segment is below {p.silence_db:g} dBFS '
           '(config.data.skip_silent)')
     if p.where == 'host':
-      from melgenre_jax import features  # pylint: disable=g-import-not-at-top
+      from melgenre_jax.data import features  # pylint: disable=g-import-not-at-top
       a = ml_collections.ConfigDict(p.audio_cfg)
       f = ml_collections.ConfigDict(p.feature_cfg)
       rows = np.stack([np.asarray(features.librosa_log_mel(s, a, f),

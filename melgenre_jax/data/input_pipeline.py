@@ -30,10 +30,10 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from melgenre_jax import cache as cache_lib
-from melgenre_jax import sources
-from melgenre_jax import splits as splits_lib
-from melgenre_jax.songs import Song
+from melgenre_jax.data import cache as cache_lib
+from melgenre_jax.data import sources
+from melgenre_jax.data import splits as splits_lib
+from melgenre_jax.data.songs import Song
 
 
 @dataclasses.dataclass

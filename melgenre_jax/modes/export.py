@@ -151,7 +151,7 @@ def _contract(model, exported, info: dict[str, Any]) -> dict[str, Any]:
                    'segment, roughly in [-1, 1]')
   else:
     description = ('librosa log-mel [frames, n_mels] per segment (config.features; '
-                   'melgenre_jax.features.librosa_log_mel)')
+                   'melgenre_jax.data.features.librosa_log_mel)')
   return {
       'contract_version': CONTRACT_VERSION,
       'format': 'jax.export serialized Exported (StableHLO inside); load with '

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from melgenre_jax.songs import Song
+from melgenre_jax.data.songs import Song
 
 GENRES: tuple[str, ...] = (
     'ambient', 'blues', 'classical', 'disco', 'funk',

@@ -18,8 +18,8 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from melgenre_jax import sources
-from melgenre_jax.songs import Song
+from melgenre_jax.data import sources
+from melgenre_jax.data.songs import Song
 
 SPLITS = ('stratified', 'kfold', 'manifest', 'gtzan_fault_filtered',
           'gtzan_stratified', 'gtzan_artist_3fold', 'segment_random')

@@ -1,0 +1,1 @@
+"""The data layer: songs and audio in, cached segments and batches out."""

@@ -1,0 +1,1 @@
+"""The machine a run lives on: devices and hosts, processes, host memory."""

@@ -14,6 +14,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from melgenre_jax import cli
+from melgenre_jax import errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, plots and reports.')
@@ -37,10 +38,11 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_library_logs()
   try:
-    cli.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS)
-  except Exception as e:  # pylint: disable=broad-except
-    if not cli.is_user_error(e):
-      raise
+    cli.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, step=FLAGS.step,
+            audio=FLAGS.audio, output=FLAGS.output, top_k=FLAGS.top_k, plot=FLAGS.plot,
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  except errors.UserError as e:
     logging.error('%s: %s', type(e).__name__, e)  # what to do, without a traceback
     raise SystemExit(1) from None
   logging.info('Done (%s).', FLAGS.mode)

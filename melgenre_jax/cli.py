@@ -10,18 +10,12 @@ from typing import Any
 import ml_collections
 from absl import logging
 
+from melgenre_jax.errors import ConfigError
+from melgenre_jax.errors import WorkdirError
 from melgenre_jax.runtime import hostmem
 from melgenre_jax.runtime import parallel
 
 MODES = ('train', 'eval', 'predict', 'export', 'tune')
-
-
-def is_user_error(e: BaseException) -> bool:
-  """Errors whose message tells the user what to do (bad input, a NaN run).
-
-  main.py prints these without a traceback; anything else is a bug and keeps it.
-  """
-  return isinstance(e, (ValueError, FileNotFoundError)) or getattr(e, 'user_error', False)
 
 
 class _DropLibraryInfo(std_logging.Filter):
@@ -42,7 +36,7 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (written by the train loop)."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise WorkdirError(
         f'{path} not found: is {workdir!r} the --workdir of a training run? Train '
         'first (python main.py --config configs/synthetic.py --workdir ...) or '
         'point --workdir at an existing run.')
@@ -59,15 +53,22 @@ def _tuples(d: Any) -> Any:
   return d
 
 
-def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str,
-        flags: Any) -> Any:
-  """Runs one mode. Training needs --config; the others fall back to the workdir's."""
+def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str, *,
+        step: int | None = None, audio: tuple[str, ...] | list[str] = (),
+        output: str = 'text', top_k: int = 3, plot: bool = False,
+        coordinator_address: str = '', num_processes: int = 0,
+        process_id: int = -1) -> Any:
+  """Runs one mode. Training needs --config; the others fall back to the workdir's.
+
+  ``step``: the checkpoint eval/predict/export restore (default: the best);
+  ``audio``, ``output``, ``top_k``, ``plot``: predict's inputs and output;
+  the last three: multi-host settings (see runtime.parallel).
+  """
   if config is None or config.get('keep_host_memory', True):
     # Before JAX starts its backend and thread pool: the setting then covers
     # every thread's allocations (train_and_evaluate repeats it for library use).
     hostmem.keep_freed_memory()
-  parallel.maybe_initialize_distributed(flags.coordinator_address,
-                                        flags.num_processes, flags.process_id)
+  parallel.maybe_initialize_distributed(coordinator_address, num_processes, process_id)
   if mode == 'train':
     if config is None:
       config = load_workdir_config(workdir)
@@ -75,19 +76,18 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str,
     return train.train_and_evaluate(config, workdir)
   if mode == 'tune':
     if config is None:
-      raise ValueError('--mode=tune needs --config (with a config.tune search space).')
+      raise ConfigError('--mode=tune needs --config (with a config.tune search space).')
     from melgenre_jax.modes import tune  # pylint: disable=g-import-not-at-top
     return tune.run_search(config, workdir)
   config = config if config is not None else load_workdir_config(workdir)
   if mode == 'eval':
     from melgenre_jax.modes import evaluate  # pylint: disable=g-import-not-at-top
-    return evaluate.evaluate_workdir(config, workdir, step=flags.step)
+    return evaluate.evaluate_workdir(config, workdir, step=step)
   if mode == 'predict':
     from melgenre_jax.modes import predict  # pylint: disable=g-import-not-at-top
-    return predict.predict_paths(config, workdir, flags.audio, step=flags.step,
-                                 output=flags.output, top_k=flags.top_k,
-                                 plot=flags.plot)
+    return predict.predict_paths(config, workdir, list(audio), step=step,
+                                 output=output, top_k=top_k, plot=plot)
   if mode == 'export':
     from melgenre_jax.modes import export  # pylint: disable=g-import-not-at-top
-    return export.export_workdir(config, workdir, step=flags.step)
-  raise ValueError(f'--mode={mode!r}: allowed values are {", ".join(MODES)}.')
+    return export.export_workdir(config, workdir, step=step)
+  raise ConfigError(f'--mode={mode!r}: allowed values are {", ".join(MODES)}.')

@@ -12,22 +12,19 @@ import os
 
 import ml_collections
 
+from melgenre_jax import input_spec
+from melgenre_jax import models
 from melgenre_jax import schedules
+from melgenre_jax.data import features
+from melgenre_jax.data import sources
+from melgenre_jax.data import splits
+from melgenre_jax.errors import ConfigError
 
-SOURCES = ('synthetic', 'gtzan', 'folder', 'manifest')
-SPLITS = ('stratified', 'kfold', 'manifest', 'gtzan_fault_filtered',
-          'gtzan_stratified', 'gtzan_artist_3fold', 'segment_random')
-FEATURE_PLACES = ('device', 'host')
-DTYPES = ('float32', 'bfloat16')
-MEL_NORMS = ('slaney', 'none')
+__all__ = ['ConfigError', 'validate', 'check_workdir_compatible', 'architecture_differences']
 
 # Fields that change the model's parameters or the meaning of its input: a
 # workdir trained with other values cannot be resumed or evaluated with these.
 ARCHITECTURE_FIELDS = ('model', 'audio', 'features', 'data.source')
-
-
-class ConfigError(ValueError):
-  """A configuration value is out of range; the message names the field."""
 
 
 def _require(ok: bool, field: str, value, allowed: str) -> None:
@@ -61,11 +58,11 @@ def _get(config, field: str):
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first out-of-range field."""
-  _choice(config, 'data.source', SOURCES)
-  _choice(config, 'data.split', SPLITS)
-  _choice(config, 'features.where', FEATURE_PLACES)
-  _choice(config, 'features.mel_norm', MEL_NORMS)
-  _choice(config, 'model.dtype', DTYPES)
+  _choice(config, 'data.source', sources.SOURCES)
+  _choice(config, 'data.split', splits.SPLITS)
+  _choice(config, 'features.where', input_spec.FEATURE_PLACES)
+  _choice(config, 'features.mel_norm', tuple(features.MEL_NORMS))
+  _choice(config, 'model.dtype', models.DTYPES)
   if config.data.source in ('gtzan', 'folder'):
     root = config.data.root
     _require(bool(root), 'data.root', root,
@@ -119,7 +116,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(0 <= config.features.fmin < (config.features.fmax or nyquist) <= nyquist,
            'features.fmin', config.features.fmin,
            f'need 0 <= fmin < fmax <= sample_rate/2 ({nyquist:g} Hz; fmax 0 = Nyquist)')
-  segment = int(round(config.audio.segment_seconds * config.audio.sample_rate))
+  segment = input_spec.InputSpec.from_config(config).segment_samples
   _require(segment >= n_fft, 'audio.segment_seconds', config.audio.segment_seconds,
            f'a segment must hold at least one FFT window ({n_fft} samples)')
   try:

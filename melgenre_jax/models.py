@@ -19,6 +19,9 @@ import ml_collections
 
 he_normal = nn.initializers.he_normal()
 
+# Compute dtypes of the conv/LSTM layers (parameters stay float32).
+DTYPES = ('float32', 'bfloat16')
+
 
 def max_pool(x: jax.Array, window: Sequence[int]) -> jax.Array:
   """Non-overlapping max pool over (time, freq) of ``[B, T, F, C]``, floor mode.

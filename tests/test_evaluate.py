@@ -4,7 +4,6 @@ import contextlib
 import io
 import json
 import os
-import types
 
 import numpy as np
 import pytest
@@ -14,11 +13,6 @@ from melgenre_jax import cli
 from melgenre_jax.modes import evaluate
 
 
-def _flags(**kw):
-  base = dict(coordinator_address='', num_processes=0, process_id=-1, step=None,
-              audio=[], output='text', top_k=3, plot=False)
-  return types.SimpleNamespace(**{**base, **kw})
-
 
 @pytest.fixture(scope='module')
 def evaluated(tiny_run):
@@ -26,7 +20,7 @@ def evaluated(tiny_run):
   workdir = tiny_run
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    report = cli.run('eval', None, workdir, _flags())
+    report = cli.run('eval', None, workdir)
   return workdir, report, out.getvalue()
 
 

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import types
 
 import jax
 import numpy as np
@@ -23,17 +22,12 @@ from melgenre_jax import train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _flags(**kw):
-  base = dict(coordinator_address='', num_processes=0, process_id=-1, step=None,
-              audio=[], output='text', top_k=3, plot=False)
-  return types.SimpleNamespace(**{**base, **kw})
-
 
 @pytest.fixture(scope='module')
 def exported(tiny_run):
   workdir = tiny_run
   with contextlib.redirect_stdout(io.StringIO()):
-    contract = cli.run('export', None, workdir, _flags())
+    contract = cli.run('export', None, workdir)
   return workdir, contract
 
 

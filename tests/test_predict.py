@@ -4,7 +4,6 @@ import contextlib
 import io
 import json
 import os
-import types
 
 import numpy as np
 import pytest
@@ -17,11 +16,6 @@ from melgenre_jax import train
 
 CAN_WRITE_MP3 = 'MP3' in sf.available_formats()
 
-
-def _flags(**kw):
-  base = dict(coordinator_address='', num_processes=0, process_id=-1, step=None,
-              audio=[], output='text', top_k=3, plot=False)
-  return types.SimpleNamespace(**{**base, **kw})
 
 
 def _write_inputs(folder: str) -> dict[str, str]:
@@ -58,9 +52,8 @@ def predicted(tiny_run, tmp_path_factory):
   config.data.min_song_seconds = 0.5
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    results = cli.run('predict', config, workdir,
-                      _flags(audio=[folder, paths['missing.wav']], output='json',
-                             plot=True))
+    results = cli.run('predict', config, workdir, audio=[folder, paths['missing.wav']],
+                      output='json', plot=True)
   by_name = {os.path.basename(r['path']): r for r in results}
   return workdir, paths, results, by_name, out.getvalue()
 

@@ -13,13 +13,15 @@ import warnings
 
 import numpy as np
 
+from melgenre_jax import errors
+
 # Formats libsndfile reads (mp3 needs libsndfile >= 1.1, checked at runtime).
 _BASE_EXTENSIONS = ('.wav', '.flac', '.ogg', '.mp3', '.au', '.aiff', '.aif')
 # Only readable through an audioread backend such as ffmpeg/gstreamer.
 _AUDIOREAD_ONLY_EXTENSIONS = ('.m4a',)
 
 
-class AudioError(ValueError):
+class AudioError(errors.UserError, ValueError):
   """A file that cannot be used as a song; ``reason`` says why in words."""
 
   def __init__(self, path: str, reason: str):

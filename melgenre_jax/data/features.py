@@ -44,7 +44,7 @@ import librosa
 import numpy as np
 import scipy.signal
 
-_MEL_NORMS = {'slaney': 'slaney', 'none': None}
+MEL_NORMS = {'slaney': 'slaney', 'none': None}
 _STD_FLOOR = 1e-5
 # Mel bands per block of the block-sparse mel matmul (CPU only).
 _MELS_PER_BLOCK = 16
@@ -62,10 +62,10 @@ def _resolve_fmax(sample_rate: int, fmax: float) -> float:
 
 
 def _check_norm(norm: str) -> str | None:
-  if norm not in _MEL_NORMS:
+  if norm not in MEL_NORMS:
     raise ValueError(
-        f"config.features.mel_norm must be one of {sorted(_MEL_NORMS)}, got {norm!r}")
-  return _MEL_NORMS[norm]
+        f"config.features.mel_norm must be one of {sorted(MEL_NORMS)}, got {norm!r}")
+  return MEL_NORMS[norm]
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float,

@@ -7,7 +7,7 @@ Rows:
   disk, i.e. what ``--mode=predict`` does per song: decode (and resample 44.1k),
   cut into ten 3 s segments, log-mel + model on the device(s), aggregate. The
   decode share is timed apart (the same files through ``audio.load_audio``).
-- evaluate from the cache: ``train.predict_segments`` over cached segments of
+- evaluate from the cache: ``InferenceModel.predict`` over cached segments of
   the same songs, i.e. what ``--mode=eval`` and the per-epoch validation do.
 The reference model is freshly initialised: throughput does not depend on the
 weights. Median of --repeats runs after one warm-up run (which compiles).
@@ -31,10 +31,10 @@ import soundfile as sf  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from benchmarks.peers import harness  # noqa: E402
-from melgenre_jax.data import audio, input_pipeline, synthetic  # noqa: E402
-from melgenre_jax.modes import evaluate, predict  # noqa: E402
+from melgenre_jax import inference  # noqa: E402
+from melgenre_jax.data import audio, synthetic  # noqa: E402
+from melgenre_jax.modes import predict  # noqa: E402
 from melgenre_jax.runtime import hostmem, parallel  # noqa: E402
-from melgenre_jax import train  # noqa: E402
 
 _SONGS = flags.DEFINE_integer('songs', 20, 'Songs per timed run.')
 _SECONDS = flags.DEFINE_float('song_seconds', 30.0, 'Song length.')
@@ -56,11 +56,9 @@ def write_songs(folder: str, sample_rate: int) -> list[str]:
   return paths
 
 
-def inference_model(config, mesh) -> train.InferenceModel:
-  preprocess = train.make_preprocess(config)
-  return train.InferenceModel(
-      state=common.untrained_state(config, len(GENRES), mesh), genres=GENRES, config=config,
-      step=0, mesh=mesh, preprocess=preprocess, p_predict=train.make_predict_step(mesh, preprocess))
+def inference_model(config, mesh) -> inference.InferenceModel:
+  variables = common.untrained_state(config, len(GENRES), mesh).variables()
+  return inference.make_inference_model(config, GENRES, variables, mesh, step=0)
 
 
 def main(argv):
@@ -95,17 +93,13 @@ def main(argv):
       print(f'{rows[-1][0]}: {songs_s:.2f} songs/s', flush=True)
 
     # The same songs as the eval path sees them: cached 3 s segments.
-    spec = predict.SegmentSpec.from_config(config)
-    waves = [predict.song_segments(p, spec)[0] for p in files[sr]]
-    segs = input_pipeline.SegmentSet(
-        inputs=np.concatenate(waves), labels=np.zeros(sum(map(len, waves)), np.int32),
-        song_index=np.repeat(np.arange(len(waves), dtype=np.int32), [len(w) for w in waves]),
-        songs=[None] * len(waves))
-    batch = evaluate.inference_batch_size(config.eval_batch_size)
-    train.predict_segments(model.p_predict, model.state, segs, batch, mesh)  # compiled already
+    waves = [predict.song_segments(p, model.spec)[0] for p in files[sr]]
+    segs = np.concatenate(waves)
+    batch = inference.inference_batch_size(config.eval_batch_size)
+    model.predict(segs)  # compiled already
 
     def run_eval() -> int:
-      train.predict_segments(model.p_predict, model.state, segs, batch, mesh)
+      model.predict(segs)
       return len(waves)
 
     songs_s, _ = common.median_rate(run_eval, _REPEATS.value)

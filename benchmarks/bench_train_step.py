@@ -37,7 +37,7 @@ NUM_CLASSES = 10
 # name -> (label, options). kind: jax | torch | keras. Extra JAX rows are the
 # speed experiments of issue 8 (see benchmarks/README.md for their results).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    'jax': ('JAX/Flax, train.make_train_step (spectrogram in)', dict(kind='jax')),
+    'jax': ('JAX/Flax, steps.make_train_step (spectrogram in)', dict(kind='jax')),
     'jax_device': ('JAX/Flax, waveform in, log-mel in the step', dict(kind='jax', where='device')),
     'torch_eager': ('PyTorch eager', dict(kind='torch')),
     'torch_compile': ('PyTorch torch.compile (inductor)', dict(kind='torch', compile=True)),
@@ -129,7 +129,7 @@ def model_flops_per_sample(config) -> dict[str, float]:
 
 
 class JaxRunner:
-  """The real ``train.make_train_step`` on a 1-device mesh (plus experiment patches)."""
+  """The real ``steps.make_train_step`` on a 1-device mesh (plus experiment patches)."""
 
   def __init__(self, opts: dict[str, Any]):
     self.opts = opts
@@ -197,7 +197,8 @@ class JaxRunner:
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-    from melgenre_jax import models, schedules, train  # pylint: disable=g-import-not-at-top
+    from melgenre_jax import schedules, steps  # pylint: disable=g-import-not-at-top
+    from melgenre_jax.input_spec import InputSpec  # pylint: disable=g-import-not-at-top
     from melgenre_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
     config = reference_config()
     config.features.where = self.opts.get('where', 'host')
@@ -207,22 +208,16 @@ class JaxRunner:
       if not hostmem.keep_freed_memory():
         raise RuntimeError('glibc mallopt refused config.keep_host_memory')
     mesh = parallel.create_mesh(jax.devices()[:1])
-    tx = train.create_optimizer(config, schedules.create_learning_rate_schedule(config.schedule, 313))
-    preprocess = train.make_preprocess(config)
-    init = functools.partial(train.create_train_state, config,
-                             models.create_model(config.model, NUM_CLASSES), tx, preprocess=preprocess)
-    state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
-    state = state.replace(apply_fn=models.create_model(
-        config.model, NUM_CLASSES, bn_axis_name=parallel.AXIS).apply)
+    tx = steps.create_optimizer(config, schedules.create_learning_rate_schedule(config.schedule, 313))
+    state = steps.build_state(config, NUM_CLASSES, mesh, tx, jax.random.PRNGKey(0))
     if self.opts.get('donate', True):
-      step = train.make_train_step(mesh, preprocess, config, NUM_CLASSES)
+      step = steps.make_train_step(mesh, config, NUM_CLASSES)
     else:  # make_train_step without donate_argnums
-      fn = functools.partial(train.train_step, preprocess=preprocess, config=config,
-                             num_classes=NUM_CLASSES)
+      fn = functools.partial(steps.train_step, config=config, num_classes=NUM_CLASSES)
       step = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(parallel.AXIS)),
                                    out_specs=(P(), P()), check_vma=False))
     rng = np.random.default_rng(0)
-    shape = (BATCH,) + train.input_shape(config)
+    shape = (BATCH,) + InputSpec.from_config(config).input_shape
     if config.features.where == 'device':
       inputs = 0.1 * rng.standard_normal(shape)
     else:  # log-mel-like values in dB

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -11,8 +10,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from melgenre_jax import schedules, steps
+from melgenre_jax.input_spec import InputSpec
 from melgenre_jax.runtime import hostmem, parallel
-from melgenre_jax import models, schedules, train
 
 
 def reference_config(**overrides) -> ml_collections.ConfigDict:
@@ -24,7 +24,7 @@ def reference_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def untrained_state(config: ml_collections.ConfigDict, num_classes: int, mesh,
-                    seed: int = 0, bn_axis_name: str | None = None):
+                    seed: int = 0) -> steps.TrainState:
   """A freshly initialised TrainState: throughput does not depend on the weights.
 
   Also applies ``config.keep_host_memory`` as train_and_evaluate and
@@ -32,28 +32,22 @@ def untrained_state(config: ml_collections.ConfigDict, num_classes: int, mesh,
   """
   if config.keep_host_memory:
     hostmem.keep_freed_memory()
-  tx = train.create_optimizer(config, schedules.create_learning_rate_schedule(config.schedule, 100))
-  preprocess = train.make_preprocess(config)
-  init = functools.partial(train.create_train_state, config,
-                           models.create_model(config.model, num_classes), tx,
-                           preprocess=preprocess)
-  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(seed))
-  return state.replace(apply_fn=models.create_model(config.model, num_classes,
-                                                    bn_axis_name=bn_axis_name).apply)
+  tx = steps.create_optimizer(config, schedules.create_learning_rate_schedule(config.schedule, 100))
+  return steps.build_state(config, num_classes, mesh, tx, jax.random.PRNGKey(seed))
 
 
 def compiled_train_step(config: ml_collections.ConfigDict, num_classes: int, mesh):
   """(compiled step, state, a batch of zeros-like inputs, compile seconds)."""
-  state = untrained_state(config, num_classes, mesh, bn_axis_name=parallel.AXIS)
-  preprocess = train.make_preprocess(config)
+  state = untrained_state(config, num_classes, mesh)
+  spec = InputSpec.from_config(config)
   rng = np.random.default_rng(0)
-  shape = (config.batch_size,) + train.input_shape(config)
-  scale = 0.1 if config.features.where == 'device' else 15.0
+  shape = (config.batch_size,) + spec.input_shape
+  scale = 0.1 if spec.takes_waves else 15.0
   batch = parallel.global_batch(
       {'inputs': (scale * rng.standard_normal(shape)).astype(np.float32),
        'label': (np.arange(config.batch_size) % num_classes).astype(np.int32)}, mesh)
   start = time.perf_counter()
-  step = train.make_train_step(mesh, preprocess, config, num_classes).lower(state, batch).compile()
+  step = steps.make_train_step(mesh, config, num_classes).lower(state, batch).compile()
   return step, state, batch, time.perf_counter() - start
 
 

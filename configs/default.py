@@ -112,7 +112,6 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Test hooks (never set in real runs).
   config.debug = ml_collections.ConfigDict()
-  config.debug.nan_at_step = -1  # inject a NaN loss at this step to exercise the guard
   config.debug.max_steps = -1  # stop after this many steps (tests)
   config.debug.step_delay_seconds = 0.0  # sleep after each step (kill tests)
 

@@ -58,7 +58,10 @@ def create_manager(workdir: str, max_to_keep: int = 3,
       preservation_policy=policy, create=not read_only, read_only=read_only,
       enable_async_checkpointing=not read_only)
   handlers = {
-      'state': ocp.StandardCheckpointHandler(),
+      # The same files either way; a reader restores parts of the state
+      # (inference needs no optimizer), which only the PyTree handler offers.
+      'state': (ocp.PyTreeCheckpointHandler() if read_only
+                else ocp.StandardCheckpointHandler()),
       'data': grain.checkpoint.CheckpointHandler(),
       'progress': ocp.JsonCheckpointHandler(),
   }
@@ -88,6 +91,21 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
     items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   return restored['state'], restored['progress']
+
+
+def restore_parts(manager: ocp.CheckpointManager, step: int, abstract_parts: dict
+                  ) -> dict:
+  """Restores only the named top-level fields of a saved state.
+
+  ``abstract_parts`` maps field names of the saved TrainState (``params``,
+  ``batch_stats``, ...) to abstract arrays with shardings; everything else (the
+  optimizer state, the data position) is neither read nor allocated.
+  Needs a manager created with ``read_only=True``.
+  """
+  restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_parts)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=abstract_parts, restore_args=restore_args, partial_restore=True)))
+  return dict(restored['state'])
 
 
 def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,

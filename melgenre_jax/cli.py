@@ -77,8 +77,8 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str, *,
   if mode == 'tune':
     if config is None:
       raise ConfigError('--mode=tune needs --config (with a config.tune search space).')
-    from melgenre_jax.modes import tune  # pylint: disable=g-import-not-at-top
-    return tune.run_search(config, workdir)
+    from melgenre_jax.modes.tune import search  # pylint: disable=g-import-not-at-top
+    return search.run_search(config, workdir)
   config = config if config is not None else load_workdir_config(workdir)
   if mode == 'eval':
     from melgenre_jax.modes import evaluate  # pylint: disable=g-import-not-at-top

@@ -19,6 +19,7 @@ from melgenre_jax.data import features
 from melgenre_jax.data import sources
 from melgenre_jax.data import splits
 from melgenre_jax.errors import ConfigError
+from melgenre_jax.modes.tune import space as tune_space
 
 __all__ = ['ConfigError', 'validate', 'check_workdir_compatible', 'architecture_differences']
 
@@ -123,6 +124,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
     schedules.check_schedule(config.schedule, config.num_epochs)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if 'tune' in config:
+    check_tune(config)
+
+
+def check_tune(config: ml_collections.ConfigDict) -> None:
+  """config.tune: the search settings' ranges, and that config.tune.space parses."""
+  _choice(config, 'tune.sampler', tune_space.SAMPLERS)
+  _choice(config, 'tune.pruner', tune_space.PRUNERS)
+  for field, minimum in (('num_trials', 1), ('startup_trials', 0), ('seed', 0),
+                         ('min_epochs', 0), ('pruner_startup_trials', 0),
+                         ('halving_reduction_factor', 2), ('heartbeat_seconds', 0),
+                         ('max_retries', 0)):
+    value = config.tune[field]
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+             f'tune.{field}', value, f'must be an integer >= {minimum}')
+  tune_space.parse_space(config.tune.space)
 
 
 def _flatten(d: dict, prefix: str = '') -> dict:

@@ -28,8 +28,9 @@ def max_pool(x: jax.Array, window: Sequence[int]) -> jax.Array:
 
   Written as crop + reshape + max rather than ``reduce_window``: with stride
   equal to the window the two are the same function, and on XLA:CPU the
-  reshape form trains about 2x faster (its backward pass is a cheap select
-  instead of a scatter). See benchmarks/bench_train_step.py.
+  reshape form trains faster (its backward pass is a cheap select instead of
+  a scatter). See benchmarks/bench_train_step.py; the ratio is in
+  benchmarks/README.md.
   """
   wt, wf = window
   b, t, f, c = x.shape
@@ -88,8 +89,9 @@ class ConvBlock(nn.Module):
   min where ``a < 0``, i.e. the max of ``-y``). The conv bias is folded into
   the statistics (``y + b - mean(y + b) = y - mean(y)``). Only the conv output
   and its batch statistics are full-resolution; everything after works on the
-  pooled map: fewer full-size buffers, a train step ~1.2x faster on a
-  2-core CPU (benchmarks/bench_train_step.py, jax vs. jax_plain_block).
+  pooled map: fewer full-size buffers, a faster train step on CPU
+  (benchmarks/bench_train_step.py, jax vs. jax_plain_block; the ratio is in
+  benchmarks/README.md).
   Parameters, statistics, their updates
   and the random dropout masks are those of the plain
   ``nn.Conv``/``nn.BatchNorm``/``nn.Dropout`` formulation (see

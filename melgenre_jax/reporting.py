@@ -18,6 +18,16 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 
+def progress_bar(iterable, total: int, desc: str, enabled: bool = True, initial: int = 0):
+  """A tqdm bar on process 0 (to stderr), or the plain iterable."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if not enabled or jax.process_index() != 0:
+    return iterable
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(iterable, total=total, desc=desc, initial=initial, leave=False,
+              dynamic_ncols=True, mininterval=1.0)
+
+
 class MetricsWriter:
   """Per-epoch metrics to TensorBoard, ``metrics.json`` and ``metrics.csv``.
 

@@ -79,3 +79,25 @@ def test_architecture_differences_are_named(tmp_path):
   (tmp_path / 'config.json').write_text(json.dumps(saved))
   with pytest.raises(config_checks.ConfigError, match='features.n_mels'):
     config_checks.check_workdir_compatible(config, str(tmp_path))
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('tune.sampler', 'grid', r"config.tune.sampler='grid' is invalid: allowed .* tpe, random"),
+    ('tune.pruner', 'hyperband', 'config.tune.pruner=.*allowed values are median, halving, none'),
+    ('tune.num_trials', 0, r'config.tune.num_trials=0 is invalid: must be an integer >= 1'),
+    ('tune.halving_reduction_factor', 1, r'config.tune.halving_reduction_factor=1 .*>= 2'),
+    ('tune.max_retries', -1, r'config.tune.max_retries=-1 .*>= 0'),
+    ('tune.startup_trials', -2, r'config.tune.startup_trials=-2 .*integer >= 0'),
+    ('tune.space', ('model.dropout=gauss:0:1',), r"config.tune.space\[0\]=.*unknown kind 'gauss'"),
+    ('tune.space', (), 'config.tune.space is empty'),
+])
+def test_bad_tune_value_names_field(key, value, message):
+  config = _set(default.get_config(), key, value)
+  with pytest.raises(config_checks.ConfigError, match=message):
+    config_checks.validate(config)
+
+
+def test_config_without_tune_block_is_valid():
+  config = tiny.get_config()
+  del config.tune
+  config_checks.validate(config)

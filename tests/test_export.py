@@ -17,7 +17,7 @@ from melgenre_jax import cli
 from melgenre_jax.modes import export
 from melgenre_jax.runtime import parallel
 from melgenre_jax.data import synthetic
-from melgenre_jax import train
+from melgenre_jax import inference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +36,7 @@ def test_contract_describes_the_function(exported):
   with open(os.path.join(workdir, 'export', 'contract.json')) as f:
     saved = json.load(f)
   config = tiny.get_config()
-  assert saved['genres'] == train.load_genres(workdir)
+  assert saved['genres'] == inference.load_genres(workdir)
   assert saved['sample_rate'] == config.audio.sample_rate
   assert saved['segment_samples'] == saved['segment_hop_samples'] == 8000
   assert saved['input'] == {**saved['input'], 'shape': ['b', 8000], 'dtype': 'float32',
@@ -73,9 +73,9 @@ def test_exported_matches_live_model_in_a_process_without_training_code(exported
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.strip().splitlines()[-1] == "['melgenre_jax', 'melgenre_jax.modes', 'melgenre_jax.modes.export'] False False"
 
-  model = train.load_for_inference(cli.load_workdir_config(workdir), workdir)
+  model = inference.load_for_inference(cli.load_workdir_config(workdir), workdir)
   live = np.asarray(model.p_predict(
-      model.state, parallel.global_batch({'inputs': waves}, model.mesh)['inputs']))
+      model.variables, parallel.global_batch({'inputs': waves}, model.mesh)['inputs']))
   batch = np.load(tmp_path / 'batch.npy')
   assert batch.shape == (4, len(contract['genres']))
   np.testing.assert_allclose(batch, live, atol=1e-5)

@@ -9,9 +9,8 @@ import pytest
 import soundfile as sf
 
 from configs import default
+from melgenre_jax.data import gtzan
 from melgenre_jax.data import input_pipeline as ip
-from melgenre_jax.data import sources
-from melgenre_jax.data import splits
 from melgenre_jax.data.songs import Song
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -111,17 +110,17 @@ def test_too_many_bad_files_fail_clearly(tmp_path):
 
 
 def test_gtzan_fault_filtered_end_to_end(tmp_path):
-  lists = {side: [k for k, _ in splits.read_gtzan_list(rel)]
-           for side, rel in splits._GTZAN_LISTS['gtzan_fault_filtered'].items()}
+  lists = {side: [k for k, _ in gtzan.read_gtzan_list(rel)]
+           for side, rel in gtzan._GTZAN_LISTS['gtzan_fault_filtered'].items()}
   want = {}
   base = tmp_path / 'gtzan' / 'Data' / 'genres_original'  # Kaggle layout
   for side, names in lists.items():
-    for g in sources.GTZAN_GENRES:
+    for g in gtzan.GTZAN_GENRES:
       name = next(n for n in names if n.startswith(g + '.'))
       _write(base / g / f'{name}.wav', 0.6)
       want[name] = side
   listed = set().union(*lists.values())
-  unlisted = next(f'{g}.{i:05d}' for g in sources.GTZAN_GENRES
+  unlisted = next(f'{g}.{i:05d}' for g in gtzan.GTZAN_GENRES
                   for i in range(100) if f'{g}.{i:05d}' not in listed)
   _write(base / unlisted.split('.')[0] / f'{unlisted}.wav', 0.6)  # left out
   jazz_train = [n for n in lists['train'] if n.startswith('jazz.')]
@@ -129,7 +128,7 @@ def test_gtzan_fault_filtered_end_to_end(tmp_path):
   ds = ip.load_dataset(_config(source='gtzan', root=str(tmp_path / 'gtzan'),
                                split='gtzan_fault_filtered'),
                        str(tmp_path / 'work'))
-  assert ds.genres == list(sources.GTZAN_GENRES)
+  assert ds.genres == list(gtzan.GTZAN_GENRES)
   got = {s.key: side for side, x in (('train', ds.train),
                                      ('validation', ds.validation),
                                      ('test', ds.test)) for s in x.songs}

@@ -11,7 +11,7 @@ import numpy as np
 
 from configs import tiny
 from melgenre_jax.data import input_pipeline
-from melgenre_jax import train
+from melgenre_jax import inference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = ['--config.num_epochs=1', '--config.schedule.stage_ends=(1,)',
@@ -40,8 +40,8 @@ def _free_port():
 
 def _params(workdir):
   config = tiny.get_config()
-  model = train.load_for_inference(config, workdir, step=3)
-  return jax.tree.map(np.asarray, (model.state.params, model.state.batch_stats))
+  model = inference.load_for_inference(config, workdir, step=3)
+  return jax.tree.map(np.asarray, (model.variables.params, model.variables.batch_stats))
 
 
 def test_two_processes_match_one_process_with_two_devices(tmp_path):

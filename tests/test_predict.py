@@ -12,7 +12,7 @@ import soundfile as sf
 from melgenre_jax import cli
 from melgenre_jax.modes import predict
 from melgenre_jax.data import synthetic
-from melgenre_jax import train
+from melgenre_jax import inference
 
 CAN_WRITE_MP3 = 'MP3' in sf.available_formats()
 
@@ -107,7 +107,7 @@ def test_json_output_and_plots(predicted):
   assert stdout.strip() == path
   with open(path) as f:
     saved = json.load(f)
-  assert saved['genres'] == train.load_genres(workdir)
+  assert saved['genres'] == inference.load_genres(workdir)
   assert saved['results'] == json.loads(json.dumps(results))
   for r in by_name.values():
     if r['ok']:

@@ -14,8 +14,13 @@ import numpy as np
 import pytest
 
 from configs import tiny
+import orbax.checkpoint as ocp
+
 from melgenre_jax import config_checks
+from melgenre_jax import errors
+from melgenre_jax import inference
 from melgenre_jax import train
+from melgenre_jax.data import input_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 3 epochs of 4 steps each on the tiny set; eval each epoch; keep every checkpoint.
@@ -55,11 +60,13 @@ def _steps(workdir):
                 if os.path.basename(d).isdigit())
 
 
-def _final_params(workdir, **overrides):
+def _final_params(workdir):
+  """The newest checkpoint's parameters, BatchNorm statistics and optimizer state."""
   steps = _steps(workdir)
-  model = train.load_for_inference(_config(**overrides), workdir, step=steps[-1])
-  return steps[-1], jax.tree.map(np.asarray, (model.state.params, model.state.batch_stats,
-                                              model.state.opt_state))
+  path = os.path.join(workdir, 'checkpoints', str(steps[-1]), 'state')
+  saved = ocp.PyTreeCheckpointer().restore(path)
+  return steps[-1], jax.tree.map(np.asarray, (saved['params'], saved['batch_stats'],
+                                              saved['opt_state']))
 
 
 @pytest.fixture(scope='module')
@@ -148,13 +155,44 @@ def test_damaged_latest_checkpoint_falls_back(uninterrupted, tmp_path, caplog):
   _assert_identical(_final_params(reference), _final_params(workdir))
 
 
-def test_nan_stops_with_last_good_checkpoint(tmp_path):
+class _PoisonedIterator:
+  """The loader's iterator, with NaN inputs in batch number ``at`` (0-based)."""
+
+  def __init__(self, iterator, at):
+    self._iterator, self._at, self._count = iterator, at, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self._iterator)
+    if self._count == self._at:
+      batch = {**batch, 'inputs': np.full_like(batch['inputs'], np.nan)}
+    self._count += 1
+    return batch
+
+  def get_state(self):
+    return self._iterator.get_state()
+
+
+def test_nan_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
   workdir = str(tmp_path)
-  with pytest.raises(train.NonFiniteError, match='step 5'):
-    train.train_and_evaluate(_config(**{'debug.nan_at_step': 5}), workdir)
+  real = input_pipeline.create_train_loader
+
+  class _Loader:
+    def __init__(self, loader):
+      self._loader = loader
+
+    def __iter__(self):
+      return _PoisonedIterator(iter(self._loader), at=5)
+
+  monkeypatch.setattr(input_pipeline, 'create_train_loader',
+                      lambda *a, **k: _Loader(real(*a, **k)))
+  with pytest.raises(errors.NonFiniteError, match='step 5'):
+    train.train_and_evaluate(_config(), workdir)
   assert _steps(workdir) == [4]  # epoch 1's checkpoint, nothing poisoned saved
-  model = train.load_for_inference(_config(), workdir, step=4)
-  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(model.state.params))
+  model = inference.load_for_inference(_config(), workdir, step=4)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(model.variables.params))
 
 
 def test_workdir_of_another_model_is_refused(uninterrupted):

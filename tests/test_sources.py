@@ -6,6 +6,7 @@ import pathlib
 import pytest
 
 from configs import default
+from melgenre_jax.data import gtzan
 from melgenre_jax.data import sources
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def test_missing_root_and_unknown_source(tmp_path):
 ])
 def test_gtzan_layouts(tmp_path, layout, ext):
   base = tmp_path / layout if layout else tmp_path
-  for g in sources.GTZAN_GENRES:
+  for g in gtzan.GTZAN_GENRES:
     for i in (0, 54):
       _touch(base / g / f'{g}.{i:05d}.{ext}')
   _touch(base / 'jazz' / '._jazz.00001.wav')  # macOS resource fork
@@ -84,10 +85,10 @@ def test_gtzan_layouts(tmp_path, layout, ext):
   songs = sources.discover_songs(_config(source='gtzan', root=str(tmp_path)))
   assert len(songs) == 20
   assert [s.key for s in songs[:2]] == ['blues.00000', 'blues.00054']
-  assert {s.genre for s in songs} == set(sources.GTZAN_GENRES)
+  assert {s.genre for s in songs} == set(gtzan.GTZAN_GENRES)
   assert all(s.path.endswith(f'{s.key}.{ext}') for s in songs)
   assert sources.genre_names(_config(source='gtzan'), songs) == list(
-      sources.GTZAN_GENRES)
+      gtzan.GTZAN_GENRES)
 
 
 def test_gtzan_wrong_root_says_what_is_expected(tmp_path):
@@ -97,10 +98,10 @@ def test_gtzan_wrong_root_says_what_is_expected(tmp_path):
 
 
 def test_gtzan_key_spellings():
-  assert sources.gtzan_key('blues/blues.00012.wav') == 'blues.00012'
-  assert sources.gtzan_key('./hiphop_00007.wav') == 'hiphop.00007'
-  assert sources.gtzan_key('jazz.00054.au') == 'jazz.00054'
-  assert sources.gtzan_key('my song.wav') is None
+  assert gtzan.gtzan_key('blues/blues.00012.wav') == 'blues.00012'
+  assert gtzan.gtzan_key('./hiphop_00007.wav') == 'hiphop.00007'
+  assert gtzan.gtzan_key('jazz.00054.au') == 'jazz.00054'
+  assert gtzan.gtzan_key('my song.wav') is None
 
 
 def test_manifest_paths_groups_and_splits(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from melgenre_jax.data import sources
+from melgenre_jax.data import gtzan
 from melgenre_jax.data import splits
 from melgenre_jax.data.songs import Song
 
@@ -33,7 +33,7 @@ def _songs(genres=('a', 'b', 'c'), per_genre=20, group_size=0):
 
 def _gtzan_songs(drop=()):
   return [Song(key=f'{g}.{i:05d}', path=f'/d/{g}/{g}.{i:05d}.wav', genre=g)
-          for g in sources.GTZAN_GENRES for i in range(100)
+          for g in gtzan.GTZAN_GENRES for i in range(100)
           if f'{g}.{i:05d}' not in drop]
 
 
@@ -149,11 +149,11 @@ def test_gtzan_stratified_lists():
 def test_gtzan_lists_match_files_of_another_source():
   songs = [Song(f'x/{g}.{i:05d}.wav', f'/d/{g}.{i:05d}.wav', g)
            for g in ('blues', 'rock') for i in range(100)]
-  split = splits.gtzan_list_split(songs, 'gtzan_stratified')
+  split = gtzan.gtzan_list_split(songs, 'gtzan_stratified')
   assert len(split.train) == 100
   with pytest.raises(ValueError, match='none of the 1 songs'):
-    splits.gtzan_list_split([Song('mine.wav', '/m.wav', 'rock')],
-                            'gtzan_stratified')
+    gtzan.gtzan_list_split([Song('mine.wav', '/m.wav', 'rock')],
+                           'gtzan_stratified')
 
 
 def test_gtzan_artist_3fold():

@@ -1,4 +1,4 @@
-"""Tests of the built-in synthetic genre set (melgenre_jax/data/synthetic.py)."""
+"""Tests of the built-in synthetic genre set (melgenre_jax/data/synthetic/)."""
 
 import functools
 import hashlib
@@ -92,7 +92,7 @@ def test_determinism_does_not_depend_on_python_hash_seed():
   """Seeding must not use hash(): a fresh process with another PYTHONHASHSEED gives the same bytes."""
   key = 'synthetic/reggae/0003'
   here = hashlib.sha256(synthetic.synthesize_song(key, 16000, 1.5).tobytes()).hexdigest()
-  code = ('import hashlib; from melgenre_jax import synthetic; '
+  code = ('import hashlib; from melgenre_jax.data import synthetic; '
           f'print(hashlib.sha256(synthetic.synthesize_song({key!r}, 16000, 1.5).tobytes()).hexdigest())')
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONHASHSEED='12345', PYTHONPATH=root + os.pathsep + os.environ.get('PYTHONPATH', ''))

@@ -1,6 +1,5 @@
 """The compiled data-parallel train step and the whole training run, on tiny shapes."""
 
-import functools
 import json
 import os
 
@@ -10,10 +9,11 @@ import optax
 import pytest
 
 from configs import tiny
-from melgenre_jax import models
-from melgenre_jax.runtime import parallel
+from melgenre_jax import inference
 from melgenre_jax import schedules
+from melgenre_jax import steps
 from melgenre_jax import train
+from melgenre_jax.runtime import parallel
 
 NUM_CLASSES = 4
 
@@ -25,16 +25,10 @@ def _config(**overrides):
 
 
 def _state_and_step(config, mesh, tx=None):
-  model = models.create_model(config.model, NUM_CLASSES, bn_axis_name=parallel.AXIS)
-  tx = tx or train.create_optimizer(config, schedules.create_learning_rate_schedule(
+  tx = tx or steps.create_optimizer(config, schedules.create_learning_rate_schedule(
       config.schedule, steps_per_epoch=10))
-  preprocess = train.make_preprocess(config)
-  init = functools.partial(train.create_train_state, config,
-                           models.create_model(config.model, NUM_CLASSES), tx,
-                           preprocess=preprocess)
-  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
-  state = state.replace(apply_fn=model.apply)
-  return state, train.make_train_step(mesh, preprocess, config, NUM_CLASSES)
+  state = steps.build_state(config, NUM_CLASSES, mesh, tx, jax.random.PRNGKey(0))
+  return state, steps.make_train_step(mesh, config, NUM_CLASSES)
 
 
 def _batch(config, n=8, seed=0):
@@ -81,14 +75,16 @@ def test_one_and_two_devices_give_the_same_update():
 
 
 def test_non_finite_step_is_not_applied():
-  config = _config(**{'debug.nan_at_step': 1})
+  config = _config()
   mesh = parallel.create_mesh()
   state, step = _state_and_step(config, mesh)
   batch = parallel.global_batch(_batch(config), mesh)
   state, m = step(state, batch)
   assert bool(m['finite'])
   before = jax.tree.map(np.asarray, state.params)
-  state, m = step(state, batch)
+  poisoned = _batch(config)
+  poisoned['inputs'][3] = np.nan  # one NaN clip poisons the loss and every gradient
+  state, m = step(state, parallel.global_batch(poisoned, mesh))
   assert not bool(m['finite'])
   after = jax.tree.map(np.asarray, state.params)
   jax.tree.map(np.testing.assert_array_equal, before, after)
@@ -102,7 +98,7 @@ def test_indivisible_batch_names_both_numbers():
 def test_kernel_mask_selects_kernels_only():
   params = {'Conv_0': {'kernel': 1, 'bias': 2}, 'BatchNorm_0': {'scale': 3, 'bias': 4},
             'cell': {'ii': {'kernel': 5}}}
-  mask = train.kernel_mask(params)
+  mask = steps.kernel_mask(params)
   assert mask == {'Conv_0': {'kernel': True, 'bias': False},
                   'BatchNorm_0': {'scale': False, 'bias': False},
                   'cell': {'ii': {'kernel': True}}}
@@ -130,8 +126,9 @@ def test_training_run_leaves_checkpoints_metrics_and_plots(trained_workdir):
                  if d.isdigit())
   assert steps[-1] == result['final_step']
   # Per-band statistics of the training split were computed and checkpointed.
-  state = train.load_for_inference(_config(**{'features.normalize': True}), workdir).state
-  assert np.asarray(state.feature_mean).std() > 0 and (np.asarray(state.feature_std) > 0).all()
+  variables = inference.load_for_inference(_config(**{'features.normalize': True}),
+                                           workdir).variables
+  assert np.asarray(variables.feature_mean).std() > 0 and (np.asarray(variables.feature_std) > 0).all()
 
 
 def test_rerun_resumes_instead_of_restarting(trained_workdir):

@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 
 import ml_collections
 import numpy as np
@@ -26,7 +27,9 @@ import pytest
 from configs import tune_tiny
 from melgenre_jax import config_checks
 from melgenre_jax import train
-from melgenre_jax.modes import tune
+from melgenre_jax.modes.tune import search
+from melgenre_jax.modes.tune import space
+from melgenre_jax.modes.tune import study as study_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ('features.mel_norm=choice:slaney|none', 'choice', ['slaney', 'none']),
 ])
 def test_parse_param_kinds(entry, kind, extremes):
-  p = tune.parse_param(entry)
+  p = space.parse_param(entry)
   assert p.kind == kind
   assert p.extremes() == extremes
 
@@ -61,21 +64,21 @@ def test_parse_param_kinds(entry, kind, extremes):
 ])
 def test_parse_param_errors_name_the_entry(entry, message):
   with pytest.raises(config_checks.ConfigError, match='config.tune.space') as e:
-    tune.parse_param(entry)
+    space.parse_param(entry)
   assert message in str(e.value)
 
 
 def test_parse_space_rejects_empty_and_repeated():
   with pytest.raises(config_checks.ConfigError, match='empty'):
-    tune.parse_space(())
+    space.parse_space(())
   with pytest.raises(config_checks.ConfigError, match='more than once'):
-    tune.parse_space(('model.dropout=uniform:0:0.1', 'model.dropout=uniform:0:0.2'))
+    space.parse_space(('model.dropout=uniform:0:0.1', 'model.dropout=uniform:0:0.2'))
 
 
 def test_apply_params_scales_every_stage_and_sets_fields():
   config = tune_tiny.get_config()
-  out = tune.apply_params(config, {'lr_scale': 2.0, 'model.dropout': 0.25,
-                                   'model.lstm_sizes': (16, 8), 'batch_size': 4})
+  out = space.apply_params(config, {'lr_scale': 2.0, 'model.dropout': 0.25,
+                                    'model.lstm_sizes': (16, 8), 'batch_size': 4})
   np.testing.assert_allclose(out.schedule.stage_start_lrs,
                              2 * np.asarray(config.schedule.stage_start_lrs))
   np.testing.assert_allclose(out.schedule.stage_end_lrs,
@@ -83,7 +86,7 @@ def test_apply_params_scales_every_stage_and_sets_fields():
   assert (out.model.dropout, out.model.lstm_sizes, out.batch_size) == (0.25, (16, 8), 4)
   assert config.model.dropout != 0.25  # the input is not modified
   # An int for a float field is fine (choice:0|0.5 gives an int 0).
-  assert isinstance(tune.apply_params(config, {'model.dropout': 0}).model.dropout, float)
+  assert isinstance(space.apply_params(config, {'model.dropout': 0}).model.dropout, float)
 
 
 @pytest.mark.parametrize('entry,message', [
@@ -97,23 +100,23 @@ def test_apply_params_scales_every_stage_and_sets_fields():
 def test_check_space_rejects_bad_fields_and_values_before_training(entry, message):
   config = tune_tiny.get_config()
   with pytest.raises(config_checks.ConfigError) as e:
-    tune.check_space(config, tune.parse_space((entry,)))
+    search.check_space(config, space.parse_space((entry,)))
   assert message in str(e.value)
 
 
 def test_default_space_is_valid():
   from configs import default  # pylint: disable=import-outside-toplevel
   config = default.get_config()
-  tune.check_space(config, tune.read_settings(config, '/tmp/unused').space)
+  search.check_space(config, study_lib.read_settings(config, '/tmp/unused').space)
 
 
 def test_settings_reject_unknown_pruner_and_default_to_sqlite(tmp_path):
   config = tune_tiny.get_config()
-  s = tune.read_settings(config, str(tmp_path))
+  s = study_lib.read_settings(config, str(tmp_path))
   assert s.storage == 'sqlite:///' + str(tmp_path / 'tune' / 'study.db')
   config.tune.pruner = 'hyperband'
   with pytest.raises(config_checks.ConfigError, match='median, halving, none'):
-    tune.read_settings(config, str(tmp_path))
+    study_lib.read_settings(config, str(tmp_path))
 
 
 # ----------------------------------------------------------------------------
@@ -186,7 +189,7 @@ def test_search_prunes_fails_and_reports(tmp_path):
   # good, good, diverging, bad (pruned at epoch 1 below the median), then sampled.
   _enqueue(workdir, (0.0, 1e-5), (0.1, 1e-5), (0.1, 0.009), (0.45, 1e-5))
   config = _fake_config(num_trials=4)
-  summary = tune.run_search(config, workdir, train_fn=fake_train)
+  summary = search.run_search(config, workdir, train_fn=fake_train)
 
   study = _study(workdir)
   assert _states(study)[:4] == ['COMPLETE', 'COMPLETE', 'FAIL', 'PRUNED']
@@ -214,9 +217,9 @@ def test_search_prunes_fails_and_reports(tmp_path):
     raise AssertionError('a finished search trained again')
 
   n = len(study.trials)
-  assert tune.run_search(config, workdir, train_fn=must_not_train)['best_trial'] == 0
+  assert search.run_search(config, workdir, train_fn=must_not_train)['best_trial'] == 0
   assert len(_study(workdir).trials) == n
-  tune.run_search(_fake_config(num_trials=5), workdir, train_fn=fake_train)
+  search.run_search(_fake_config(num_trials=5), workdir, train_fn=fake_train)
   states = _states(_study(workdir))
   assert len(states) == n + 1 and states[-1] in ('COMPLETE', 'PRUNED')
 
@@ -224,7 +227,7 @@ def test_search_prunes_fails_and_reports(tmp_path):
 def test_search_gives_up_when_every_trial_diverges(tmp_path):
   config = _fake_config(num_trials=1)
   config.tune.space = ('optim.l2=loguniform:6e-3:9e-3',)  # fake_train: NaN above 5e-3
-  summary = tune.run_search(config, str(tmp_path), train_fn=fake_train)
+  summary = search.run_search(config, str(tmp_path), train_fn=fake_train)
   assert _states(_study(str(tmp_path))) == ['FAIL'] * 3
   assert summary['best_trial'] is None
   assert not os.path.exists(os.path.join(str(tmp_path), 'tune', 'best_config.py'))
@@ -242,12 +245,12 @@ def test_best_config_is_the_search_config_with_the_best_params(tmp_path):
   _enqueue(workdir, (0.3, 1e-5), (0.05, 2e-4))
   config = _fake_config(num_trials=2)
   config.seed = 7  # stands for a command-line override: it must survive
-  summary = tune.run_search(config, workdir, train_fn=fake_train)
+  summary = search.run_search(config, workdir, train_fn=fake_train)
   assert summary['best_trial'] == 1
   best = _load_best_config(summary['best_config'])
   assert isinstance(best, ml_collections.ConfigDict)
-  expected = tune.apply_params(config, {'model.dropout': 0.05, 'optim.l2': 2e-4,
-                                        'lr_scale': 1.0})
+  expected = space.apply_params(config, {'model.dropout': 0.05, 'optim.l2': 2e-4,
+                                         'lr_scale': 1.0})
   assert best.to_dict() == expected.to_dict()
   assert best.seed == 7 and isinstance(best.model.lstm_sizes, tuple)
   config_checks.validate(best)
@@ -262,14 +265,14 @@ def test_trial_of_a_dead_process_is_failed_and_resumed_in_its_directory(tmp_path
   dead.wait()
   trial = study.ask()
   config = _fake_config(num_trials=2)
-  for param in tune.read_settings(config, workdir).space:
+  for param in study_lib.read_settings(config, workdir).space:
     param.suggest(trial)  # takes the enqueued values
   trial.set_user_attr('workdir', 'trial_0')
-  trial.set_user_attr('machine', tune.machine_id())
+  trial.set_user_attr('machine', study_lib.machine_id())
   trial.set_user_attr('pid', dead.pid)
   trial_dir = os.path.join(workdir, 'tune', 'trial_0')
-  applied = tune.apply_params(config, {'model.dropout': 0.2, 'optim.l2': 1e-4,
-                                       'lr_scale': 1.0})
+  applied = space.apply_params(config, {'model.dropout': 0.2, 'optim.l2': 1e-4,
+                                        'lr_scale': 1.0})
   fake_train(applied, trial_dir, on_epoch_end=lambda r: trial.report(
       r['val_song_accuracy'], r['epoch']) if r['epoch'] <= 2 else None)
   with open(os.path.join(trial_dir, 'progress.json')) as f:  # "killed" after epoch 2
@@ -278,7 +281,7 @@ def test_trial_of_a_dead_process_is_failed_and_resumed_in_its_directory(tmp_path
     json.dump(history, f)
   os.remove(os.path.join(trial_dir, 'calls'))
 
-  tune.run_search(config, workdir, train_fn=fake_train)
+  search.run_search(config, workdir, train_fn=fake_train)
   study = _study(workdir)
   t0, t1 = study.trials[:2]
   assert t0.state.name == 'FAIL'
@@ -294,12 +297,12 @@ def test_trial_of_a_dead_process_is_failed_and_resumed_in_its_directory(tmp_path
 def test_trial_of_a_live_process_is_left_alone(tmp_path):
   study = _enqueue(str(tmp_path), (0.2, 1e-4))
   trial = study.ask()
-  trial.set_user_attr('machine', tune.machine_id())
+  trial.set_user_attr('machine', study_lib.machine_id())
   trial.set_user_attr('pid', os.getppid())  # alive
-  assert tune.recover_dead_trials(study, max_retries=2) == []
+  assert study_lib.recover_dead_trials(study, max_retries=2) == []
   trial.set_user_attr('machine', 'elsewhere/boot')  # another machine: heartbeat's job
   trial.set_user_attr('pid', 2 ** 22 + 12345)
-  assert tune.recover_dead_trials(study, max_retries=2) == []
+  assert study_lib.recover_dead_trials(study, max_retries=2) == []
   assert study.trials[0].state.name == 'RUNNING'
 
 
@@ -309,8 +312,8 @@ def test_silent_trial_of_another_machine_is_retried_via_heartbeat(tmp_path):
   _enqueue(workdir, (0.2, 1e-4))
   config = _fake_config(num_trials=1)
   config.tune.heartbeat_seconds = 1  # stale after 2 s without a heartbeat
-  s = tune.read_settings(config, workdir)
-  storage = tune.make_storage(s, on_stale=None)
+  s = study_lib.read_settings(config, workdir)
+  storage = study_lib.make_storage(s, on_stale=None)
   study = optuna.load_study(study_name='melgenre', storage=storage)
   trial = study.ask()
   for param in s.space:
@@ -322,22 +325,55 @@ def test_silent_trial_of_another_machine_is_retried_via_heartbeat(tmp_path):
   # SQLite's now() has whole seconds and Optuna wants "> 2 s": after 2.5 s the
   # truncated gap can still read 2 (it failed CI that way); 3.5 s reads >= 3.
   time.sleep(3.5)
-  tune.run_search(config, workdir, train_fn=fake_train)
+  search.run_search(config, workdir, train_fn=fake_train)
   study = _study(workdir)
   assert _states(study) == ['FAIL', 'COMPLETE']
   assert study.trials[1].user_attrs['retry_of'] == 0
   assert study.trials[1].params == study.trials[0].params
 
 
-def test_requeue_gives_up_after_max_retries(tmp_path):
+def _fail_running(study):
+  """Runs the next trial (a retry, if one waits) and fails it as a dead process would."""
+  trial = study.ask()
+  trial.set_user_attr('machine', study_lib.machine_id())
+  trial.set_user_attr('pid', 2 ** 22 + 12345)
+  study.tell(trial, state=optuna.trial.TrialState.FAIL)
+  return study.trials[trial.number]
+
+
+def test_retry_has_the_dead_trials_params_values_and_directory(tmp_path):
   study = _enqueue(str(tmp_path), (0.2, 1e-4))
   trial = study.ask()
-  trial.set_user_attr('retries', 2)
+  for param in study_lib.read_settings(_fake_config(), str(tmp_path)).space:
+    param.suggest(trial)
+  trial.set_user_attr('workdir', 'trial_0')
+  trial.set_user_attr('epochs', 2)
+  trial.set_user_attr('machine', study_lib.machine_id())
+  trial.set_user_attr('pid', 2 ** 22 + 12345)
+  trial.report(0.25, 1)
+  trial.report(0.5, 2)
   study.tell(trial, state=optuna.trial.TrialState.FAIL)
-  assert not tune.requeue(study, study.trials[0], max_retries=2)
-  assert tune.requeue(study, study.trials[0], max_retries=3)
-  assert study.trials[1].state.name == 'WAITING'
-  assert study.trials[1].user_attrs['retries'] == 3
+  assert study_lib.retry_trial(study, study.trials[0], max_retries=2)
+  dead, retry = study.trials
+  assert retry.state.name == 'WAITING' and retry.params == dead.params
+  assert retry.intermediate_values == {1: 0.25, 2: 0.5}
+  assert retry.user_attrs == {'workdir': 'trial_0', 'epochs': 2, 'retry_of': 0}
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0
+
+
+def test_max_retries_bounds_the_retries_of_a_trial(tmp_path):
+  study = _enqueue(str(tmp_path), (0.2, 1e-4))
+  dead = _fail_running(study)
+  for retry_number in (1, 2):  # the trial, then its retry, die: both retried
+    assert study_lib.retry_trial(study, dead, max_retries=2)
+    dead = _fail_running(study)
+    assert dead.number == retry_number and dead.user_attrs['retry_of'] == retry_number - 1
+  assert not study_lib.retry_trial(study, dead, max_retries=2)  # a third retry: no
+  assert _states(study) == ['FAIL'] * 3
+  assert not study_lib.retry_trial(study, study.trials[0], max_retries=0)
+  assert len(study.trials) == 3
 
 
 def test_sigterm_stops_the_search_and_the_rerun_resumes_the_trial(tmp_path):
@@ -354,10 +390,10 @@ def test_sigterm_stops_the_search_and_the_rerun_resumes_the_trial(tmp_path):
       open(os.path.join(os.path.dirname(trial_dir), 'STOP'), 'w').close()
     return fake_train(cfg, trial_dir, on_epoch_end)
 
-  summary = tune.run_search(config, workdir, train_fn=stop_in_second_trial)
+  summary = search.run_search(config, workdir, train_fn=stop_in_second_trial)
   assert summary['stopped'] == 'SIGTERM'
   assert _states(_study(workdir)) == ['COMPLETE', 'FAIL', 'WAITING']
-  tune.run_search(config, workdir, train_fn=fake_train)
+  search.run_search(config, workdir, train_fn=fake_train)
   study = _study(workdir)
   assert _states(study) == ['COMPLETE', 'FAIL', 'COMPLETE']
   assert study.trials[2].user_attrs['workdir'] == 'trial_1'

@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 
 from melgenre_jax.data import audio
+from melgenre_jax.input_spec import InputSpec
 from melgenre_jax.runtime.processes import pid_alive
 from melgenre_jax.data.songs import Song
 
@@ -58,37 +59,16 @@ class Cache:
 @dataclasses.dataclass(frozen=True)
 class DecodeParams:
   """Everything a worker needs to turn a Song into rows (picklable)."""
-  sample_rate: int
-  segment_samples: int
-  hop_samples: int
-  min_samples: int
+  spec: InputSpec  # the input format: lengths in samples, waves or log-mels
   skip_silent: bool
   silence_db: float
   synthetic_seconds: float
-  where: str  # 'device': waves | 'host': librosa log-mel
-  audio_cfg: dict[str, Any]
-  feature_cfg: dict[str, Any]
 
 
 def decode_params(config: ml_collections.ConfigDict) -> DecodeParams:
-  a, d = config.audio, config.data
-  sr = int(a.sample_rate)
-  where = config.features.where
-  if where not in ('device', 'host'):
-    raise ValueError(f"config.features.where={where!r} must be 'device' or "
-                     "'host'")
-  seg = int(round(a.segment_seconds * sr))
-  hop = int(round(a.segment_hop_seconds * sr))
-  if seg <= 0 or hop <= 0:
-    raise ValueError('config.audio.segment_seconds and segment_hop_seconds '
-                     f'must be > 0, got {a.segment_seconds}, '
-                     f'{a.segment_hop_seconds}')
-  return DecodeParams(
-      sample_rate=sr, segment_samples=seg, hop_samples=hop,
-      min_samples=max(1, int(round(d.min_song_seconds * sr))),
-      skip_silent=bool(d.skip_silent), silence_db=-60.0,
-      synthetic_seconds=float(d.synthetic.song_seconds), where=where,
-      audio_cfg=a.to_dict(), feature_cfg=config.features.to_dict())
+  return DecodeParams(spec=InputSpec.from_config(config),
+                      skip_silent=bool(config.data.skip_silent), silence_db=-60.0,
+                      synthetic_seconds=float(config.data.synthetic.song_seconds))
 
 
 def _file_stamp(path: str) -> list[int]:
@@ -106,17 +86,16 @@ def fingerprint(config: ml_collections.ConfigDict,
   fp: dict[str, Any] = {
       'version': CACHE_VERSION,
       'source': config.data.source,
-      'sample_rate': p.sample_rate,
-      'segment_samples': p.segment_samples,
-      'hop_samples': p.hop_samples,
-      'min_samples': p.min_samples,
+      'sample_rate': p.spec.sample_rate,
+      'segment_samples': p.spec.segment_samples,
+      'hop_samples': p.spec.hop_samples,
+      'min_samples': p.spec.min_samples,
       'skip_silent': p.skip_silent,
       'silence_db': p.silence_db,
-      'where': p.where,
+      'where': p.spec.where,
   }
-  if p.where == 'host':
-    fp['features'] = {k: v for k, v in sorted(p.feature_cfg.items())
-                      if k not in ('where', 'normalize')}
+  if p.spec.host_feature_settings():
+    fp['features'] = p.spec.host_feature_settings()
   if any(not s.path for s in songs):
     fp['synthetic_seconds'] = p.synthetic_seconds
   fp['songs'] = [[s.key, s.path] + (_file_stamp(s.path) if s.path else [])
@@ -145,10 +124,10 @@ class SongResult:
 def _song_wave(song: Song, p: DecodeParams) -> np.ndarray:
   if not song.path:
     from melgenre_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-    return np.asarray(synthetic.synthesize_song(song.key, p.sample_rate,
+    return np.asarray(synthetic.synthesize_song(song.key, p.spec.sample_rate,
                                                 p.synthetic_seconds),
                       dtype=np.float32)
-  return audio.load_audio(song.path, p.sample_rate)
+  return audio.load_audio(song.path, p.spec.sample_rate)
 
 
 def decode_song(index: int, song: Song, p: DecodeParams) -> SongResult:
@@ -156,21 +135,14 @@ def decode_song(index: int, song: Song, p: DecodeParams) -> SongResult:
   where = song.path or song.key
   try:
     wave = _song_wave(song, p)
-    segments = audio.segment_audio(wave, p.segment_samples, p.hop_samples,
-                                   p.min_samples, path=where)
+    segments = audio.segment_audio(wave, p.spec.segment_samples, p.spec.hop_samples,
+                                   p.spec.min_samples, path=where)
     if p.skip_silent and all(audio.is_silent(s, p.silence_db)
                              for s in segments):
       raise audio.AudioError(
           where, f'silent: every segment is below {p.silence_db:g} dBFS '
           '(config.data.skip_silent)')
-    if p.where == 'host':
-      from melgenre_jax.data import features  # pylint: disable=g-import-not-at-top
-      a = ml_collections.ConfigDict(p.audio_cfg)
-      f = ml_collections.ConfigDict(p.feature_cfg)
-      rows = np.stack([np.asarray(features.librosa_log_mel(s, a, f),
-                                  dtype=np.float32) for s in segments])
-    else:
-      rows = segments
+    rows = p.spec.host_inputs(segments)
     return SongResult(index, np.ascontiguousarray(rows, np.float32), None,
                       int(wave.shape[0]))
   except audio.AudioError as e:
@@ -336,7 +308,7 @@ def _build(config: ml_collections.ConfigDict, songs: Sequence[Song],
         continue
       n = int(r.rows.shape[0])
       good_meta.append({'key': s.key, 'first': writer.rows, 'count': n,
-                        'seconds': r.num_samples / p.sample_rate})
+                        'seconds': p.spec.seconds(r.num_samples)})
       song_index.append(np.full(n, len(good_meta) - 1, np.int32))
       writer.append(r.rows)
       ok.append(True)
@@ -350,7 +322,7 @@ def _build(config: ml_collections.ConfigDict, songs: Sequence[Song],
         'cache_version': CACHE_VERSION,
         'hash': key,
         'source': config.data.source,
-        'where': p.where,
+        'where': p.spec.where,
         'row_shape': list(writer.row_shape or []),
         'num_songs': len(songs),
         'num_good': len(good_meta),

@@ -8,29 +8,23 @@ accelerator lets the data pipeline ship raw audio (and augment it on device);
 Both return the TIME-major layout ``[frames, n_mels]`` (``[B, frames, n_mels]``
 batched), so a model never needs to know which path produced its input.
 
-Speed notes (XLA:CPU on this project's 2-core AMD EPYC CI machine, 30 s clips at
-22050 Hz, n_fft 2048, hop 512, 128 mels; ms per clip, medians of interleaved
-rounds of ``benchmarks/bench_features.py``. The machine was shared with other
-jobs (load average 7-9 on 2 cores), so absolute numbers are ~3x slower than at the
-lighter load (~3) of the earliest runs; the ratios are what the choices below rest on):
-  * framing, batch 32: reshape of hop-sized chunks 79.6 ms (74.9-96.9) vs.
-    gather with a [frames, n_fft] index array 86.5 ms (82.5-126.5); in a
-    CPU-time comparison (user+sys, insensitive to the other jobs) 26.6 vs
-    31.1 ms. Reshape is kept whenever hop divides n_fft (it also never
-    materialises an index array); gather is the fallback otherwise.
-  * windowing each hop-sized view before the concatenation (fused into the
-    slice) instead of after it: CPU time 29.7 -> 26.6 ms.
-  * the whole batch in one step: 189.5 ms at batch 8 (53-80 ms at load ~3,
-    batch 32) vs. one clip per ``lax.map`` step: 94.5 ms (23-31 ms
-    at load ~3): one clip's [1292, 2048] frames stay near cache, a batch's do not,
-    and the per-clip dB inside the step avoids four more passes over the
+Speed notes: why the CPU path is shaped as it is. Each choice below won in
+interleaved rounds of ``benchmarks/bench_features.py`` on XLA:CPU; the timings
+are in benchmarks/README.md ("Measurements behind design choices").
+  * framing: a reshape of hop-sized chunks beat a gather with a [frames, n_fft]
+    index array, in wall and in CPU time, and never materialises an index
+    array. Reshape is kept whenever hop divides n_fft; gather is the fallback.
+  * each hop-sized view is windowed before the concatenation (fused into the
+    slice) rather than after it: less CPU time.
+  * one clip per ``lax.map`` step beat the whole batch in one step: one clip's
+    frames ([1292, 2048] for 30 s at hop 512) stay near cache, a batch's do
+    not, and the per-clip dB inside the step avoids four more passes over the
     output. CPU therefore maps over clips; GPU/TPU take the batch at once.
   * the mel basis is ~87% zeros: multiplying blocks of 16 mel bands by only the
-    FFT bins they touch cuts the matmul from 131k to 17k MACs per frame, 99.8 ->
-    83.6 ms at batch 32. On GPU/TPU one dense matmul beats several small ones,
-    so it stays dense there.
-  * what is left is mostly the float32 ``jnp.fft.rfft`` (~12 us per 2048-point
-    frame here, ~15 ms of the ~25 ms per clip at load ~3).
+    FFT bins they touch cuts the matmul from 131k to 17k MACs per frame (the
+    clip gains less than that, as the FFT dominates). On GPU/TPU one dense
+    matmul beats several small ones, so it stays dense there.
+  * what is left is mostly the float32 ``jnp.fft.rfft``.
 """
 
 from __future__ import annotations

@@ -342,11 +342,12 @@ def create_train_loader(segments: SegmentSet, *, global_batch_size: int,
 
   ``worker_count=0`` is usually fastest here: a batch is one fancy-indexed
   memmap read, done ahead by two reader threads, while grain workers must ship
-  every multi-MB batch between processes (measured on a loaded 2-core box,
-  32 x 3 s raw-audio batches: ~70-145 batches/s in process vs ~9 with
-  workers). The iterator state (``get_state``) names the source's shape, a
-  label checksum, batch size, seed and worker count; grain refuses to restore
-  it into a loader that differs in any of them.
+  every multi-MB batch between processes (far fewer batches/s with workers on
+  a loaded 2-core box: numbers in benchmarks/README.md;
+  benchmarks/bench_input_pipeline.py times both). The iterator state
+  (``get_state``) names the source's shape, a label checksum, batch size, seed
+  and worker count; grain refuses to restore it into a loader that differs in
+  any of them.
   """
   import grain  # pylint: disable=g-import-not-at-top
   if process_count < 1 or not 0 <= process_index < process_count:
@@ -387,41 +388,49 @@ def checkpoint_restore_args(iterator):
   return grain.checkpoint.CheckpointRestore(iterator)
 
 
-def _eval_batch(segments: SegmentSet, start: int,
-                batch_size: int) -> dict[str, np.ndarray]:
-  n = len(segments)
-  end = min(n, start + batch_size)
-  k = end - start
-  inputs = np.zeros((batch_size, *segments.inputs.shape[1:]), np.float32)
-  inputs[:k] = segments.inputs[start:end]
-  label = np.zeros(batch_size, np.int32)
-  label[:k] = segments.labels[start:end]
-  song = np.zeros(batch_size, np.int32)
-  song[:k] = segments.song_index[start:end]
-  mask = np.zeros(batch_size, bool)
-  mask[:k] = True
-  return {'inputs': inputs, 'label': label, 'song': song, 'mask': mask}
+def _padded_batch(arrays: dict[str, np.ndarray], start: int,
+                  batch_size: int) -> dict[str, np.ndarray]:
+  n = len(next(iter(arrays.values())))
+  k = min(n, start + batch_size) - start
+  batch = {}
+  for name, values in arrays.items():
+    out = np.zeros((batch_size, *values.shape[1:]), values.dtype)
+    out[:k] = values[start:start + k]
+    batch[name] = out
+  batch['mask'] = np.arange(batch_size) < k
+  return batch
+
+
+def padded_batches(arrays: dict[str, np.ndarray], batch_size: int,
+                   prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+  """Rows of equally long arrays in order, once; the last batch zero-padded.
+
+  Adds ``mask`` (False on padding). A background thread reads up to
+  ``prefetch`` batches ahead, so disk reads of a memmap overlap the device's
+  work.
+  """
+  if batch_size <= 0:
+    raise ValueError(f'eval batch_size={batch_size} must be > 0')
+  starts = range(0, len(next(iter(arrays.values()))), batch_size)
+  if prefetch <= 0:
+    for start in starts:
+      yield _padded_batch(arrays, start, batch_size)
+    return
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    pending = collections.deque()
+    for start in starts:
+      pending.append(pool.submit(_padded_batch, arrays, start, batch_size))
+      if len(pending) > prefetch:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
 
 
 def eval_batches(segments: SegmentSet, batch_size: int,
                  prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
   """Every segment once, in order; the last batch padded, mask False there.
 
-  Keys inputs/label/song/mask. A background thread reads up to ``prefetch``
-  batches ahead, so disk reads of the memmap overlap the device's work.
+  Keys inputs/label/song/mask.
   """
-  if batch_size <= 0:
-    raise ValueError(f'eval batch_size={batch_size} must be > 0')
-  starts = range(0, len(segments), batch_size)
-  if prefetch <= 0:
-    for start in starts:
-      yield _eval_batch(segments, start, batch_size)
-    return
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    pending = collections.deque()
-    for start in starts:
-      pending.append(pool.submit(_eval_batch, segments, start, batch_size))
-      if len(pending) > prefetch:
-        yield pending.popleft().result()
-    while pending:
-      yield pending.popleft().result()
+  return padded_batches({'inputs': segments.inputs, 'label': segments.labels,
+                         'song': segments.song_index}, batch_size, prefetch)

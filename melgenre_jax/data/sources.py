@@ -1,7 +1,8 @@
 """Finding the songs of a dataset (``config.data.source``) as ``Song`` records.
 
 Nothing is decoded here: this only walks folders / reads a CSV, so it is fast
-and its output (the song list) is what the cache is keyed on.
+and its output (the song list) is what the cache is keyed on. What is specific
+to GTZAN (genres, folder layouts, track names) lives in ``gtzan``.
 """
 
 from __future__ import annotations
@@ -9,29 +10,17 @@ from __future__ import annotations
 import collections
 import csv
 import os
-import re
 import unicodedata
 
 from absl import logging
 import ml_collections
 
+from melgenre_jax import errors
 from melgenre_jax.data import audio
+from melgenre_jax.data import gtzan
 from melgenre_jax.data.songs import Song
 
 SOURCES = ('synthetic', 'gtzan', 'folder', 'manifest')
-
-# GTZAN's ten genres, in the conventional (alphabetical) label order.
-GTZAN_GENRES = ('blues', 'classical', 'country', 'disco', 'hiphop', 'jazz',
-                'metal', 'pop', 'reggae', 'rock')
-
-# Where the genre folders sit relative to config.data.root, most specific first:
-# the original tarball (genres/), Kaggle's copy (genres_original/, often under
-# Data/), or root pointing straight at the folder holding blues/, classical/...
-_GTZAN_LAYOUTS = (
-    'genres', 'genres_original', os.path.join('Data', 'genres_original'),
-    os.path.join('Data', 'genres'), '')
-
-_GTZAN_NAME = re.compile(r'^(?P<genre>[a-z]+)[._](?P<number>\d{5})$')
 
 # Accepted spellings of the manifest's split column.
 SPLIT_ALIASES = {
@@ -44,89 +33,28 @@ SPLIT_ALIASES = {
 _IGNORED_DIRS = ('__MACOSX',)
 
 
+class ConfigPathError(errors.ConfigError, FileNotFoundError):
+  """config.data.root / config.data.manifest names no existing folder / file."""
+
+
 def _skip_name(name: str) -> bool:
   """Hidden files/dirs and macOS resource forks are never songs or genres."""
   return name.startswith('.') or name in _IGNORED_DIRS
-
-
-def gtzan_key(name: str) -> str | None:
-  """Normalises a GTZAN file name to its key ``<genre>.000NN``.
-
-  Accepts ``blues/blues.00012.wav``, ``./blues_00012.wav``, ``blues.00012.au``
-  (the spellings of the published split lists and of the dataset copies);
-  returns None when the name is not a GTZAN track name.
-  """
-  stem, ext = os.path.splitext(os.path.basename(name.strip()))
-  if ext.lower() not in audio.SUPPORTED_EXTENSIONS:
-    stem += ext  # '.00012' of 'blues.00012' is not an extension
-  m = _GTZAN_NAME.match(stem.lower())
-  if not m:
-    return None
-  return f"{m.group('genre')}.{m.group('number')}"
 
 
 def _require_root(config: ml_collections.ConfigDict) -> str:
   root = config.data.root
   source = config.data.source
   if not root:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.data.root is empty but config.data.source={source!r} needs '
         'it: pass --config.data.root=/path/to/dataset')
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root):
-    raise FileNotFoundError(
+    raise ConfigPathError(
         f'config.data.root={config.data.root!r} is not an existing folder '
         f'(source={source!r}): fix --config.data.root')
   return root
-
-
-def find_gtzan_genres_dir(root: str) -> str:
-  """Returns the folder under ``root`` that holds GTZAN's genre folders."""
-  for rel in _GTZAN_LAYOUTS:
-    cand = os.path.join(root, rel) if rel else root
-    if os.path.isdir(cand) and any(
-        os.path.isdir(os.path.join(cand, g)) for g in GTZAN_GENRES):
-      return cand
-  raise FileNotFoundError(
-      f'config.data.root={root!r} does not look like GTZAN: expected genre '
-      f'folders ({", ".join(GTZAN_GENRES)}) in one of '
-      + ', '.join(os.path.join(root, r or '.') for r in _GTZAN_LAYOUTS)
-      + ' (e.g. genres/blues/blues.00000.au or '
-      'Data/genres_original/blues/blues.00000.wav). Point --config.data.root '
-      'at the extracted dataset.')
-
-
-def list_gtzan(root: str) -> list[Song]:
-  """GTZAN songs keyed ``<genre>.000NN`` (the names the published lists use)."""
-  genres_dir = find_gtzan_genres_dir(root)
-  songs: dict[str, Song] = {}
-  missing = []
-  for genre in GTZAN_GENRES:
-    gdir = os.path.join(genres_dir, genre)
-    if not os.path.isdir(gdir):
-      missing.append(genre)
-      continue
-    for name in sorted(os.listdir(gdir)):
-      path = os.path.join(gdir, name)
-      if _skip_name(name) or not os.path.isfile(path):
-        continue
-      if not audio.has_supported_extension(name):
-        continue
-      key = gtzan_key(name)
-      if key is None or not key.startswith(genre + '.'):
-        logging.warning('GTZAN: ignoring %s: not named %s.000NN.<ext>', path,
-                        genre)
-        continue
-      if key in songs:
-        logging.warning('GTZAN: %s and %s are the same track %s; using the '
-                        'first', songs[key].path, path, key)
-        continue
-      songs[key] = Song(key=key, path=path, genre=genre)
-  if missing:
-    logging.warning('GTZAN: genre folders missing under %s: %s', genres_dir,
-                    ', '.join(missing))
-  logging.info('GTZAN: %d songs under %s', len(songs), genres_dir)
-  return sorted(songs.values(), key=lambda s: s.key)
 
 
 def list_folder(root: str) -> list[Song]:
@@ -143,7 +71,7 @@ def list_folder(root: str) -> list[Song]:
                     '(songs must sit in a genre folder), e.g. %s', len(loose),
                     root, sorted(loose)[0])
   if not genre_dirs:
-    raise ValueError(
+    raise errors.DataError(
         f'config.data.root={root!r} has no genre folders: expected '
         'ROOT/<genre>/<song files> (e.g. ROOT/jazz/track01.wav)')
   empty = []
@@ -166,7 +94,7 @@ def list_folder(root: str) -> list[Song]:
     if count == 0:
       empty.append(genre)
   if empty:
-    raise ValueError(
+    raise errors.DataError(
         f'genre folder(s) {empty} under config.data.root={root!r} hold no '
         f'audio files (supported: {", ".join(sorted(audio.SUPPORTED_EXTENSIONS))}'
         '): add songs or remove the folder(s)')
@@ -185,12 +113,13 @@ def read_manifest(path: str) -> list[Song]:
   an error here: the decoder reports them as bad files with the reason.
   """
   if not path:
-    raise ValueError("config.data.source='manifest' needs a CSV: pass "
-                     '--config.data.manifest=/path/to/songs.csv (columns '
-                     'path,label[,split][,group])')
+    raise errors.ConfigError(
+        "config.data.source='manifest' needs a CSV: pass "
+        '--config.data.manifest=/path/to/songs.csv (columns '
+        'path,label[,split][,group])')
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'config.data.manifest={path!r} does not exist')
+    raise ConfigPathError(f'config.data.manifest={path!r} does not exist')
   base = os.path.dirname(path)
   songs = []
   seen: dict[str, int] = {}
@@ -198,7 +127,7 @@ def read_manifest(path: str) -> list[Song]:
     reader = csv.DictReader(f)
     fields = [c.strip().lower() for c in (reader.fieldnames or [])]
     if 'path' not in fields or 'label' not in fields:
-      raise ValueError(
+      raise errors.DataError(
           f'manifest {path}: header must name columns path,label[,split]'
           f'[,group]; got {reader.fieldnames}')
     for line, row in enumerate(reader, start=2):
@@ -208,11 +137,12 @@ def read_manifest(path: str) -> list[Song]:
         continue
       rel, label = row.get('path', ''), row.get('label', '')
       if not rel or not label:
-        raise ValueError(f'manifest {path} line {line}: empty path or label')
+        raise errors.DataError(
+            f'manifest {path} line {line}: empty path or label')
       split = row.get('split') or None
       if split is not None:
         if split.lower() not in SPLIT_ALIASES:
-          raise ValueError(
+          raise errors.DataError(
               f'manifest {path} line {line}: split {split!r} is not one of '
               'train, validation (val/valid/dev), test (or empty)')
         split = SPLIT_ALIASES[split.lower()]
@@ -220,15 +150,16 @@ def read_manifest(path: str) -> list[Song]:
       key = unicodedata.normalize('NFC', os.path.normpath(rel).replace(
           os.sep, '/'))
       if key in seen:
-        raise ValueError(f'manifest {path} line {line}: {rel!r} already listed '
-                         f'on line {seen[key]}')
+        raise errors.DataError(
+            f'manifest {path} line {line}: {rel!r} already listed '
+            f'on line {seen[key]}')
       seen[key] = line
       abspath = rel if os.path.isabs(rel) else os.path.join(base, rel)
       songs.append(Song(key=key, path=os.path.normpath(abspath),
                         genre=unicodedata.normalize('NFC', label), group=group,
                         split=split))
   if not songs:
-    raise ValueError(f'manifest {path} lists no songs')
+    raise errors.DataError(f'manifest {path} lists no songs')
   logging.info('manifest: %d songs from %s', len(songs), path)
   return songs
 
@@ -242,22 +173,24 @@ def discover_songs(config: ml_collections.ConfigDict) -> list[Song]:
     songs = list(synthetic.list_synthetic_songs(syn.songs_per_genre,
                                                 syn.num_genres))
   elif source == 'gtzan':
-    songs = list_gtzan(_require_root(config))
+    songs = gtzan.list_gtzan(_require_root(config))
   elif source == 'folder':
     songs = list_folder(_require_root(config))
   elif source == 'manifest':
     songs = read_manifest(config.data.manifest)
   else:
-    raise ValueError(f'config.data.source={source!r} is not one of {SOURCES}')
+    raise errors.ConfigError(
+        f'config.data.source={source!r} is not one of {SOURCES}')
   if not songs:
-    raise ValueError(
+    raise errors.DataError(
         f'config.data.source={source!r} found no songs (root='
         f'{config.data.root!r}, supported extensions: '
         f'{", ".join(sorted(audio.SUPPORTED_EXTENSIONS))})')
   keys = collections.Counter(s.key for s in songs)
   dup = [k for k, c in keys.items() if c > 1]
   if dup:
-    raise ValueError(f'duplicate song keys from source {source!r}: {dup[:5]}')
+    raise errors.DataError(
+        f'duplicate song keys from source {source!r}: {dup[:5]}')
   return songs
 
 
@@ -266,7 +199,7 @@ def genre_names(config: ml_collections.ConfigDict,
   """Label order: the source's canonical list when it has one, else sorted."""
   present = {s.genre for s in songs}
   if config.data.source == 'gtzan':
-    return list(GTZAN_GENRES)
+    return list(gtzan.GTZAN_GENRES)
   if config.data.source == 'synthetic':
     from melgenre_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     canonical = [g for g in synthetic.GENRES if g in present]

@@ -4,41 +4,27 @@ Segments of one song are near-duplicates, so a segment-level split leaks and
 inflates accuracy; every split here keeps each song - and each group, when
 songs carry one - on one side, and ``check_disjoint`` refuses any overlap.
 The one exception, ``segment_random``, exists only to measure that leak.
+The published GTZAN split lists (``gtzan_*``) are read and matched in ``gtzan``;
+``split_songs`` dispatches to them by name.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import importlib.resources
-import os
 from typing import Any, Iterable, Sequence
 
 from absl import logging
 import ml_collections
 import numpy as np
 
-from melgenre_jax.data import sources
+from melgenre_jax import errors
+from melgenre_jax.data import gtzan
 from melgenre_jax.data.songs import Song
 
 SPLITS = ('stratified', 'kfold', 'manifest', 'gtzan_fault_filtered',
           'gtzan_stratified', 'gtzan_artist_3fold', 'segment_random')
 SPLIT_NAMES = ('train', 'validation', 'test')
-
-# Published list files, relative to melgenre_jax/data/gtzan_splits/.
-_GTZAN_LISTS = {
-    'gtzan_fault_filtered': {
-        'train': 'kereliuk_fault_filtered/train_filtered.txt',
-        'validation': 'kereliuk_fault_filtered/valid_filtered.txt',
-        'test': 'kereliuk_fault_filtered/test_filtered.txt',
-    },
-    'gtzan_stratified': {
-        'train': 'kereliuk_stratified/train_stratified.txt',
-        'validation': 'kereliuk_stratified/valid_stratified.txt',
-        'test': 'kereliuk_stratified/test_stratified.txt',
-    },
-}
-_ARTIST_3FOLD_DIR = 'sturm_artist_filtered_3fold'
 
 LEAK_WARNING = (
     "config.data.split='segment_random' shuffles SEGMENTS across songs: "
@@ -96,7 +82,7 @@ def _target(fraction: float, n_songs: int, n_units: int) -> int:
 def _check_fractions(validation_fraction: float, test_fraction: float):
   if not 0 <= validation_fraction < 1 or not 0 <= test_fraction < 1 or (
       validation_fraction + test_fraction >= 1):
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.data.validation_fraction={validation_fraction} and '
         f'test_fraction={test_fraction} must each be in [0, 1) and sum to '
         'less than 1')
@@ -149,10 +135,12 @@ def kfold_split(songs: Sequence[Song], num_folds: int, fold: int,
   partition itself does not depend on ``fold``.
   """
   if num_folds < 2:
-    raise ValueError(f'config.data.num_folds={num_folds} must be >= 2')
+    raise errors.ConfigError(
+        f'config.data.num_folds={num_folds} must be >= 2')
   if not 0 <= fold < num_folds:
-    raise ValueError(f'config.data.fold={fold} must be in 0..{num_folds - 1} '
-                     f'(config.data.num_folds={num_folds})')
+    raise errors.ConfigError(
+        f'config.data.fold={fold} must be in 0..{num_folds - 1} '
+        f'(config.data.num_folds={num_folds})')
   _check_fractions(validation_fraction, 0.0)
   rng = np.random.default_rng([int(seed), 2])
   folds: list[list[Song]] = [[] for _ in range(num_folds)]
@@ -177,7 +165,7 @@ def manifest_split(songs: Sequence[Song]) -> SongSplit:
   """The manifest's split column, as given."""
   unset = [s.key for s in songs if s.split is None]
   if unset:
-    raise ValueError(
+    raise errors.DataError(
         f"config.data.split='manifest' needs a split column value "
         f'(train/validation/test) for every song, but {len(unset)} have none, '
         f'e.g. {unset[:3]}: fill the column or use split=stratified')
@@ -185,118 +173,6 @@ def manifest_split(songs: Sequence[Song]) -> SongSplit:
   for s in sorted(songs, key=lambda s: s.key):
     sides[s.split].append(s)
   return SongSplit(**sides)
-
-
-def _read_resource(relpath: str) -> list[str]:
-  res = importlib.resources.files('melgenre_jax').joinpath(
-      'data', 'gtzan_splits', *relpath.split('/'))
-  return [ln for ln in res.read_text(encoding='utf-8').splitlines()
-          if ln.strip()]
-
-
-def read_gtzan_list(relpath: str) -> list[tuple[str, str | None]]:
-  """(track key, second column or None) per line of a shipped list file."""
-  out = []
-  for line in _read_resource(relpath):
-    cols = line.strip().split('\t')
-    key = sources.gtzan_key(cols[0])
-    if key is None:
-      raise ValueError(f'unexpected entry {line!r} in split list {relpath}')
-    out.append((key, cols[1].strip() if len(cols) > 1 else None))
-  return out
-
-
-def _gtzan_lookup(songs: Sequence[Song]) -> dict[str, Song]:
-  """Songs by GTZAN track name, from the key or else the file name."""
-  lookup = {}
-  for s in songs:
-    name = sources.gtzan_key(s.key) or (
-        sources.gtzan_key(os.path.basename(s.path)) if s.path else None)
-    if name is not None:
-      lookup.setdefault(name, s)
-  return lookup
-
-
-def _apply_lists(songs: Sequence[Song], lists: dict[str, list[str]],
-                 split_name: str) -> tuple[dict[str, list[Song]], dict]:
-  """Maps listed track names to songs; missing ones are warned, not fatal."""
-  lookup = _gtzan_lookup(songs)
-  sides: dict[str, list[Song]] = {}
-  missing: dict[str, list[str]] = {}
-  used = set()
-  for side, names in lists.items():
-    sides[side], missing[side] = [], []
-    for name in names:
-      song = lookup.get(name)
-      if song is None:
-        missing[side].append(name)
-      else:
-        sides[side].append(song)
-        used.add(song.key)
-  matched = sum(len(v) for v in sides.values())
-  if matched == 0:
-    raise ValueError(
-        f'config.data.split={split_name!r}: none of the {len(songs)} songs '
-        'matches a track of the published GTZAN lists by name '
-        '(<genre>.000NN); use source=gtzan with the GTZAN files, or another '
-        'split')
-  n_missing = sum(len(v) for v in missing.values())
-  if n_missing:
-    logging.warning(
-        '%s: %d listed song(s) are missing or unreadable here and are left '
-        'out: %s', split_name, n_missing,
-        {k: v[:10] for k, v in missing.items() if v})
-  excluded = sorted(s.key for s in songs if s.key not in used)
-  if excluded:
-    logging.info('%s: %d song(s) are in no list and are left out', split_name,
-                 len(excluded))
-  info = {'missing_listed': {k: v for k, v in missing.items() if v},
-          'num_missing_listed': n_missing,
-          'num_excluded_unlisted': len(excluded),
-          'excluded_unlisted': excluded[:50]}
-  return sides, info
-
-
-def gtzan_list_split(songs: Sequence[Song], name: str) -> SongSplit:
-  """Kereliuk et al.'s published train/valid/test lists, matched by name."""
-  lists = {side: [k for k, _ in read_gtzan_list(rel)]
-           for side, rel in _GTZAN_LISTS[name].items()}
-  sides, info = _apply_lists(songs, lists, name)
-  return SongSplit(train=sides['train'], validation=sides['validation'],
-                   test=sides['test'], info=info)
-
-
-def gtzan_artist_3fold_split(songs: Sequence[Song], fold: int,
-                             validation_fraction: float,
-                             seed: int) -> SongSplit:
-  """Fold ``fold`` (0..2) of the artist-filtered 3-fold lists.
-
-  Songs get their artist id as ``group``; validation is carved by artist out
-  of the fold's train list, so no artist spans two splits.
-  """
-  if fold not in (0, 1, 2):
-    raise ValueError(f'config.data.fold={fold} must be 0, 1 or 2 for '
-                     "split='gtzan_artist_3fold'")
-  _check_fractions(validation_fraction, 0.0)
-  f = fold + 1
-  groups = {}
-  for part in ('train', 'evaluate'):
-    for key, gid in read_gtzan_list(f'{_ARTIST_3FOLD_DIR}/f{f}_{part}_groups.txt'):
-      groups[key] = f'artist{gid}'
-  lists = {
-      'train': [k for k, _ in read_gtzan_list(f'{_ARTIST_3FOLD_DIR}/f{f}_train.txt')],
-      'test': [k for k, _ in read_gtzan_list(f'{_ARTIST_3FOLD_DIR}/f{f}_test.txt')],
-  }
-  lookup = _gtzan_lookup(songs)
-  grouped = [dataclasses.replace(s, group=groups.get(name, s.group))
-             for name, s in lookup.items()]
-  sides, info = _apply_lists(grouped, lists, 'gtzan_artist_3fold')
-  carved = _stratified(sides['train'], {'validation': validation_fraction},
-                       np.random.default_rng([int(seed), 4, fold]),
-                       rest='train')
-  info['fold'] = fold
-  return SongSplit(train=carved['train'], validation=carved['validation'],
-                   test=sorted(sides['test'], key=lambda s: s.key), info=info)
 
 
 def segment_random_split(songs: Sequence[Song]) -> SongSplit:
@@ -349,7 +225,7 @@ def check_disjoint(split: SongSplit) -> None:
       ga = {s.group for s in sides[a] if s.group is not None}
       gb = {s.group for s in sides[b] if s.group is not None}
       if ga & gb:
-        raise ValueError(
+        raise errors.DataError(
             f'split leak: group(s) {sorted(ga & gb)[:5]} have songs in both '
             f'{a} and {b}: a group (artist/album) must stay on one side; fix '
             'the manifest split column or use split=stratified/kfold, which '
@@ -369,22 +245,24 @@ def split_songs(songs: Sequence[Song],
                         config.seed)
   elif name == 'manifest':
     split = manifest_split(songs)
-  elif name in _GTZAN_LISTS:
-    split = gtzan_list_split(songs, name)
+  elif name in gtzan._GTZAN_LISTS:  # pylint: disable=protected-access
+    split = gtzan.gtzan_list_split(songs, name)
   elif name == 'gtzan_artist_3fold':
-    split = gtzan_artist_3fold_split(songs, d.fold, d.validation_fraction,
-                                     config.seed)
+    split = gtzan.gtzan_artist_3fold_split(songs, d.fold,
+                                           d.validation_fraction, config.seed)
   elif name == 'segment_random':
     split = segment_random_split(songs)
   else:
-    raise ValueError(f'config.data.split={name!r} is not one of {SPLITS}')
+    raise errors.ConfigError(
+        f'config.data.split={name!r} is not one of {SPLITS}')
   check_disjoint(split)
   split.info.setdefault('name', name)
   if not split.train:
-    raise ValueError(f'config.data.split={name!r} left the train split empty '
-                     f'({len(songs)} usable songs)')
+    raise errors.DataError(
+        f'config.data.split={name!r} left the train split empty '
+        f'({len(songs)} usable songs)')
   if not split.validation:
-    raise ValueError(
+    raise errors.DataError(
         f'config.data.split={name!r} left the validation split empty '
         f'({len(songs)} usable songs): raise config.data.validation_fraction '
         'or add songs')

@@ -34,21 +34,12 @@ from absl import logging
 from melgenre_jax import checkpointing
 from melgenre_jax import config_checks
 from melgenre_jax.data import input_pipeline
+from melgenre_jax.errors import DataError
 from melgenre_jax import metrics as metrics_lib
 from melgenre_jax import reporting
-from melgenre_jax import train
+from melgenre_jax import inference
 
 EVAL_DIR = 'eval'
-
-
-def inference_batch_size(requested: int) -> int:
-  """``requested`` rounded up to a multiple of this machine's device count.
-
-  A run trained on 8 accelerators may be evaluated on a 2-core CPU (or the
-  reverse); the batch only has to split evenly over the devices present.
-  """
-  n = jax.device_count()
-  return max(n, -(-int(requested) // n) * n)
 
 
 def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -143,7 +134,7 @@ def _check_split(workdir: str, split_name: str,
   if leaky:
     return  # segment_random: every song is in every split, by construction
   if split_name in recorded and sorted(recorded[split_name]) != sorted(keys):
-    raise ValueError(
+    raise DataError(
         f'The {split_name} split rebuilt now ({len(keys)} songs) differs from the '
         f'one recorded at training time in {path} ({len(recorded[split_name])} '
         'songs): the dataset folder, manifest or split settings changed since '
@@ -151,7 +142,7 @@ def _check_split(workdir: str, split_name: str,
         "run's own config (drop --config) and the original data.")
   overlap = set(keys) & set(recorded.get('train', []))
   if overlap:
-    raise ValueError(f'{len(overlap)} {split_name} songs were training songs '
+    raise DataError(f'{len(overlap)} {split_name} songs were training songs '
                      f'(e.g. {sorted(overlap)[:3]}); refusing to report a leaky score.')
 
 
@@ -267,7 +258,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
   """
   workdir = os.path.abspath(workdir)
   config_checks.check_workdir_compatible(config, workdir)
-  model = train.load_for_inference(config, workdir, step)
+  model = inference.load_for_inference(config, workdir, step)
   dataset = input_pipeline.load_dataset(config, workdir)
   leaky = bool(dataset.summary.get('split', {}).get('leaky', False))
   warnings = []
@@ -282,9 +273,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
                     'song are in several splits, so these numbers are inflated.')
   _check_split(workdir, split_name, segments, leaky)
 
-  batch = inference_batch_size(config.eval_batch_size)
-  probs = train.predict_segments(model.p_predict, model.state, segments, batch,
-                                 model.mesh, progress=None)
+  probs = model.predict(segments.inputs)
   labels = np.asarray(segments.labels)
   song_index = np.asarray(segments.song_index)
   song_keys = [s.key for s in segments.songs]

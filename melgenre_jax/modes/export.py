@@ -87,16 +87,13 @@ def _inference_function(model) -> tuple[Callable, tuple[int, ...], str]:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from melgenre_jax import train  # pylint: disable=g-import-not-at-top
-
-  state = model.state
+  v = model.variables
   # Host copies: replicated mesh arrays would carry a sharding into the module.
-  variables = jax.tree.map(np.asarray, {'params': state.params,
-                                        'batch_stats': state.batch_stats})
-  mean = np.asarray(state.feature_mean)
-  std = np.asarray(state.feature_std)
-  apply_fn = state.apply_fn
-  preprocess = model.preprocess
+  variables = jax.tree.map(np.asarray, {'params': v.params, 'batch_stats': v.batch_stats})
+  mean = np.asarray(v.feature_mean)
+  std = np.asarray(v.feature_std)
+  apply_fn = model.apply_fn
+  preprocess = model.spec.device_preprocess()
 
   def probabilities(inputs: jax.Array) -> jax.Array:
     # One clip at a time, as the CPU training path does: the front end
@@ -105,9 +102,8 @@ def _inference_function(model) -> tuple[Callable, tuple[int, ...], str]:
     logits = apply_fn(variables, spec, train=False)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
-  shape = train.input_shape(model.config)
-  kind = 'waveform' if model.config.features.where == 'device' else 'log_mel'
-  return probabilities, shape, kind
+  kind = 'waveform' if model.spec.takes_waves else 'log_mel'
+  return probabilities, model.spec.input_shape, kind
 
 
 def export_model(model, platforms: tuple[str, ...] = ('cpu', 'cuda')
@@ -141,10 +137,8 @@ def export_model(model, platforms: tuple[str, ...] = ('cpu', 'cuda')
 def _contract(model, exported, info: dict[str, Any]) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
 
-  config = model.config
-  sr = int(config.audio.sample_rate)
-  segment = int(round(config.audio.segment_seconds * sr))
-  hop = int(round(config.audio.segment_hop_seconds * sr))
+  config, spec = model.config, model.spec
+  sr, segment, hop = spec.sample_rate, spec.segment_samples, spec.hop_samples
   shape = list(info['input_shape'])
   if info['input_kind'] == 'waveform':
     description = (f'mono float32 audio at {sr} Hz, one row per {segment}-sample '
@@ -163,7 +157,7 @@ def _contract(model, exported, info: dict[str, Any]) -> dict[str, Any]:
       'segment_hop_samples': hop,
       'segment_seconds': float(config.audio.segment_seconds),
       'segment_hop_seconds': float(config.audio.segment_hop_seconds),
-      'min_song_samples': max(1, int(round(config.data.min_song_seconds * sr))),
+      'min_song_samples': spec.min_samples,
       'song_aggregation': 'mean of segment probabilities; a song shorter than one '
                           'segment is zero-padded; a trailing partial segment is dropped',
       'genres': list(model.genres),
@@ -190,11 +184,11 @@ def export_workdir(config, workdir: str, step: int | None = None,
   Returns the contract (with ``path`` added).
   """
   from melgenre_jax import config_checks  # pylint: disable=g-import-not-at-top
-  from melgenre_jax import train  # pylint: disable=g-import-not-at-top
+  from melgenre_jax import inference  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
   config_checks.check_workdir_compatible(config, workdir)
-  model = train.load_for_inference(config, workdir, step)
+  model = inference.load_for_inference(config, workdir, step)
   exported, info = export_model(model, platforms)
   contract = _contract(model, exported, info)
   out_dir = os.path.join(workdir, EXPORT_DIR)

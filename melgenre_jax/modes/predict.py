@@ -12,7 +12,6 @@ no file at all could be classified does ``predict_paths`` raise.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -23,37 +22,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from melgenre_jax.data import audio
 from melgenre_jax import config_checks
-from melgenre_jax.modes import evaluate
-from melgenre_jax.data import input_pipeline
-from melgenre_jax import train
-from melgenre_jax.data.songs import Song
+from melgenre_jax import inference
+from melgenre_jax.data import audio
+from melgenre_jax.errors import ConfigError
+from melgenre_jax.errors import NothingClassifiedError
+from melgenre_jax.input_spec import InputSpec
 
 PREDICTIONS_DIR = 'predictions'
-
-
-class NothingClassifiedError(RuntimeError):
-  """No input file could be classified; the message lists each file's reason."""
-
-  user_error = True
-
-
-@dataclasses.dataclass(frozen=True)
-class SegmentSpec:
-  """How training cut songs into model inputs (all in samples)."""
-  sample_rate: int
-  segment_samples: int
-  hop_samples: int
-  min_samples: int
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> 'SegmentSpec':
-    sr = int(config.audio.sample_rate)
-    return cls(sample_rate=sr,
-               segment_samples=int(round(config.audio.segment_seconds * sr)),
-               hop_samples=int(round(config.audio.segment_hop_seconds * sr)),
-               min_samples=max(1, int(round(config.data.min_song_seconds * sr))))
 
 
 def expand_paths(paths: list[str] | tuple[str, ...]) -> list[tuple[str, str | None]]:
@@ -88,7 +64,7 @@ def expand_paths(paths: list[str] | tuple[str, ...]) -> list[tuple[str, str | No
   return out
 
 
-def song_segments(path: str, spec: SegmentSpec) -> tuple[np.ndarray, int]:
+def song_segments(path: str, spec: InputSpec) -> tuple[np.ndarray, int]:
   """Decoded, resampled, segmented waves ``[n, segment_samples]`` and the song's length.
 
   Raises:
@@ -99,16 +75,7 @@ def song_segments(path: str, spec: SegmentSpec) -> tuple[np.ndarray, int]:
                              spec.min_samples, path=path), int(wave.shape[0])
 
 
-def model_inputs(segments: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
-  """What the model was fed in training: waves, or librosa log-mels (host features)."""
-  if config.features.where != 'host':
-    return segments
-  from melgenre_jax.data import features  # pylint: disable=g-import-not-at-top
-  return np.stack([features.librosa_log_mel(s, config.audio, config.features)
-                   for s in segments]).astype(np.float32)
-
-
-def _song_result(path: str, probs: np.ndarray, num_samples: int, spec: SegmentSpec,
+def _song_result(path: str, probs: np.ndarray, num_samples: int, spec: InputSpec,
                  genres: list[str], top_k: int, silent: bool) -> dict[str, Any]:
   mean = probs.mean(axis=0)
   order = np.argsort(-mean, kind='stable')[:max(1, top_k)]
@@ -173,7 +140,7 @@ def _plot_name(path: str, used: set[str]) -> str:
   return f'{name}_timeline.png'
 
 
-def classify_files(model: train.InferenceModel, paths: list[str] | tuple[str, ...],
+def classify_files(model: inference.InferenceModel, paths: list[str] | tuple[str, ...],
                    top_k: int = 3, max_pending_segments: int = 2048
                    ) -> list[dict[str, Any]]:
   """Results for every path (failures included), in input order.
@@ -182,9 +149,7 @@ def classify_files(model: train.InferenceModel, paths: list[str] | tuple[str, ..
   whenever ``max_pending_segments`` have accumulated, so a folder of a
   thousand songs does not have to fit in memory at once.
   """
-  config = model.config
-  spec = SegmentSpec.from_config(config)
-  batch = evaluate.inference_batch_size(config.eval_batch_size)
+  spec = model.spec
   entries = expand_paths(paths)
   results: list[dict[str, Any] | None] = [None] * len(entries)
   pending: list[tuple[int, str, np.ndarray, int, bool]] = []
@@ -192,13 +157,8 @@ def classify_files(model: train.InferenceModel, paths: list[str] | tuple[str, ..
   def flush():
     if not pending:
       return
-    x = np.concatenate([p[2] for p in pending])
+    probs = model.predict(np.concatenate([p[2] for p in pending]))
     counts = [len(p[2]) for p in pending]
-    segs = input_pipeline.SegmentSet(
-        inputs=x, labels=np.zeros(len(x), np.int32),
-        song_index=np.repeat(np.arange(len(pending), dtype=np.int32), counts),
-        songs=[Song(key=p[1], path=p[1], genre='') for p in pending])
-    probs = train.predict_segments(model.p_predict, model.state, segs, batch, model.mesh)
     bounds = np.cumsum([0] + counts)
     for k, (i, path, _, num_samples, silent) in enumerate(pending):
       results[i] = _song_result(path, probs[bounds[k]:bounds[k + 1]], num_samples,
@@ -211,7 +171,7 @@ def classify_files(model: train.InferenceModel, paths: list[str] | tuple[str, ..
       continue
     try:
       segments, num_samples = song_segments(path, spec)
-      x = model_inputs(segments, config)
+      x = spec.host_inputs(segments)
     except audio.AudioError as e:
       results[i] = _failure(path, e.reason)
       continue
@@ -241,15 +201,15 @@ def predict_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[s
     NothingClassifiedError: no file could be classified.
   """
   if output not in ('text', 'json'):
-    raise ValueError(f"--output={output!r}: allowed values are 'text', 'json'.")
+    raise ConfigError(f"--output={output!r}: allowed values are 'text', 'json'.")
   if not paths:
-    raise ValueError('--mode=predict needs --audio PATH (a file or folder; repeat the '
+    raise ConfigError('--mode=predict needs --audio PATH (a file or folder; repeat the '
                      'flag for several).')
   if top_k < 1:
-    raise ValueError(f'--top_k={top_k} must be >= 1.')
+    raise ConfigError(f'--top_k={top_k} must be >= 1.')
   workdir = os.path.abspath(workdir)
   config_checks.check_workdir_compatible(config, workdir)
-  model = train.load_for_inference(config, workdir, step)
+  model = inference.load_for_inference(config, workdir, step)
   results = classify_files(model, paths, top_k=top_k)
   failed = [r for r in results if not r['ok']]
   for r in failed:

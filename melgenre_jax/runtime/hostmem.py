@@ -1,11 +1,11 @@
-"""Host allocator setting that makes XLA:CPU train steps ~1.5x faster.
+"""Host allocator setting that makes XLA:CPU train steps markedly faster.
 
 Why: every train step on XLA:CPU allocates fresh multi-MB buffers (the
 reference model's full-resolution conv maps are 68 MB at batch 32). glibc's
 malloc serves each block above its mmap threshold with a new ``mmap`` and
 unmaps it on ``free``, so each step page-faults gigabytes of fresh zeroed
-pages; that, not arithmetic, was a third of the step
-(benchmarks/bench_train_step.py: 1392 -> 882 ms per step on 2 cores). Serving
+pages; that, not arithmetic, was about a third of the step (measured with
+benchmarks/bench_train_step.py; numbers in benchmarks/README.md). Serving
 big blocks from one heap that is never trimmed reuses pages that are already
 mapped. The cost: the process keeps its peak memory instead of handing freed
 memory back to the OS, which a training or inference process does not miss.
@@ -38,7 +38,8 @@ def keep_freed_memory() -> bool:
 
   Process-wide and idempotent (cached). Call it before JAX starts its backend
   (``cli.run`` does): threads that already hold a malloc arena of their own
-  keep it, and a probe measured the step ~1.3x slower when it came after.
+  keep it, and a probe measured a slower step when the call came after
+  (benchmarks/README.md).
   """
   if not sys.platform.startswith('linux'):
     return False

@@ -1,0 +1,147 @@
+"""A trained model, restored for prediction only, and prediction on plain arrays.
+
+Evaluation, prediction, export, the per-epoch validation of the training loop
+and the benchmarks all predict through this module. Restoring reads only what
+prediction needs (weights, BatchNorm and feature statistics): no optimizer, no
+learning-rate schedule, no data position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from melgenre_jax import checkpointing
+from melgenre_jax import reporting
+from melgenre_jax import steps
+from melgenre_jax.data import input_pipeline
+from melgenre_jax.errors import ConfigError
+from melgenre_jax.errors import WorkdirError
+from melgenre_jax.input_spec import InputSpec
+from melgenre_jax.runtime import hostmem
+from melgenre_jax.runtime import parallel
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceModel:
+  """A model's variables on this machine's devices and what is needed to feed it."""
+
+  variables: steps.ModelVariables
+  genres: list[str]
+  config: ml_collections.ConfigDict
+  spec: InputSpec
+  step: int
+  mesh: Any
+  apply_fn: Callable
+  p_predict: Callable
+
+  def predict(self, inputs: np.ndarray, batch_size: int | None = None,
+              progress: str | None = None) -> np.ndarray:
+    """Probabilities ``[N, genres]`` for model inputs ``[N, *spec.input_shape]``."""
+    batch = inference_batch_size(batch_size or self.config.eval_batch_size)
+    return predict_arrays(self.p_predict, self.variables, inputs, batch, self.mesh,
+                          progress)
+
+
+def inference_batch_size(requested: int) -> int:
+  """``requested`` rounded up to a multiple of this machine's device count.
+
+  A run trained on 8 accelerators may be evaluated on a 2-core CPU (or the
+  reverse); the batch only has to split evenly over the devices present.
+  """
+  n = jax.device_count()
+  return max(n, -(-int(requested) // n) * n)
+
+
+def predict_arrays(p_predict: Callable, variables: steps.ModelVariables,
+                   inputs: np.ndarray, batch_size: int, mesh,
+                   progress: str | None = None) -> np.ndarray:
+  """Probabilities for every row of ``inputs``, in order ``[N, classes]``.
+
+  ``p_predict`` is a (compiled) ``steps.make_predict_step``; each process feeds
+  its slice of every padded global batch and gets all rows back.
+  """
+  out = []
+  batches = input_pipeline.padded_batches({'inputs': inputs}, batch_size)
+  if progress:
+    batches = reporting.progress_bar(batches, total=-(-len(inputs) // batch_size),
+                                     desc=progress)
+  rows = parallel.process_slice(batch_size)
+  for batch in batches:
+    local = {'inputs': np.asarray(batch['inputs'], np.float32)[rows]}
+    probs = parallel.to_host(p_predict(variables, parallel.global_batch(local, mesh)['inputs']))
+    out.append(probs[np.asarray(batch['mask'])])
+  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def load_genres(workdir: str) -> list[str]:
+  path = os.path.join(workdir, 'dataset.json')
+  if not os.path.exists(path):
+    raise WorkdirError(f'{path} not found: {workdir!r} is not a training workdir '
+                       '(or training never got past loading the data).')
+  with open(path) as f:
+    return list(json.load(f)['genres'])
+
+
+def make_inference_model(config: ml_collections.ConfigDict, genres: list[str],
+                         variables: steps.ModelVariables, mesh, step: int) -> InferenceModel:
+  """Wraps variables already placed on ``mesh`` (restored, or fresh for benchmarks)."""
+  spec = InputSpec.from_config(config)
+  apply_fn = steps.create_model(config, len(genres)).apply
+  return InferenceModel(
+      variables=variables, genres=list(genres), config=config, spec=spec, step=int(step),
+      mesh=mesh, apply_fn=apply_fn,
+      p_predict=steps.make_predict_step(mesh, apply_fn, spec.device_preprocess()))
+
+
+def _pick_step(workdir: str, manager, step: int | None) -> int:
+  steps_saved = manager.all_steps()
+  if not steps_saved:
+    raise WorkdirError(
+        f'No complete checkpoint in {checkpointing.checkpoint_dir(workdir)}: train first, '
+        'or wait for the running training to write its first checkpoint.')
+  if step is None:
+    return int(manager.best_step() or manager.latest_step())
+  if step not in steps_saved:
+    raise ConfigError(f'--step={step}: no checkpoint at that step; available: '
+                      f'{sorted(steps_saved)}.')
+  return int(step)
+
+
+def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
+                       step: int | None = None) -> InferenceModel:
+  """Restores the best checkpoint (or ``step``) onto this machine's devices.
+
+  Works whatever number of devices trained the model: variables are saved
+  replicated and restored onto a mesh of the devices here (CPU included).
+  """
+  if config.get('keep_host_memory', True):
+    hostmem.keep_freed_memory()
+  workdir = os.path.abspath(workdir)
+  genres = load_genres(workdir)
+  if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+    raise WorkdirError(f'No checkpoints in {workdir}: train first.')
+  manager = checkpointing.create_manager(workdir, read_only=True)
+  try:
+    step = _pick_step(workdir, manager, step)
+    mesh = parallel.create_mesh()
+    spec = InputSpec.from_config(config)
+    model = steps.create_model(config, len(genres))
+    fresh = jax.eval_shape(lambda rng: steps.init_variables(spec, model, rng),
+                           jax.random.PRNGKey(0))
+    sharding = parallel.replicated(mesh)
+    abstract = {f.name: jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        getattr(fresh, f.name)) for f in dataclasses.fields(fresh)}
+    variables = steps.ModelVariables(**checkpointing.restore_parts(manager, step, abstract))
+  finally:
+    manager.close()
+  return make_inference_model(config, genres, variables, mesh, step)
+

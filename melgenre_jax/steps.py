@@ -1,0 +1,222 @@
+"""The train state and the compiled, data-parallel steps.
+
+Reading order: what a model needs to predict (``ModelVariables``) and what
+training adds to it (``TrainState``), the optimizer, ``build_state``, then the
+per-device train and predict steps and their ``shard_map`` wrappers. The
+training loop (train.py) and inference (inference.py) both build on this
+module; neither imports the other.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+from jax.sharding import PartitionSpec as P
+
+from melgenre_jax import models
+from melgenre_jax.data import augment
+from melgenre_jax.input_spec import InputSpec
+from melgenre_jax.runtime import parallel
+
+AXIS = parallel.AXIS
+
+
+@flax.struct.dataclass
+class ModelVariables:
+  """What prediction needs: weights, BatchNorm and feature statistics.
+
+  ``feature_mean``/``feature_std`` are the per-band normalisation statistics
+  of the training split (zeros/ones when normalisation is off).
+  """
+
+  params: Any
+  batch_stats: Any
+  feature_mean: jax.Array
+  feature_std: jax.Array
+
+
+class TrainState(train_state.TrainState):
+  """Everything that changes during training, as one pytree.
+
+  ``rng`` is the run's base key: the step's key is derived from it and the
+  step number, so restoring (rng, step) reproduces every later random draw.
+  """
+
+  batch_stats: Any
+  rng: jax.Array
+  feature_mean: jax.Array
+  feature_std: jax.Array
+
+  def variables(self) -> ModelVariables:
+    return ModelVariables(params=self.params, batch_stats=self.batch_stats,
+                          feature_mean=self.feature_mean, feature_std=self.feature_std)
+
+
+# ----------------------------------------------------------------------------
+# Model, optimizer and state.
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.DualBranchCRNN:
+  """The model of ``config.model``, averaging BatchNorm statistics over the mesh.
+
+  The same module serves training and inference: the cross-device average
+  only happens in training mode (inside the shard_mapped train step).
+  """
+  return models.create_model(config.model, num_classes, bn_axis_name=AXIS)
+
+
+def kernel_mask(params: Any) -> Any:
+  """True on kernels (conv, dense, LSTM), False on biases and BatchNorm."""
+  flat = flax.traverse_util.flatten_dict(params)
+  return flax.traverse_util.unflatten_dict(
+      {path: path[-1] == 'kernel' for path in flat})
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     learning_rate: optax.Schedule) -> optax.GradientTransformation:
+  """Adam with a coupled L2 penalty on kernels.
+
+  ``add_decayed_weights(2 * l2)`` before Adam's scaling adds the gradient of
+  ``l2 * sum(W**2)`` - the same as Keras' ``kernel_regularizer=l2(l2)`` in the
+  reference - without computing the penalty inside the loss.
+  """
+  return optax.chain(
+      optax.add_decayed_weights(2.0 * config.optim.l2, mask=kernel_mask),
+      optax.scale_by_adam(b1=config.optim.b1, b2=config.optim.b2,
+                          eps=config.optim.eps),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def init_variables(spec: InputSpec, model: models.DualBranchCRNN,
+                   rng: jax.Array) -> ModelVariables:
+  """Fresh parameters and statistics from ``rng`` (pure; jit or eval_shape it)."""
+  dummy = jnp.zeros((1,) + spec.input_shape, jnp.float32)
+  mean, std = jnp.zeros(spec.n_mels, jnp.float32), jnp.ones(spec.n_mels, jnp.float32)
+  variables = model.init({'params': rng, 'dropout': rng},
+                         spec.device_preprocess()(dummy, mean, std), train=False)
+  return ModelVariables(params=variables['params'], batch_stats=variables['batch_stats'],
+                        feature_mean=mean, feature_std=std)
+
+
+def _initial_state(spec: InputSpec, model: models.DualBranchCRNN,
+                   tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+  init_rng, state_rng = jax.random.split(rng)
+  v = init_variables(spec, model, init_rng)
+  return TrainState.create(apply_fn=model.apply, params=v.params, tx=tx,
+                           batch_stats=v.batch_stats, rng=state_rng,
+                           feature_mean=v.feature_mean, feature_std=v.feature_std)
+
+
+def build_state(config: ml_collections.ConfigDict, num_classes: int, mesh,
+                tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+  """The initial train state of a run, replicated over ``mesh``'s devices."""
+  init = functools.partial(_initial_state, InputSpec.from_config(config),
+                           create_model(config, num_classes), tx)
+  return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
+
+
+# ----------------------------------------------------------------------------
+# The train step, per device, mapped over the mesh.
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *,
+               config: ml_collections.ConfigDict,
+               num_classes: int) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimisation step on this device's shard of the global batch.
+
+  Runs inside ``shard_map``: gradients, metrics and BatchNorm statistics are
+  averaged over the ``data`` axis explicitly (``lax.pmean``), so the update is
+  that of the global batch whatever the device count.
+  """
+  key = jax.random.fold_in(state.rng, state.step)
+  key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))  # own dropout per device
+  k_wave, k_spec, k_mix, k_drop = jax.random.split(key, 4)
+
+  input_spec = InputSpec.from_config(config)
+  inputs = batch['inputs']
+  if input_spec.takes_waves:
+    inputs = augment.augment_waves(k_wave, inputs, config.augment, input_spec.sample_rate)
+  spec = input_spec.device_preprocess()(inputs, state.feature_mean, state.feature_std)
+  spec = augment.augment_specs(k_spec, spec, config.augment)
+  targets = jax.nn.one_hot(batch['label'], num_classes)
+  if config.augment.mixup_alpha > 0:
+    spec, targets = augment.mixup(k_mix, spec, targets, config.augment.mixup_alpha)
+
+  def loss_fn(params):
+    logits, new_vars = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, spec, train=True,
+        rngs={'dropout': k_drop}, mutable=['batch_stats'])
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    return loss, (logits, new_vars['batch_stats'])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  grads = jax.lax.pmean(grads, AXIS)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+  loss, accuracy = jax.lax.pmean((loss, accuracy), AXIS)
+
+  finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  # NaN guard: a non-finite step leaves the state as it was (host stops the run).
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                           new_state, state)
+  return new_state, {'loss': loss, 'accuracy': accuracy, 'finite': finite}
+
+
+def make_train_step(mesh, config: ml_collections.ConfigDict, num_classes: int) -> Callable:
+  """The compiled data-parallel step: ``jit(shard_map(train_step))``.
+
+  ``check_vma=False``: we write the collectives ourselves (pmean of gradients
+  as with pmap); with the checker on, JAX would already sum the gradients of
+  replicated parameters and our pmean would double them.
+  """
+  step = functools.partial(train_step, config=config, num_classes=num_classes)
+  mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)),
+                         out_specs=(P(), P()), check_vma=False)
+  return jax.jit(mapped, donate_argnums=(0,))
+
+
+def predict_step(variables: ModelVariables, inputs: jax.Array, *,
+                 apply_fn: Callable, preprocess: Callable) -> jax.Array:
+  """Softmax probabilities for this device's shard (inference mode)."""
+  spec = preprocess(inputs, variables.feature_mean, variables.feature_std)
+  logits = apply_fn({'params': variables.params,
+                     'batch_stats': variables.batch_stats}, spec, train=False)
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def make_predict_step(mesh, apply_fn: Callable, preprocess: Callable) -> Callable:
+  """``jit(shard_map(predict_step))``: variables replicated, batch split."""
+  step = functools.partial(predict_step, apply_fn=apply_fn, preprocess=preprocess)
+  mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS),
+                         check_vma=False)
+  return jax.jit(mapped)
+
+
+def compile_ahead(name: str, step: Callable, first_arg: Any, batch_shapes: Any,
+                  mesh) -> Callable:
+  """AOT-compiles ``step(first_arg, batch)`` for batches of ``batch_shapes``.
+
+  Processes of a multi-host run meet at a barrier afterwards, so none reaches
+  its first collective while another is still compiling.
+  """
+  sharding = parallel.batch_sharded(mesh)
+  dtypes = {'label': jnp.int32}
+  if isinstance(batch_shapes, dict):
+    batch = {k: jax.ShapeDtypeStruct(v, dtypes.get(k, jnp.float32), sharding=sharding)
+             for k, v in batch_shapes.items()}
+  else:
+    batch = jax.ShapeDtypeStruct(batch_shapes, jnp.float32, sharding=sharding)
+  compiled = step.lower(first_arg, batch).compile()
+  parallel.barrier(f'compiled_{name}')
+  return compiled

@@ -115,7 +115,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.debug.max_steps = -1  # stop after this many steps (tests)
   config.debug.step_delay_seconds = 0.0  # sleep after each step (kill tests)
 
-  # --- Hyperparameter search (--mode=tune; see melgenre_jax/modes/tune.py).
+  # --- Hyperparameter search (--mode=tune; see melgenre_jax/modes/tune/).
   # Each entry of ``space`` is 'FIELD=SPEC': FIELD a config path ('model.dropout')
   # or the special 'lr_scale' (multiplies every schedule.stage_*_lrs value);
   # SPEC one of uniform:LOW:HIGH | loguniform:LOW:HIGH | int:LOW:HIGH[:STEP] |

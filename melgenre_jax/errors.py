@@ -21,6 +21,14 @@ class DataError(UserError, ValueError):
   """The dataset (folder, manifest, split lists) cannot give a usable run."""
 
 
+class MissingPathError(ConfigError, FileNotFoundError):
+  """A path the config names (data root, manifest) does not exist."""
+
+
+class NotGtzanError(DataError, FileNotFoundError):
+  """``config.data.root`` holds no GTZAN genre folder in any known layout."""
+
+
 class WorkdirError(UserError, FileNotFoundError):
   """The workdir lacks what the mode needs (a config, a checkpoint)."""
 

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from melgenre_jax.errors import ConfigError
+
 he_normal = nn.initializers.he_normal()
 
 # Compute dtypes of the conv/LSTM layers (parameters stay float32).
@@ -36,7 +38,7 @@ def max_pool(x: jax.Array, window: Sequence[int]) -> jax.Array:
   b, t, f, c = x.shape
   t_out, f_out = t // wt, f // wf
   if t_out == 0 or f_out == 0:
-    raise ValueError(
+    raise ConfigError(
         f'Input of {t} frames x {f} mel bands is too small for a {wt}x{wf} max '
         'pool; use longer segments, more mel bands or smaller pools.')
   x = x[:, :t_out * wt, :f_out * wf, :]

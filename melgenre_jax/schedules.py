@@ -10,6 +10,8 @@ from __future__ import annotations
 import ml_collections
 import optax
 
+from melgenre_jax.errors import ConfigError
+
 
 def stage_lists(schedule_config: ml_collections.ConfigDict
                 ) -> tuple[list[int], list[float], list[float]]:
@@ -24,26 +26,26 @@ def check_schedule(schedule_config: ml_collections.ConfigDict,
   """Raises ValueError naming the field when the stages are malformed."""
   ends, starts, stops = stage_lists(schedule_config)
   if not ends:
-    raise ValueError('config.schedule.stage_ends is empty: give at least one '
+    raise ConfigError('config.schedule.stage_ends is empty: give at least one '
                      'stage, e.g. (50,).')
   if not len(ends) == len(starts) == len(stops):
-    raise ValueError(
+    raise ConfigError(
         'config.schedule.stage_ends, stage_start_lrs and stage_end_lrs must have '
         f'the same length; got {len(ends)}, {len(starts)} and {len(stops)}.')
   previous = 0
   for i, end in enumerate(ends):
     if int(end) != end or end <= previous:
-      raise ValueError(
+      raise ConfigError(
           'config.schedule.stage_ends must be strictly increasing positive '
           f'whole epochs; got {tuple(ends)} (entry {i}).')
     previous = end
   if ends[-1] > num_epochs:
-    raise ValueError(
+    raise ConfigError(
         f'config.schedule.stage_ends ends at epoch {ends[-1]}, past '
         f'config.num_epochs={num_epochs}; shorten the stages or train longer.')
   for name, values in (('stage_start_lrs', starts), ('stage_end_lrs', stops)):
     if any(not v > 0 for v in values):
-      raise ValueError(f'config.schedule.{name} must all be > 0; got '
+      raise ConfigError(f'config.schedule.{name} must all be > 0; got '
                        f'{tuple(values)}.')
 
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from flax.training import train_state
+from flax.training.train_state import TrainState as FlaxTrainState
 from jax.sharding import PartitionSpec as P
 
 from melgenre_jax import models
@@ -43,7 +43,7 @@ class ModelVariables:
   feature_std: jax.Array
 
 
-class TrainState(train_state.TrainState):
+class TrainState(FlaxTrainState):
   """Everything that changes during training, as one pytree.
 
   ``rng`` is the run's base key: the step's key is derived from it and the

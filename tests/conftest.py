@@ -26,6 +26,12 @@ import pytest  # noqa: E402
 
 from melgenre_jax.runtime import hostmem  # noqa: E402
 
+def pytest_configure(config):
+  config.addinivalue_line(
+      'markers', 'slow: starts processes or trains whole runs; the edit loop skips them '
+      '(pytest -m "not slow"), CI runs everything.')
+
+
 # As train_and_evaluate does (config.keep_host_memory): every test's steps run
 # the way the product's do, and ~1.5x faster.
 hostmem.keep_freed_memory()

@@ -157,6 +157,7 @@ def test_crash_leaves_no_cache_that_looks_complete(tmp_path, monkeypatch):
   assert not c.reused and c.inputs.shape == (9, 4000)
 
 
+@pytest.mark.slow
 def test_parallel_workers_match_in_process(tmp_path):
   root = tmp_path / 'music'
   _good_dataset(root)

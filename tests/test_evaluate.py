@@ -60,6 +60,7 @@ def test_wilson_interval():
 # ---------------------------------------------------------------- the CLI run
 
 
+@pytest.mark.slow
 def test_report_numbers_match_a_recomputation_from_predictions(evaluated):
   workdir, report, _ = evaluated
   raw = np.load(os.path.join(workdir, 'eval', 'predictions.npz'))
@@ -93,6 +94,7 @@ def test_report_numbers_match_a_recomputation_from_predictions(evaluated):
         skm.recall_score(song_labels, song_pred, labels=[i], average='macro', zero_division=0))
 
 
+@pytest.mark.slow
 def test_evaluates_the_recorded_test_split_and_the_best_checkpoint(evaluated):
   workdir, report, _ = evaluated
   with open(os.path.join(workdir, 'dataset.json')) as f:
@@ -105,6 +107,7 @@ def test_evaluates_the_recorded_test_split_and_the_best_checkpoint(evaluated):
   assert int(raw['step']) == report['checkpoint']['step']
 
 
+@pytest.mark.slow
 def test_writes_readable_files_and_a_table(evaluated):
   workdir, report, stdout = evaluated
   out = os.path.join(workdir, 'eval')
@@ -122,6 +125,7 @@ def test_writes_readable_files_and_a_table(evaluated):
     assert genre in stdout
 
 
+@pytest.mark.slow
 def test_unknown_step_is_refused_with_the_available_ones(evaluated):
   workdir, report, _ = evaluated
   with pytest.raises(ValueError, match='available'):

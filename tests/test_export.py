@@ -31,6 +31,7 @@ def exported(tiny_run):
   return workdir, contract
 
 
+@pytest.mark.slow
 def test_contract_describes_the_function(exported):
   workdir, contract = exported
   with open(os.path.join(workdir, 'export', 'contract.json')) as f:
@@ -48,6 +49,7 @@ def test_contract_describes_the_function(exported):
   assert os.path.getsize(os.path.join(workdir, 'export', 'model.stablehlo')) > 0
 
 
+@pytest.mark.slow
 def test_exported_matches_live_model_in_a_process_without_training_code(exported, tmp_path):
   workdir, contract = exported
   rng = np.random.default_rng(0)
@@ -82,6 +84,7 @@ def test_exported_matches_live_model_in_a_process_without_training_code(exported
   np.testing.assert_allclose(np.load(tmp_path / 'single.npy'), live[2:3], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_loader_refuses_a_wrong_input_shape(exported):
   workdir, _ = exported
   predict, _ = export.load_exported(os.path.join(workdir, 'export'))

@@ -257,6 +257,7 @@ def test_process_shards_are_disjoint_parts_of_each_global_batch():
                            process_count=2)
 
 
+@pytest.mark.slow
 def test_worker_processes_with_memmapped_split(tmp_path):
   root = tmp_path / 'music'
   for g in ('jazz', 'rock'):

@@ -8,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from configs import tiny
 from melgenre_jax.data import input_pipeline
@@ -17,6 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = ['--config.num_epochs=1', '--config.schedule.stage_ends=(1,)',
              '--config.schedule.stage_start_lrs=(0.001,)',
              '--config.schedule.stage_end_lrs=(0.001,)', '--config.debug.max_steps=3']
+
+# Starts processes or trains whole runs: the slow lane (pytest -m slow).
+pytestmark = pytest.mark.slow
 
 
 def _cmd(workdir, cache_dir, *extra):

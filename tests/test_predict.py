@@ -69,6 +69,7 @@ def test_expand_paths_recurses_and_names_empty_folders(tmp_path):
   assert len(got) == 3
 
 
+@pytest.mark.slow
 def test_readable_files_are_answered_and_the_rest_explained(predicted):
   _, paths, results, by_name, _ = predicted
   good = ['song.wav', 'clip.flac'] + (['song.mp3'] if CAN_WRITE_MP3 else [])
@@ -82,6 +83,7 @@ def test_readable_files_are_answered_and_the_rest_explained(predicted):
   assert len(results) == len(paths)
 
 
+@pytest.mark.slow
 def test_probabilities_top_k_and_timeline(predicted):
   _, _, _, by_name, _ = predicted
   expected_segments = {'song.wav': 3, 'clip.flac': 1, 'song.mp3': 2}
@@ -101,6 +103,7 @@ def test_probabilities_top_k_and_timeline(predicted):
   assert by_name['song.wav']['duration_seconds'] == pytest.approx(3.5, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_json_output_and_plots(predicted):
   workdir, _, results, by_name, stdout = predicted
   path = os.path.join(workdir, 'predictions', 'predictions.json')
@@ -118,6 +121,7 @@ def test_json_output_and_plots(predicted):
   assert len(set(plots)) == len(plots)  # song.wav and song.mp3 do not collide
 
 
+@pytest.mark.slow
 def test_text_output(predicted):
   _, _, results, by_name, _ = predicted
   text = predict.format_text(results)
@@ -128,6 +132,7 @@ def test_text_output(predicted):
   assert f'{ok} of {len(results)} file(s) classified.' in text
 
 
+@pytest.mark.slow
 def test_nothing_classifiable_raises_with_every_reason(predicted):
   workdir, paths, _, _, _ = predicted
   with contextlib.redirect_stdout(io.StringIO()):

@@ -26,6 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 3 epochs of 4 steps each on the tiny set; eval each epoch; keep every checkpoint.
 OVERRIDES = {'num_epochs': 3, 'schedule.stage_ends': (1, 3), 'checkpoint.max_to_keep': 5}
 
+# Starts processes or trains whole runs: the slow lane (pytest -m slow).
+pytestmark = pytest.mark.slow
+
 
 def _config(**extra):
   config = tiny.get_config()

@@ -88,6 +88,7 @@ def test_same_key_is_bit_identical_and_keys_differ():
     assert not np.array_equal(a, c), genre
 
 
+@pytest.mark.slow
 def test_determinism_does_not_depend_on_python_hash_seed():
   """Seeding must not use hash(): a fresh process with another PYTHONHASHSEED gives the same bytes."""
   key = 'synthetic/reggae/0003'

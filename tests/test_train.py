@@ -111,6 +111,7 @@ def trained_workdir(tmp_path_factory):
   return workdir, result
 
 
+@pytest.mark.slow
 def test_training_run_leaves_checkpoints_metrics_and_plots(trained_workdir):
   workdir, result = trained_workdir
   for name in ('learning_rate.png', 'training_curves.png', 'metrics.json',
@@ -131,6 +132,7 @@ def test_training_run_leaves_checkpoints_metrics_and_plots(trained_workdir):
   assert np.asarray(variables.feature_mean).std() > 0 and (np.asarray(variables.feature_std) > 0).all()
 
 
+@pytest.mark.slow
 def test_rerun_resumes_instead_of_restarting(trained_workdir):
   workdir, result = trained_workdir
   again = train.train_and_evaluate(_config(**{'features.normalize': True}), workdir)
@@ -139,6 +141,7 @@ def test_rerun_resumes_instead_of_restarting(trained_workdir):
   assert len(history) == 2  # nothing retrained
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_gives_identical_predictions(trained_workdir, tmp_path):
   workdir, _ = trained_workdir
   config = _config(**{'num_epochs': 3, 'schedule.stage_ends': (1, 3),

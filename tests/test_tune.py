@@ -256,6 +256,7 @@ def test_best_config_is_the_search_config_with_the_best_params(tmp_path):
   config_checks.validate(best)
 
 
+@pytest.mark.slow
 def test_trial_of_a_dead_process_is_failed_and_resumed_in_its_directory(tmp_path):
   workdir = str(tmp_path)
   study = _enqueue(workdir, (0.2, 1e-4))
@@ -306,6 +307,7 @@ def test_trial_of_a_live_process_is_left_alone(tmp_path):
   assert study.trials[0].state.name == 'RUNNING'
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings('ignore:Heartbeat of storage')  # study.ask() outside optimize
 def test_silent_trial_of_another_machine_is_retried_via_heartbeat(tmp_path):
   workdir = str(tmp_path)
@@ -444,6 +446,7 @@ def _killable(workdir):
   return check
 
 
+@pytest.mark.slow
 def test_main_tune_survives_sigkill_and_resumes(tmp_path):
   """main.py --mode tune, SIGKILLed mid-trial, then the same command again.
 

@@ -59,10 +59,6 @@ _GTZAN_LISTS = {
 _ARTIST_3FOLD_DIR = 'sturm_artist_filtered_3fold'
 
 
-class NotGtzanError(errors.DataError, FileNotFoundError):
-  """``config.data.root`` holds no GTZAN genre folder in any known layout."""
-
-
 # ------------------------------------------------------------- the dataset
 
 
@@ -89,7 +85,7 @@ def find_gtzan_genres_dir(root: str) -> str:
     if os.path.isdir(cand) and any(
         os.path.isdir(os.path.join(cand, g)) for g in GTZAN_GENRES):
       return cand
-  raise NotGtzanError(
+  raise errors.NotGtzanError(
       f'config.data.root={root!r} does not look like GTZAN: expected genre '
       f'folders ({", ".join(GTZAN_GENRES)}) in one of '
       + ', '.join(os.path.join(root, r or '.') for r in _GTZAN_LAYOUTS)

@@ -34,6 +34,8 @@ from melgenre_jax.data import cache as cache_lib
 from melgenre_jax.data import sources
 from melgenre_jax.data import splits as splits_lib
 from melgenre_jax.data.songs import Song
+from melgenre_jax.errors import ConfigError
+from melgenre_jax.errors import DataError
 
 
 @dataclasses.dataclass
@@ -77,7 +79,7 @@ def _check_quality(summary: dict[str, Any], genres: list[str],
                             f"{b['reason']}" for b in bad_by_genre[g][:3])
         detail = (f"all {stats['songs']} file(s) are unusable (e.g. "
                   f'{reasons})')
-      raise ValueError(
+      raise DataError(
           f'genre {g!r} has no usable songs: {detail}. Add readable songs for '
           f'it or remove it from the dataset (source={config.data.source!r}, '
           f'root={config.data.root!r}); details in {summary_path}')
@@ -85,7 +87,7 @@ def _check_quality(summary: dict[str, Any], genres: list[str],
   if n and bad / n > config.data.max_bad_fraction:
     reasons = '; '.join(f"{b['key']}: {b['reason']}"
                         for b in summary['bad_files'][:5])
-    raise ValueError(
+    raise DataError(
         f'{bad} of {n} files ({100 * bad / n:.1f}%) could not be used, more '
         f'than config.data.max_bad_fraction={config.data.max_bad_fraction}. '
         f'First reasons: {reasons}. Fix the files, or raise '
@@ -217,10 +219,10 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
 def steps_per_epoch(num_train_segments: int, global_batch_size: int) -> int:
   """Full batches per epoch (the remainder of each epoch is dropped)."""
   if global_batch_size <= 0:
-    raise ValueError(f'config.batch_size={global_batch_size} must be > 0')
+    raise ConfigError(f'config.batch_size={global_batch_size} must be > 0')
   steps = int(num_train_segments) // int(global_batch_size)
   if steps < 1:
-    raise ValueError(
+    raise DataError(
         f'only {num_train_segments} training segments, fewer than one batch '
         f'of config.batch_size={global_batch_size}: lower --config.batch_size '
         'or add songs')
@@ -358,7 +360,7 @@ def create_train_loader(segments: SegmentSet, *, global_batch_size: int,
         f'config.batch_size={global_batch_size} must be divisible by the '
         f'number of processes ({process_count})')
   if worker_count < 0:
-    raise ValueError(f'config.data.worker_count={worker_count} must be >= 0')
+    raise ConfigError(f'config.data.worker_count={worker_count} must be >= 0')
   if worker_count > 0 and not flags.FLAGS.is_parsed():
     # grain reads its absl flags when starting workers; outside an absl app
     # (tests, notebooks) nobody parsed them, so use their defaults.

@@ -33,10 +33,6 @@ SPLIT_ALIASES = {
 _IGNORED_DIRS = ('__MACOSX',)
 
 
-class ConfigPathError(errors.ConfigError, FileNotFoundError):
-  """config.data.root / config.data.manifest names no existing folder / file."""
-
-
 def _skip_name(name: str) -> bool:
   """Hidden files/dirs and macOS resource forks are never songs or genres."""
   return name.startswith('.') or name in _IGNORED_DIRS
@@ -51,7 +47,7 @@ def _require_root(config: ml_collections.ConfigDict) -> str:
         'it: pass --config.data.root=/path/to/dataset')
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root):
-    raise ConfigPathError(
+    raise errors.MissingPathError(
         f'config.data.root={config.data.root!r} is not an existing folder '
         f'(source={source!r}): fix --config.data.root')
   return root
@@ -119,7 +115,7 @@ def read_manifest(path: str) -> list[Song]:
         'path,label[,split][,group])')
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isfile(path):
-    raise ConfigPathError(f'config.data.manifest={path!r} does not exist')
+    raise errors.MissingPathError(f'config.data.manifest={path!r} does not exist')
   base = os.path.dirname(path)
   songs = []
   seen: dict[str, int] = {}

@@ -15,6 +15,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from melgenre_jax.errors import ConfigError
+
 AXIS = 'data'
 
 
@@ -37,7 +39,7 @@ def maybe_initialize_distributed(coordinator_address: str = '',
              or int(env.get('OMPI_COMM_WORLD_SIZE', '1') or 1) > 1)
   if coordinator_address and num_processes > 1:
     if process_id < 0:
-      raise ValueError('A multi-process run needs --process_id (or JAX_PROCESS_ID) '
+      raise ConfigError('A multi-process run needs --process_id (or JAX_PROCESS_ID) '
                        f'in 0..{num_processes - 1}.')
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes,
@@ -75,7 +77,7 @@ def check_batch_divisible(global_batch: int, what: str = 'config.batch_size') ->
   """Refuses a global batch that cannot be split evenly over devices and hosts."""
   devices = jax.device_count()
   if global_batch % devices:
-    raise ValueError(
+    raise ConfigError(
         f'{what}={global_batch} is not divisible by the number of devices '
         f'({devices}). Choose a multiple of {devices}, e.g. '
         f'{max(devices, global_batch // devices * devices)}.')

@@ -29,8 +29,8 @@ import jax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from benchmarks.peers import harness  # noqa: E402
-from melgenre_jax.data import input_pipeline  # noqa: E402
 from melgenre_jax import train  # noqa: E402
+from melgenre_jax.data import input_pipeline  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/melgenre_bench_epoch', 'Run directory (replaced).')
 _REUSE = flags.DEFINE_bool('reuse_cache', False, 'Keep WORKDIR/cache from an earlier run.')

@@ -28,8 +28,8 @@ import jax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from benchmarks.peers import harness  # noqa: E402
-from melgenre_jax.runtime import hostmem, parallel  # noqa: E402
 from melgenre_jax.data import input_pipeline  # noqa: E402
+from melgenre_jax.runtime import hostmem, parallel  # noqa: E402
 
 _CACHE_DIR = flags.DEFINE_string('cache_dir', '/tmp/melgenre_bench_cache',
                                  'Where the synthetic caches are built once and reused.')

@@ -14,10 +14,10 @@ import pytest
 
 from configs import tiny
 from melgenre_jax import cli
+from melgenre_jax import inference
+from melgenre_jax.data import synthetic
 from melgenre_jax.modes import export
 from melgenre_jax.runtime import parallel
-from melgenre_jax.data import synthetic
-from melgenre_jax import inference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from melgenre_jax.data import input_pipeline
 from melgenre_jax import inference
+from melgenre_jax.data import input_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = ['--config.num_epochs=1', '--config.schedule.stage_ends=(1,)',

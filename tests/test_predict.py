@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 
 from melgenre_jax import cli
-from melgenre_jax.modes import predict
-from melgenre_jax.data import synthetic
 from melgenre_jax import inference
+from melgenre_jax.data import synthetic
+from melgenre_jax.modes import predict
 
 CAN_WRITE_MP3 = 'MP3' in sf.available_formats()
 

@@ -34,9 +34,9 @@ import ml_collections
 import numpy as np
 
 from melgenre_jax.data import audio
+from melgenre_jax.data.songs import Song
 from melgenre_jax.input_spec import InputSpec
 from melgenre_jax.runtime.processes import pid_alive
-from melgenre_jax.data.songs import Song
 
 CACHE_VERSION = 1
 _HEADER_BYTES = 256  # reserved .npy header, so rows can stream in before N is known

@@ -33,11 +33,11 @@ from absl import logging
 
 from melgenre_jax import checkpointing
 from melgenre_jax import config_checks
-from melgenre_jax.data import input_pipeline
-from melgenre_jax.errors import DataError
+from melgenre_jax import inference
 from melgenre_jax import metrics as metrics_lib
 from melgenre_jax import reporting
-from melgenre_jax import inference
+from melgenre_jax.data import input_pipeline
+from melgenre_jax.errors import DataError
 
 EVAL_DIR = 'eval'
 

@@ -18,9 +18,9 @@ import ml_collections
 import optuna
 from optuna.trial import TrialState
 
-from melgenre_jax.modes.tune.space import LR_SCALE
 from melgenre_jax.modes.tune.space import apply_params
 from melgenre_jax.modes.tune.space import config_values
+from melgenre_jax.modes.tune.space import LR_SCALE
 from melgenre_jax.modes.tune.study import Settings
 
 

@@ -19,11 +19,11 @@ from absl import logging
 from melgenre_jax import config_checks
 from melgenre_jax.modes.tune import report
 from melgenre_jax.modes.tune import study as study_lib
+from melgenre_jax.modes.tune.objective import make_objective
 from melgenre_jax.modes.tune.objective import SearchStopped
 from melgenre_jax.modes.tune.objective import TrainFn
-from melgenre_jax.modes.tune.objective import make_objective
-from melgenre_jax.modes.tune.space import Param
 from melgenre_jax.modes.tune.space import apply_params
+from melgenre_jax.modes.tune.space import Param
 from melgenre_jax.modes.tune.study import Settings
 
 ConfigCheck = Callable[[ml_collections.ConfigDict], None]

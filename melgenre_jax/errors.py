@@ -39,3 +39,15 @@ class NonFiniteError(UserError, RuntimeError):
 
 class NothingClassifiedError(UserError, RuntimeError):
   """No input file could be classified; the message lists each file's reason."""
+
+
+class WorkdirBusyError(UserError):
+  """Another live process owns the workdir (train, tune); the message names it."""
+
+
+class DiskFullError(UserError, OSError):
+  """A write failed because the disk is full; the message says where and what is intact."""
+
+
+class PeerLostError(UserError, RuntimeError):
+  """A process of a multi-host run died or stopped answering; the message names it."""

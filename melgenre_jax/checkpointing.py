@@ -6,13 +6,21 @@ JSON of progress (per-epoch history, partial sums of the current epoch). The
 manager keeps the latest N checkpoints plus the best one by song-level
 validation accuracy; Orbax writes each into a temporary folder and renames it
 when complete, so a crash never leaves a half checkpoint that looks finished.
+
+A write that fails on a full disk (a checkpoint or any other file of the run)
+stops the run with ``DiskFullError`` (``stop_on_full_disk``); the checkpoint it
+cut short is left as a temporary folder, which the next run's manager removes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
 import shutil
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import grain
@@ -20,7 +28,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
+from melgenre_jax.errors import DiskFullError
+
 BEST_METRIC = 'val_song_accuracy'
+# How a full disk reads when it is not a plain OSError: tensorstore (under
+# Orbax) raises ValueError('RESOURCE_EXHAUSTED: ... No space left on device
+# [os_error_code=\'28\']'), SQLite (the tune study) 'database or disk is full'.
+_DISK_FULL_TEXT = ('No space left on device', "os_error_code='28'",
+                   'Disk quota exceeded', 'database or disk is full')
 
 
 class FrozenIteratorState:
@@ -53,10 +68,13 @@ def create_manager(workdir: str, max_to_keep: int = 3,
       checkpoint_managers.BestN(get_metric_fn=_best_metric, reverse=False, n=1,
                                 keep_checkpoints_without_metrics=False),
   ])
+  # A writer removes the temporary folders of saves cut short (a kill, a full
+  # disk): they would only take space. Readers never do, as training may be
+  # writing one right now; a writer is alone (runtime/workdir_lock.py).
   options = ocp.CheckpointManagerOptions(
       best_fn=_best_metric, best_mode='max',
       preservation_policy=policy, create=not read_only, read_only=read_only,
-      enable_async_checkpointing=not read_only)
+      enable_async_checkpointing=not read_only, cleanup_tmp_directories=not read_only)
   handlers = {
       # The same files either way; a reader restores parts of the state
       # (inference needs no optimizer), which only the PyTree handler offers.
@@ -71,7 +89,12 @@ def create_manager(workdir: str, max_to_keep: int = 3,
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
          data_iterator: Any, progress: dict, metrics: dict | None) -> None:
-  """Starts an (asynchronous) save of one complete checkpoint."""
+  """Starts an (asynchronous) save of one complete checkpoint.
+
+  A failed write of this save surfaces later, from the next save or
+  ``manager.wait_until_finished()``/``close()``; ``stop_on_full_disk`` around
+  the run turns a full disk there into ``DiskFullError``.
+  """
   args = ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=grain.checkpoint.CheckpointSave(FrozenIteratorState(data_iterator)),
@@ -156,3 +179,102 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
     if os.path.isdir(source):
       shutil.move(source, os.path.join(target, f'{step}.{int(time.time())}'))
   manager.reload()
+
+
+# ----------------------------------------------------------------------------
+# A full disk.
+
+
+def is_disk_full(exc: BaseException) -> bool:
+  """True when ``exc``, or an exception it was raised from or during, is a full disk."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if isinstance(exc, DiskFullError):
+      return True
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if any(text in str(exc) for text in _DISK_FULL_TEXT):
+      return True
+    exc = exc.__cause__ or exc.__context__
+  return False
+
+
+@contextlib.contextmanager
+def stop_on_full_disk(workdir: str) -> Iterator[None]:
+  """Turns a write failing on a full disk, wherever it surfaces, into ``DiskFullError``.
+
+  Orbax writes in the background, so its failure surfaces from a later call
+  (the next save, wait_until_finished, close) as a wrapped ValueError; reports
+  and config files fail with a plain OSError. One guard around the whole run
+  catches both and says what is still intact.
+  """
+  try:
+    yield
+  except DiskFullError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    if not is_disk_full(e):
+      raise
+    raise disk_full_error(workdir, e) from e
+
+
+def disk_full_error(workdir: str, exc: BaseException) -> DiskFullError:
+  """The error for a full disk: where, how much is free, what is intact, what to do."""
+  path = _failed_path(exc)
+  where = f'writing {path}' if path else f'a write under {os.path.abspath(workdir)}'
+  error = DiskFullError(
+      f'The disk is full: {where} failed (No space left on device; '
+      f'{_free_space(path or workdir)} free there). The run stopped. {_intact(workdir)} '
+      '(Or move the workdir to a bigger disk and point --workdir there.)')
+  error.errno = errno.ENOSPC
+  logging.error('Disk full: %s: %s', type(exc).__name__, str(exc)[:500])
+  return error
+
+
+def _intact(workdir: str) -> str:
+  """What survives a full disk, and how the same command goes on from it."""
+  steps = complete_steps(workdir)
+  if not steps:
+    return ('No checkpoint had been written yet. Free some space, then run the same '
+            'command: it starts from the beginning.')
+  listed = ', '.join(map(str, steps))
+  label = 'steps' if len(steps) > 1 else 'step'
+  return (f'The checkpoints already written are intact ({label} {listed} in '
+          f'{checkpoint_dir(workdir)}): a checkpoint cut short by the full disk '
+          'never counts as complete, and the next run removes its remains. Free some space, '
+          f'then run the same command: it resumes from step {steps[-1]}.')
+
+
+def complete_steps(workdir: str) -> list[int]:
+  """Steps of the finished checkpoints in the workdir (temporary folders excluded)."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+
+
+def _failed_path(exc: BaseException | None) -> str | None:
+  """The file the failed write names: an OSError's filename or tensorstore's text."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if isinstance(exc, OSError) and exc.filename:
+      return os.fsdecode(exc.filename)
+    match = re.search(r'local file "([^"]+)"', str(exc))
+    if match:
+      return match.group(1)
+    exc = exc.__cause__ or exc.__context__
+  return None
+
+
+def _free_space(path: str) -> str:
+  """Free space of the file system holding ``path`` (its nearest existing folder)."""
+  while path and not os.path.exists(path):
+    path = os.path.dirname(path)
+  try:
+    free = shutil.disk_usage(path or '/').free
+  except OSError:
+    return 'unknown space'
+  return f'{free / 2 ** 20:.1f} MiB'

@@ -34,6 +34,7 @@ from melgenre_jax.errors import NonFiniteError
 from melgenre_jax.input_spec import InputSpec
 from melgenre_jax.runtime import hostmem
 from melgenre_jax.runtime import parallel
+from melgenre_jax.runtime import workdir_lock
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -44,10 +45,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   (hyperparameter search reports to its pruner there; an exception it raises
   ends the run with everything up to that epoch saved).
   Returns the final epoch's metrics row (plus ``best`` and ``stopped`` info).
+
+  The workdir is locked for the whole run (another trainer on it is refused
+  before any data or compile work: runtime/workdir_lock.py), and a write that
+  fails on a full disk stops the run with ``DiskFullError``.
   """
   config_checks.validate(config)
   if config.get('keep_host_memory', True):
-    hostmem.keep_freed_memory()
+    hostmem.keep_freed_memory()  # before the lock's process count starts JAX's backend
+  with checkpointing.stop_on_full_disk(workdir), workdir_lock.hold(workdir, 'train'):
+    return _train_and_evaluate(config, workdir, on_epoch_end)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        on_epoch_end: Callable[[dict], None] | None) -> dict:
+  """The run itself, with the workdir locked."""
   parallel.check_batch_divisible(config.batch_size)
   parallel.check_batch_divisible(config.eval_batch_size, 'config.eval_batch_size')
   workdir = os.path.abspath(workdir)

@@ -7,16 +7,23 @@ source and the song list with file sizes and mtimes, so any change rebuilds):
   song_index.npy  [N] int32: row -> position in songs.json
   songs.json      usable songs in cache order, with their first row and count
   summary.json    what was read, what was skipped and why
-  views/          per-split row subsets (see ``materialize_rows``)
+  manifest.json   each file's size and CRC-32, written last (cache_files.py)
+  views/          per-split row subsets, each <digest>.npy with its own
+                  <digest>.json manifest (see ``materialize_rows``)
 
 A cache is built in a temporary sibling folder and renamed into place at the
 end, so a crash never leaves a half cache that a later run takes as complete.
+Opening checks every file against its manifest (sizes always, checksums as
+``cache_files.verify`` says), so a file damaged later (a truncated copy,
+overwritten bytes) is not read: the entry is moved to ``cache_dir/damaged/``
+with a warning and rebuilt.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,7 +31,6 @@ import multiprocessing
 import os
 import shutil
 import socket
-import struct
 import time
 from typing import Any, Iterator, Sequence
 import uuid
@@ -34,12 +40,14 @@ import ml_collections
 import numpy as np
 
 from melgenre_jax.data import audio
+from melgenre_jax.data import cache_files
 from melgenre_jax.data.songs import Song
 from melgenre_jax.input_spec import InputSpec
 from melgenre_jax.runtime.processes import pid_alive
 
-CACHE_VERSION = 1
-_HEADER_BYTES = 256  # reserved .npy header, so rows can stream in before N is known
+# 2: manifest.json with sizes and checksums. Version-1 entries cannot be
+# verified, and the version is in the hash, so they are never reused.
+CACHE_VERSION = 2
 _MAX_VIEWS = 12  # split views kept per cache (least recently used pruned)
 
 
@@ -54,6 +62,7 @@ class Cache:
   num_rows: np.ndarray  # [len(songs)] int64
   summary: dict[str, Any]
   reused: bool
+  verify: bool = False  # checksum views of any size (config.data.verify_cache)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,59 +204,6 @@ def _decode_all(songs: Sequence[Song], p: DecodeParams, workers: int,
     bar.close()
 
 
-# ----------------------------------------------------------- npy streaming
-
-
-def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
-  d = {'descr': np.lib.format.dtype_to_descr(np.dtype(dtype)),
-       'fortran_order': False, 'shape': tuple(int(x) for x in shape)}
-  body = repr(d).encode('latin1')
-  pad = _HEADER_BYTES - 10 - len(body) - 1
-  if pad < 0:
-    raise ValueError(f'shape {shape} too large for the npy header')
-  body += b' ' * pad + b'\n'
-  return b'\x93NUMPY\x01\x00' + struct.pack('<H', len(body)) + body
-
-
-class _RowWriter:
-  """Appends float32 rows to a .npy whose length is fixed up at close()."""
-
-  def __init__(self, path: str):
-    self._f = open(path, 'wb')
-    self._f.write(b'\0' * _HEADER_BYTES)
-    self.rows = 0
-    self.row_shape: tuple[int, ...] | None = None
-
-  def append(self, rows: np.ndarray):
-    if self.row_shape is None:
-      self.row_shape = tuple(rows.shape[1:])
-    elif tuple(rows.shape[1:]) != self.row_shape:
-      raise ValueError(f'row shape {rows.shape[1:]} != {self.row_shape}')
-    self._f.write(np.ascontiguousarray(rows, '<f4').tobytes())
-    self.rows += rows.shape[0]
-
-  def close(self):
-    self._f.seek(0)
-    self._f.write(_npy_header((self.rows, *(self.row_shape or (0,))),
-                              np.float32))
-    self._f.flush()
-    os.fsync(self._f.fileno())
-    self._f.close()
-
-
-def _write_json(path: str, obj: Any):
-  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(obj, f, indent=1, ensure_ascii=False, default=str)
-  os.replace(tmp, path)
-
-
-def _save_npy_atomic(path: str, arr: np.ndarray):
-  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}.npy'
-  np.save(tmp, arr)
-  os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------ build
 
 
@@ -283,110 +239,179 @@ def _per_genre(songs: Sequence[Song], ok: Sequence[bool],
   return dict(sorted(out.items()))
 
 
+@dataclasses.dataclass
+class _Decoded:
+  """What the decode loop learned, for songs.json and summary.json."""
+  song_index: list[np.ndarray] = dataclasses.field(default_factory=list)
+  good: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  bad: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  ok: list[bool] = dataclasses.field(default_factory=list)
+  counts: list[int] = dataclasses.field(default_factory=list)
+
+
+def _decode_into(writer: cache_files.RowWriter, songs: Sequence[Song],
+                 p: DecodeParams, workers: int, progress: bool) -> _Decoded:
+  """Streams every usable song's rows into ``writer``; records the rest."""
+  d = _Decoded()
+  for r in _decode_all(songs, p, workers, progress):
+    s = songs[r.index]
+    if r.rows is None:
+      logging.warning('skipping %s: %s', s.path or s.key, r.reason)
+      d.bad.append({'key': s.key, 'path': s.path, 'genre': s.genre,
+                    'reason': r.reason})
+      d.ok.append(False)
+      d.counts.append(0)
+      continue
+    n = int(r.rows.shape[0])
+    d.good.append({'key': s.key, 'first': writer.rows, 'count': n,
+                   'seconds': p.spec.seconds(r.num_samples)})
+    d.song_index.append(np.full(n, len(d.good) - 1, np.int32))
+    writer.append(r.rows)
+    d.ok.append(True)
+    d.counts.append(n)
+  return d
+
+
+def _write_entry(config: ml_collections.ConfigDict, songs: Sequence[Song],
+                 tmp: str, key: str, progress: bool) -> dict[str, Any]:
+  """Decodes ``songs`` into folder ``tmp``, the manifest last; the summary."""
+  p = decode_params(config)
+  start = time.time()
+  writer = cache_files.RowWriter(os.path.join(tmp, 'inputs.npy'))
+  try:
+    d = _decode_into(writer, songs, p, int(config.data.cache_workers), progress)
+    files = {'inputs.npy': writer.close()}
+  except BaseException:
+    writer.abort()
+    raise
+  idx = np.concatenate(d.song_index) if d.song_index else np.zeros(0, np.int32)
+  files['song_index.npy'] = cache_files.write_npy(
+      os.path.join(tmp, 'song_index.npy'), idx)
+  files['songs.json'] = cache_files.write_json(os.path.join(tmp, 'songs.json'),
+                                               d.good)
+  summary = {
+      'cache_version': CACHE_VERSION,
+      'hash': key,
+      'source': config.data.source,
+      'where': p.spec.where,
+      'row_shape': list(writer.row_shape or []),
+      'num_songs': len(songs),
+      'num_good': len(d.good),
+      'num_bad': len(d.bad),
+      'num_segments': int(writer.rows),
+      'bad_files': d.bad,
+      'per_genre': _per_genre(songs, d.ok, d.counts),
+      'build_seconds': round(time.time() - start, 2),
+      'built_at': time.strftime('%Y-%m-%d %H:%M:%S'),
+      'fingerprint': {k: v for k, v in fingerprint(config, songs).items()
+                      if k != 'songs'},
+  }
+  files['summary.json'] = cache_files.write_json(
+      os.path.join(tmp, 'summary.json'), summary)
+  cache_files.write_manifest(os.path.join(tmp, cache_files.MANIFEST), files)
+  return summary
+
+
 def _build(config: ml_collections.ConfigDict, songs: Sequence[Song],
            target: str, key: str, progress: bool) -> None:
-  """Decodes ``songs`` into a temp folder and renames it to ``target``."""
-  p = decode_params(config)
+  """Decodes ``songs`` into a temp folder and renames it to ``target``.
+
+  On any failure the temp folder is removed; a full disk becomes a
+  DiskFullError naming the cache folder.
+  """
   cache_dir = os.path.dirname(target)
   tmp = os.path.join(cache_dir,
                      f'{_tmp_prefix(key)}{os.getpid()}-{uuid.uuid4().hex[:6]}')
-  os.makedirs(tmp)
-  start = time.time()
-  try:
-    writer = _RowWriter(os.path.join(tmp, 'inputs.npy'))
-    song_index: list[np.ndarray] = []
-    good_meta, bad = [], []
-    ok, counts = [], []
-    for r in _decode_all(songs, p, int(config.data.cache_workers), progress):
-      s = songs[r.index]
-      if r.rows is None:
-        logging.warning('skipping %s: %s', s.path or s.key, r.reason)
-        bad.append({'key': s.key, 'path': s.path, 'genre': s.genre,
-                    'reason': r.reason})
-        ok.append(False)
-        counts.append(0)
-        continue
-      n = int(r.rows.shape[0])
-      good_meta.append({'key': s.key, 'first': writer.rows, 'count': n,
-                        'seconds': p.spec.seconds(r.num_samples)})
-      song_index.append(np.full(n, len(good_meta) - 1, np.int32))
-      writer.append(r.rows)
-      ok.append(True)
-      counts.append(n)
-    writer.close()
-    idx = (np.concatenate(song_index) if song_index
-           else np.zeros(0, np.int32))
-    np.save(os.path.join(tmp, 'song_index.npy'), idx)
-    _write_json(os.path.join(tmp, 'songs.json'), good_meta)
-    summary = {
-        'cache_version': CACHE_VERSION,
-        'hash': key,
-        'source': config.data.source,
-        'where': p.spec.where,
-        'row_shape': list(writer.row_shape or []),
-        'num_songs': len(songs),
-        'num_good': len(good_meta),
-        'num_bad': len(bad),
-        'num_segments': int(writer.rows),
-        'bad_files': bad,
-        'per_genre': _per_genre(songs, ok, counts),
-        'build_seconds': round(time.time() - start, 2),
-        'built_at': time.strftime('%Y-%m-%d %H:%M:%S'),
-        'fingerprint': {k: v for k, v in fingerprint(config, songs).items()
-                        if k != 'songs'},
-    }
-    _write_json(os.path.join(tmp, 'summary.json'), summary)
+  with cache_files.disk_full_is_user_error(f'the cache {key}', cache_dir):
     try:
-      os.rename(tmp, target)
-    except OSError:
-      if not os.path.isdir(target):
-        raise
-      logging.info('cache %s was completed concurrently; using it', target)
+      os.makedirs(tmp)
+      summary = _write_entry(config, songs, tmp, key, progress)
+      cache_files.rename_into_place(tmp, target)
+    except BaseException:
       shutil.rmtree(tmp, ignore_errors=True)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+      raise
   logging.info('built cache %s: %d/%d songs, %d segments in %.1f s', target,
                summary['num_good'], len(songs), summary['num_segments'],
                summary['build_seconds'])
 
 
-def _open(target: str, songs: Sequence[Song], reused: bool) -> Cache:
-  with open(os.path.join(target, 'summary.json'), encoding='utf-8') as f:
-    summary = json.load(f)
-  with open(os.path.join(target, 'songs.json'), encoding='utf-8') as f:
-    meta = json.load(f)
-  by_key = {s.key: s for s in songs}
+def _open(target: str, songs: Sequence[Song], *, reused: bool, verify: bool,
+          checksum_up_to: float) -> Cache:
+  """Opens a complete entry; raises CacheDamaged if any file fails a check."""
+  cache_files.verify(target, cache_files.MANIFEST, checksum_up_to)
   try:
-    good = [by_key[m['key']] for m in meta]
-  except KeyError as e:
-    raise RuntimeError(f'cache {target} does not match the song list; delete '
-                       'it and rerun') from e
-  inputs = np.load(os.path.join(target, 'inputs.npy'), mmap_mode='r')
-  song_index = np.load(os.path.join(target, 'song_index.npy'))
+    with open(os.path.join(target, 'summary.json'), encoding='utf-8') as f:
+      summary = json.load(f)
+    with open(os.path.join(target, 'songs.json'), encoding='utf-8') as f:
+      meta = json.load(f)
+    inputs = np.load(os.path.join(target, 'inputs.npy'), mmap_mode='r')
+    song_index = np.load(os.path.join(target, 'song_index.npy'))
+  except (OSError, ValueError) as e:  # JSON and .npy header errors included
+    raise cache_files.CacheDamaged(f'unreadable: {type(e).__name__}: {e}'
+                                   ) from None
+  by_key = {s.key: s for s in songs}
+  if any(m['key'] not in by_key for m in meta):
+    raise cache_files.CacheDamaged('songs.json names songs outside the song list')
   if inputs.shape[0] != song_index.shape[0]:
-    raise RuntimeError(f'cache {target} is inconsistent; delete it and rerun')
-  return Cache(path=target, inputs=inputs, song_index=song_index, songs=good,
+    raise cache_files.CacheDamaged(f'inputs.npy has {inputs.shape[0]} rows, '
+                                   f'song_index.npy {song_index.shape[0]}')
+  return Cache(path=target, inputs=inputs, song_index=song_index,
+               songs=[by_key[m['key']] for m in meta],
                first_row=np.array([m['first'] for m in meta], np.int64),
                num_rows=np.array([m['count'] for m in meta], np.int64),
-               summary=summary, reused=reused)
+               summary=summary, reused=reused, verify=verify)
+
+
+def _reuse(target: str, songs: Sequence[Song], verify: bool) -> Cache | None:
+  """The intact entry at ``target``; None when absent or moved aside as damaged.
+
+  Moves it only if it is still the folder that failed: another process may
+  have replaced a damaged entry with a rebuilt one meanwhile (then look again).
+  """
+  for _ in range(2):
+    try:
+      inode = os.stat(target).st_ino
+    except FileNotFoundError:
+      return None
+    try:
+      c = _open(target, songs, reused=True, verify=verify,
+                checksum_up_to=cache_files.checksum_limit(verify))
+      logging.info('reusing cache %s', target)
+      return c
+    except cache_files.CacheDamaged as e:
+      problem = str(e)
+    with contextlib.suppress(FileNotFoundError):
+      if os.stat(target).st_ino == inode:
+        cache_files.move_aside([target], os.path.dirname(target),
+                               os.path.basename(target), problem)
+        return None
+  return None
 
 
 def build_or_load(config: ml_collections.ConfigDict, songs: Sequence[Song],
                   cache_dir: str, *, progress: bool = True) -> Cache:
-  """The cache for (config, songs): reused when complete, else built."""
+  """The cache for (config, songs): reused when complete and intact, else built.
+
+  A damaged entry is moved to ``cache_dir/damaged/`` with a warning and
+  rebuilt, so no caller ever reads damaged bytes.
+  """
   key = cache_hash(config, songs)
   cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
   os.makedirs(cache_dir, exist_ok=True)
   target = os.path.join(cache_dir, key)
-  if os.path.isdir(target):
-    logging.info('reusing cache %s', target)
-    return _open(target, songs, reused=True)
+  verify = bool(config.data.get('verify_cache', False))
+  reused = _reuse(target, songs, verify)
+  if reused is not None:
+    return reused
   _cleanup_stale_tmp(cache_dir)
   logging.info('building cache %s for %d songs (%d workers)', target,
                len(songs), config.data.cache_workers)
   _build(config, songs, target, key, progress)
-  return _open(target, songs, reused=False)
+  try:  # checksums were just taken over the bytes written: sizes suffice
+    return _open(target, songs, reused=False, verify=verify, checksum_up_to=-1)
+  except cache_files.CacheDamaged as e:
+    raise RuntimeError(f'the cache just built in {target} fails its own '
+                       f'check: {e}') from e
 
 
 # ------------------------------------------------------------- split views
@@ -398,7 +423,8 @@ def materialize_rows(cache: Cache, rows: np.ndarray) -> np.ndarray:
   A split is a subset of songs scattered through the cache; copying its rows
   once into their own .npy gives each split a plain memory-mapped array.
   Views are keyed by the row list, reused, and the least recently used are
-  pruned beyond ``_MAX_VIEWS``.
+  pruned beyond ``_MAX_VIEWS``. Each has its own manifest and is checked like
+  the entry; a damaged view is moved aside and written again.
   """
   rows = np.asarray(rows, np.int64)
   n_total = cache.inputs.shape[0]
@@ -406,43 +432,14 @@ def materialize_rows(cache: Cache, rows: np.ndarray) -> np.ndarray:
     return cache.inputs
   digest = hashlib.sha256(rows.tobytes()).hexdigest()[:20]
   views = os.path.join(cache.path, 'views')
-  path = os.path.join(views, f'{digest}.npy')
-  try:
-    view = np.load(path, mmap_mode='r')
-    try:
-      os.utime(path)  # mark as recently used
-    except OSError:
-      pass
+  view = cache_files.open_view(
+      views, digest, (rows.shape[0], *cache.inputs.shape[1:]),
+      cache_files.checksum_limit(cache.verify),
+      damaged_name=f'{os.path.basename(cache.path)}.view-{digest}')
+  if view is not None:
     return view
-  except FileNotFoundError:
-    pass
-  os.makedirs(views, exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}.npy'
-  try:
-    out = np.lib.format.open_memmap(
-        tmp, mode='w+', dtype=np.float32,
-        shape=(rows.shape[0], *cache.inputs.shape[1:]))
-    chunk = max(1, (64 << 20) // max(1, out[0:1].nbytes))  # ~64 MiB
-    for i in range(0, rows.shape[0], chunk):
-      out[i:i + chunk] = cache.inputs[rows[i:i + chunk]]
-    out.flush()
-    del out
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  view = np.load(path, mmap_mode='r')
-  _prune_views(views)
+  with cache_files.disk_full_is_user_error('a split view', views):
+    cache_files.write_view(views, digest, cache.inputs, rows)
+  view = np.load(os.path.join(views, f'{digest}.npy'), mmap_mode='r')
+  cache_files.prune_views(views, _MAX_VIEWS)
   return view
-
-
-def _prune_views(views: str):
-  files = [os.path.join(views, f) for f in os.listdir(views)
-           if f.endswith('.npy') and '.tmp-' not in f]
-  files.sort(key=lambda f: os.path.getmtime(f), reverse=True)
-  for f in files[_MAX_VIEWS:]:
-    try:
-      os.remove(f)  # open memmaps elsewhere keep their (unlinked) data
-    except OSError:
-      pass

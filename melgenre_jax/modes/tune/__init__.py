@@ -27,8 +27,10 @@ run the same command on each; Optuna hands out trials, there is no scheduler:
       --config.tune.storage=postgresql://user:pass@dbhost/optuna \\
       --config.tune.seed=<a different number per machine>
 
-(SQLite works for several processes on one machine with a local disk; over NFS
-use PostgreSQL/MySQL.) The per-machine seed keeps the samplers from proposing
+Each search process owns its --workdir (a lock refuses a second process on the
+same one), so several processes on one machine each get their own workdir and
+share a study through ``--config.tune.storage=sqlite:////abs/path/study.db``
+(SQLite on a local disk; over NFS use PostgreSQL/MySQL). The per-machine seed keeps the samplers from proposing
 the same points. A machine stops starting trials once finished + running
 trials reach ``num_trials``; each writes its report from the whole study, so
 the last one to finish (or a re-run of the command) has the full table. Trial

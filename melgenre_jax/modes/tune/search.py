@@ -16,7 +16,9 @@ import ml_collections
 import optuna
 from absl import logging
 
+from melgenre_jax import checkpointing
 from melgenre_jax import config_checks
+from melgenre_jax.errors import DiskFullError
 from melgenre_jax.modes.tune import report
 from melgenre_jax.modes.tune import study as study_lib
 from melgenre_jax.modes.tune.objective import make_objective
@@ -25,6 +27,8 @@ from melgenre_jax.modes.tune.objective import TrainFn
 from melgenre_jax.modes.tune.space import apply_params
 from melgenre_jax.modes.tune.space import Param
 from melgenre_jax.modes.tune.study import Settings
+from melgenre_jax.runtime import workdir_lock
+from melgenre_jax.runtime.processes import machine_id
 
 ConfigCheck = Callable[[ml_collections.ConfigDict], None]
 
@@ -37,8 +41,17 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, *,
   ``train_fn(config, workdir, on_epoch_end=...)`` defaults to
   ``train.train_and_evaluate``; tests pass a cheap stand-in. Returns a summary
   (best trial, value, params, paths) and writes the reports described in the
-  package docstring.
+  package docstring. The workdir is locked for the whole search (a second
+  search or a training run on it is refused: runtime/workdir_lock.py); each
+  trial's run locks its own folder under it.
   """
+  with checkpointing.stop_on_full_disk(workdir), workdir_lock.hold(workdir, 'tune'):
+    return _search(config, workdir, train_fn, config_path)
+
+
+def _search(config: ml_collections.ConfigDict, workdir: str, train_fn: TrainFn | None,
+            config_path: str | None) -> dict[str, Any]:
+  """``run_search`` with the workdir locked."""
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   s = study_lib.read_settings(config, workdir)
   extra_check = None
@@ -140,7 +153,28 @@ def _run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float],
       logging.warning('Search stopped by %s during trial %d; run the same command to '
                       'resume it.', e.signal_name, e.trial_number)
       return {**summary, 'stopped': e.signal_name}
+    except DiskFullError:
+      _retry_own_failed_trial(study, s)
+      raise
   return None
+
+
+def _retry_own_failed_trial(study: optuna.Study, s: Settings) -> None:
+  """Enqueues a retry of the trial a full disk just failed, so a rerun resumes it.
+
+  Best effort: the study's database may sit on the full disk too; then the
+  trial stays RUNNING and the rerun recovers it as a dead process's trial.
+  """
+  mine = [t for t in study.get_trials(deepcopy=False)
+          if t.user_attrs.get('pid') == os.getpid()
+          and t.user_attrs.get('machine') == machine_id()]
+  if not mine or mine[-1].state != optuna.trial.TrialState.FAIL:
+    return  # the trial finished (the reports failed) or its FAIL was not recorded
+  try:
+    study_lib.retry_trial(study, mine[-1], s.max_retries)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('Could not enqueue a retry of trial %d (%s); the rerun recovers it.',
+                    mine[-1].number, e)
 
 
 def _next_trial_wanted(study: optuna.Study, s: Settings) -> bool:

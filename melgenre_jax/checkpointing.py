@@ -29,14 +29,9 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
 from melgenre_jax.errors import DiskFullError
+from melgenre_jax.runtime import disk
 
 BEST_METRIC = 'val_song_accuracy'
-# How a full disk reads when it is not a plain OSError: tensorstore (under
-# Orbax) raises ValueError('RESOURCE_EXHAUSTED: ... No space left on device
-# [os_error_code=\'28\']'), SQLite (the tune study) 'database or disk is full'.
-_DISK_FULL_TEXT = ('No space left on device', "os_error_code='28'",
-                   'Disk quota exceeded', 'database or disk is full')
-
 
 class FrozenIteratorState:
   """A snapshot of a grain iterator's state, taken at save time.
@@ -185,21 +180,6 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
 # A full disk.
 
 
-def is_disk_full(exc: BaseException) -> bool:
-  """True when ``exc``, or an exception it was raised from or during, is a full disk."""
-  seen = set()
-  while exc is not None and id(exc) not in seen:
-    seen.add(id(exc))
-    if isinstance(exc, DiskFullError):
-      return True
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-      return True
-    if any(text in str(exc) for text in _DISK_FULL_TEXT):
-      return True
-    exc = exc.__cause__ or exc.__context__
-  return False
-
-
 @contextlib.contextmanager
 def stop_on_full_disk(workdir: str) -> Iterator[None]:
   """Turns a write failing on a full disk, wherever it surfaces, into ``DiskFullError``.
@@ -214,7 +194,7 @@ def stop_on_full_disk(workdir: str) -> Iterator[None]:
   except DiskFullError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    if not is_disk_full(e):
+    if not disk.is_disk_full(e):
       raise
     raise disk_full_error(workdir, e) from e
 
@@ -225,7 +205,7 @@ def disk_full_error(workdir: str, exc: BaseException) -> DiskFullError:
   where = f'writing {path}' if path else f'a write under {os.path.abspath(workdir)}'
   error = DiskFullError(
       f'The disk is full: {where} failed (No space left on device; '
-      f'{_free_space(path or workdir)} free there). The run stopped. {_intact(workdir)} '
+      f'{disk.free_space(path or workdir)} free there). The run stopped. {_intact(workdir)} '
       '(Or move the workdir to a bigger disk and point --workdir there.)')
   error.errno = errno.ENOSPC
   logging.error('Disk full: %s: %s', type(exc).__name__, str(exc)[:500])
@@ -267,14 +247,3 @@ def _failed_path(exc: BaseException | None) -> str | None:
       return match.group(1)
     exc = exc.__cause__ or exc.__context__
   return None
-
-
-def _free_space(path: str) -> str:
-  """Free space of the file system holding ``path`` (its nearest existing folder)."""
-  while path and not os.path.exists(path):
-    path = os.path.dirname(path)
-  try:
-    free = shutil.disk_usage(path or '/').free
-  except OSError:
-    return 'unknown space'
-  return f'{free / 2 ** 20:.1f} MiB'

@@ -33,6 +33,7 @@ from melgenre_jax import errors
 from melgenre_jax import inference
 from melgenre_jax import train
 from melgenre_jax.modes.tune import search
+from melgenre_jax.runtime import disk
 from melgenre_jax.runtime import workdir_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -387,9 +388,9 @@ def test_full_disk_in_a_trial_stops_the_search_and_the_rerun_resumes_it(tmp_path
 
 
 def test_disk_full_is_recognised_in_every_wording():
-  assert checkpointing.is_disk_full(OSError(errno.ENOSPC, 'No space left on device'))
-  assert checkpointing.is_disk_full(ValueError(TENSORSTORE_FULL.format(path='/x')))
-  assert checkpointing.is_disk_full(RuntimeError('(sqlite3.OperationalError) database or '
+  assert disk.is_disk_full(OSError(errno.ENOSPC, 'No space left on device'))
+  assert disk.is_disk_full(ValueError(TENSORSTORE_FULL.format(path='/x')))
+  assert disk.is_disk_full(RuntimeError('(sqlite3.OperationalError) database or '
                                                  'disk is full'))
   try:  # wrapped, as a library re-raising it would
     try:
@@ -397,11 +398,11 @@ def test_disk_full_is_recognised_in_every_wording():
     except OSError as inner:
       raise RuntimeError('report failed') from inner
   except RuntimeError as outer:
-    assert checkpointing.is_disk_full(outer)
+    assert disk.is_disk_full(outer)
     failed = checkpointing._failed_path(outer)  # pylint: disable=protected-access
     assert failed == '/w/metrics.json'
-  assert not checkpointing.is_disk_full(OSError(errno.EACCES, 'Permission denied'))
-  assert not checkpointing.is_disk_full(ValueError('RESOURCE_EXHAUSTED: out of memory'))
+  assert not disk.is_disk_full(OSError(errno.EACCES, 'Permission denied'))
+  assert not disk.is_disk_full(ValueError('RESOURCE_EXHAUSTED: out of memory'))
 
 
 def test_disk_full_message_says_where_what_is_intact_and_what_to_do(tmp_path):

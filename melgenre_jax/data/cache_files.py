@@ -27,7 +27,6 @@ CRC-32 catches every burst up to 32 bits and anything else with odds
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import os
@@ -42,6 +41,7 @@ from absl import logging
 import numpy as np
 
 from melgenre_jax.errors import DiskFullError
+from melgenre_jax.runtime import disk
 
 MANIFEST = 'manifest.json'
 MANIFEST_VERSION = 1
@@ -51,7 +51,6 @@ MANIFEST_VERSION = 1
 VERIFY_BYTES = 4 << 30
 _CHUNK = 8 << 20
 _HEADER_BYTES = 256  # reserved .npy header, so rows can stream in before N is known
-_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 FileRecord = dict[str, Any]  # {'bytes': int, 'crc32': '%08x'}
 
@@ -327,13 +326,9 @@ def disk_full_is_user_error(what: str, where: str) -> Iterator[None]:
   except DiskFullError:
     raise
   except OSError as e:
-    if e.errno not in _FULL:
+    if not disk.is_disk_full(e):
       raise
-    try:
-      free = (f'{shutil.disk_usage(where).free / 1e6:.1f} MB free once the '
-              'partial files were removed')
-    except OSError:
-      free = 'free space unknown'
+    free = f'{disk.free_space(where)} free once the partial files were removed'
     err = DiskFullError(
         f'disk full while writing {what} under {where} ({e.strerror}; {free}). '
         'Nothing partial was kept and caches already there are intact: free '

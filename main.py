@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from melgenre_jax import cli
 from melgenre_jax import errors
+from melgenre_jax.runtime import parallel
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, plots and reports.')
@@ -27,6 +28,9 @@ flags.DEFINE_bool('plot', False, 'predict: save a genre-over-time PNG per song.'
 flags.DEFINE_string('coordinator_address', '', 'Multi-host: host:port of process 0.')
 flags.DEFINE_integer('num_processes', 0, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', -1, 'Multi-host: index of this process.')
+flags.DEFINE_integer('peer_timeout_seconds', parallel.DEFAULT_PEER_TIMEOUT_SECONDS,
+                     'Multi-host: when a process dies, the others stop (PeerLostError) at '
+                     'the latest after this long without a sign of life from it.')
 config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/*.py). Optional for eval/predict/export, '
     'which read WORKDIR/config.json.', lock_config=True)
@@ -38,12 +42,16 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_library_logs()
   try:
-    cli.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, step=FLAGS.step,
-            audio=FLAGS.audio, output=FLAGS.output, top_k=FLAGS.top_k, plot=FLAGS.plot,
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    with parallel.peer_failures_as_errors():
+      cli.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, step=FLAGS.step,
+              audio=FLAGS.audio, output=FLAGS.output, top_k=FLAGS.top_k, plot=FLAGS.plot,
+              coordinator_address=FLAGS.coordinator_address,
+              num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+              peer_timeout_seconds=FLAGS.peer_timeout_seconds)
   except errors.UserError as e:
     logging.error('%s: %s', type(e).__name__, e)  # what to do, without a traceback
+    if isinstance(e, errors.PeerLostError):
+      parallel.exit_without_shutdown(1)  # JAX's shutdown would wait for the lost peer
     raise SystemExit(1) from None
   logging.info('Done (%s).', FLAGS.mode)
 

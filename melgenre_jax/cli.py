@@ -57,18 +57,20 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str, *,
         step: int | None = None, audio: tuple[str, ...] | list[str] = (),
         output: str = 'text', top_k: int = 3, plot: bool = False,
         coordinator_address: str = '', num_processes: int = 0,
-        process_id: int = -1) -> Any:
+        process_id: int = -1,
+        peer_timeout_seconds: int = parallel.DEFAULT_PEER_TIMEOUT_SECONDS) -> Any:
   """Runs one mode. Training needs --config; the others fall back to the workdir's.
 
   ``step``: the checkpoint eval/predict/export restore (default: the best);
   ``audio``, ``output``, ``top_k``, ``plot``: predict's inputs and output;
-  the last three: multi-host settings (see runtime.parallel).
+  the last four: multi-host settings (see runtime.parallel).
   """
   if config is None or config.get('keep_host_memory', True):
     # Before JAX starts its backend and thread pool: the setting then covers
     # every thread's allocations (train_and_evaluate repeats it for library use).
     hostmem.keep_freed_memory()
-  parallel.maybe_initialize_distributed(coordinator_address, num_processes, process_id)
+  parallel.maybe_initialize_distributed(coordinator_address, num_processes, process_id,
+                                       peer_timeout_seconds)
   if mode == 'train':
     if config is None:
       config = load_workdir_config(workdir)

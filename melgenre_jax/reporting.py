@@ -6,10 +6,12 @@ they work on headless machines.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO
 
 import matplotlib
 
@@ -26,6 +28,29 @@ def progress_bar(iterable, total: int, desc: str, enabled: bool = True, initial:
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   return tqdm(iterable, total=total, desc=desc, initial=initial, leave=False,
               dynamic_ncols=True, mininterval=1.0)
+
+
+@contextlib.contextmanager
+def replaced_when_written(path: str, mode: str = 'w', **kwargs) -> Iterator[IO]:
+  """A file to write ``path``'s new content into; it replaces ``path`` when complete.
+
+  A run killed mid-write then leaves the previous file whole, never a truncated
+  one (an emptied config.json made every later run of the workdir fail), and at
+  worst ``path.tmp``, which the next write of the same file replaces. One
+  process writes a run's files (process 0, holding the workdir lock), so the
+  fixed temporary name is never shared.
+  """
+  tmp = path + '.tmp'
+  with open(tmp, mode, **kwargs) as f:
+    yield f
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _save_figure(fig, path: str) -> None:
+  with replaced_when_written(path, 'wb') as f:
+    fig.savefig(f, format='png', dpi=110)
 
 
 class MetricsWriter:
@@ -53,12 +78,12 @@ class MetricsWriter:
   def write_history(self, history: Sequence[dict]) -> None:
     if not self.enabled:
       return
-    with open(os.path.join(self.workdir, 'metrics.json'), 'w') as f:
+    with replaced_when_written(os.path.join(self.workdir, 'metrics.json')) as f:
       json.dump(list(history), f, indent=1)
     keys: list[str] = []
     for row in history:
       keys += [k for k in row if k not in keys]
-    with open(os.path.join(self.workdir, 'metrics.csv'), 'w', newline='') as f:
+    with replaced_when_written(os.path.join(self.workdir, 'metrics.csv'), newline='') as f:
       writer = csv.DictWriter(f, fieldnames=keys)
       writer.writeheader()
       writer.writerows(history)
@@ -80,7 +105,7 @@ def plot_learning_rate(schedule: Callable[[int], float], total_steps: int,
   ax.set_title('Learning-rate schedule')
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  _save_figure(fig, path)
   plt.close(fig)
 
 
@@ -115,7 +140,7 @@ def plot_training_curves(history: Sequence[dict], path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  _save_figure(fig, path)
   plt.close(fig)
 
 

@@ -325,7 +325,8 @@ class _StopRequest:
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+  """config.json, rewritten by every run and read back by the next one's checks."""
+  with reporting.replaced_when_written(os.path.join(workdir, 'config.json')) as f:
     f.write(config.to_json_best_effort(indent=1, sort_keys=True))
 
 
@@ -336,7 +337,7 @@ def save_dataset_info(dataset: input_pipeline.Dataset, workdir: str) -> None:
                      for name, split in (('train', dataset.train),
                                          ('validation', dataset.validation),
                                          ('test', dataset.test)) if split is not None}}
-  with open(os.path.join(workdir, 'dataset.json'), 'w') as f:
+  with reporting.replaced_when_written(os.path.join(workdir, 'dataset.json')) as f:
     json.dump(info, f, indent=1)
 
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from melgenre_jax.errors import DiskFullError
 from melgenre_jax.runtime import disk
+from melgenre_jax.runtime import processes
 
 MANIFEST = 'manifest.json'
 MANIFEST_VERSION = 1
@@ -180,7 +181,7 @@ class RowWriter:
 
 def write_bytes(path: str, data: bytes) -> FileRecord:
   """Writes ``path`` atomically and durably; returns its size and CRC-32."""
-  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
+  tmp = processes.temp_path(path)
   try:
     with open(tmp, 'wb') as f:
       f.write(data)
@@ -368,8 +369,9 @@ def open_view(views: str, digest: str, shape: tuple[int, ...],
 def write_view(views: str, digest: str, source: np.ndarray, rows: np.ndarray):
   """Copies ``source[rows]`` to a temp file, writes its manifest, renames it in."""
   os.makedirs(views, exist_ok=True)
+  processes.remove_orphaned_temp_files(views)  # of views whose writer was killed
   path = os.path.join(views, f'{digest}.npy')
-  tmp = f'{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}.npy'
+  tmp = processes.temp_path(path) + '.npy'
   writer = RowWriter(tmp, source.shape[1:])
   try:
     chunk = max(1, (64 << 20) // max(1, source[0:1].nbytes))  # ~64 MiB

@@ -21,7 +21,6 @@ import functools
 import json
 import os
 import sys
-import uuid
 import zlib
 from typing import Any, Iterator
 
@@ -36,6 +35,7 @@ from melgenre_jax.data import splits as splits_lib
 from melgenre_jax.data.songs import Song
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import DataError
+from melgenre_jax.runtime import processes
 
 
 @dataclasses.dataclass
@@ -137,7 +137,8 @@ def _set_summary(s: SegmentSet | None, genres: list[str]) -> dict[str, Any]:
 
 def _write_summary(path: str, summary: dict[str, Any]):
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
+  processes.remove_orphaned_temp_files(os.path.dirname(path) or '.')  # of killed writers
+  tmp = processes.temp_path(path)
   with open(tmp, 'w', encoding='utf-8') as f:
     json.dump(summary, f, indent=1, ensure_ascii=False, default=str)
   os.replace(tmp, path)

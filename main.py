@@ -3,7 +3,7 @@
   python main.py --config configs/synthetic.py --workdir runs/synthetic
   python main.py --config configs/gtzan.py --workdir runs/gtzan --config.data.root=/data/gtzan
   python main.py --workdir runs/synthetic --mode eval
-  python main.py --workdir runs/synthetic --mode predict --audio song.mp3
+  python main.py --workdir runs/synthetic --mode predict song.mp3 my_folder/
 
 Any config field can be overridden with --config.some.field=value.
 """
@@ -21,7 +21,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, plots and reports.')
 flags.DEFINE_enum('mode', 'train', cli.MODES, 'What to do with the workdir.')
 flags.DEFINE_integer('step', None, 'eval/predict/export: checkpoint step (default: the best).')
-flags.DEFINE_multi_string('audio', [], 'predict: audio files or folders to classify.')
+flags.DEFINE_multi_string('audio', [], 'predict: audio files or folders to classify '
+                          '(repeated or comma-separated; or give them after the flags).')
 flags.DEFINE_enum('output', 'text', ['text', 'json'], 'predict: print text, or write JSON.')
 flags.DEFINE_integer('top_k', 3, 'predict: how many genres to show per song.')
 flags.DEFINE_bool('plot', False, 'predict: save a genre-over-time PNG per song.')
@@ -38,13 +39,16 @@ flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  paths = argv[1:]  # audio files and folders, for --mode=predict
+  if paths and FLAGS.mode != 'predict':
+    raise app.UsageError(f'Unexpected arguments: {paths} (only --mode=predict takes audio '
+                         'paths after the flags).')
   cli.quiet_library_logs()
   try:
     with parallel.peer_failures_as_errors():
       cli.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, step=FLAGS.step,
-              audio=FLAGS.audio, output=FLAGS.output, top_k=FLAGS.top_k, plot=FLAGS.plot,
+              audio=cli.audio_paths(FLAGS.audio, paths), output=FLAGS.output,
+              top_k=FLAGS.top_k, plot=FLAGS.plot,
               coordinator_address=FLAGS.coordinator_address,
               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
               peer_timeout_seconds=FLAGS.peer_timeout_seconds)

@@ -53,6 +53,19 @@ def _tuples(d: Any) -> Any:
   return d
 
 
+def audio_paths(flag_values: list[str] | tuple[str, ...],
+                positional: list[str] | tuple[str, ...]) -> list[str]:
+  """Predict's inputs: ``--audio`` values (repeated or comma-separated) then positional ones.
+
+  A value that names an existing file is kept whole even if it holds commas
+  (``Artist, The - Song.mp3``); only other values are split.
+  """
+  out = []
+  for value in flag_values:
+    out.extend([value] if os.path.exists(value) else [v for v in value.split(',') if v])
+  return out + list(positional)
+
+
 def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str, *,
         step: int | None = None, audio: tuple[str, ...] | list[str] = (),
         output: str = 'text', top_k: int = 3, plot: bool = False,

@@ -12,6 +12,7 @@ no file at all could be classified does ``predict_paths`` raise.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -35,6 +36,8 @@ PREDICTIONS_DIR = 'predictions'
 def expand_paths(paths: list[str] | tuple[str, ...]) -> list[tuple[str, str | None]]:
   """Files as given, folders searched recursively for supported extensions.
 
+  A path that does not exist but holds a wildcard (``*.flac``, quoted so the
+  shell left it alone, or a shell without globbing) is expanded here.
   Returns ``(path, problem)`` pairs: ``problem`` is None for a file to try, or
   the reason a given path yields nothing (a missing path, an empty folder).
   Order: as given, folder contents sorted; duplicates kept once.
@@ -47,7 +50,7 @@ def expand_paths(paths: list[str] | tuple[str, ...]) -> list[tuple[str, str | No
       seen.add(path)
       out.append((path, problem))
 
-  for path in paths:
+  for path in _expand_wildcards(paths):
     if os.path.isdir(path):
       found = sorted(os.path.join(root, name)
                      for root, _, names in os.walk(path) for name in names
@@ -61,6 +64,15 @@ def expand_paths(paths: list[str] | tuple[str, ...]) -> list[tuple[str, str | No
       add(path, 'file not found')
     else:
       add(path)
+  return out
+
+
+def _expand_wildcards(paths: list[str] | tuple[str, ...]) -> list[str]:
+  out = []
+  for path in paths:
+    matches = (sorted(glob.glob(path, recursive=True))
+               if not os.path.exists(path) and glob.has_magic(path) else [])
+    out.extend(matches or [path])
   return out
 
 
@@ -203,8 +215,9 @@ def predict_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[s
   if output not in ('text', 'json'):
     raise ConfigError(f"--output={output!r}: allowed values are 'text', 'json'.")
   if not paths:
-    raise ConfigError('--mode=predict needs --audio PATH (a file or folder; repeat the '
-                     'flag for several).')
+    raise ConfigError('--mode=predict needs audio files or folders: give them after the '
+                      'flags (main.py --workdir W --mode predict song.mp3 my_folder/) or '
+                      'with --audio (repeated or comma-separated).')
   if top_k < 1:
     raise ConfigError(f'--top_k={top_k} must be >= 1.')
   workdir = os.path.abspath(workdir)

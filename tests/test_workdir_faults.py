@@ -15,6 +15,7 @@ import gc
 import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -442,11 +443,6 @@ def _small_disk(path, size):
         subprocess.run(['umount', '-l', path], capture_output=True, check=False)
 
 
-def _grow(path):
-  """Frees space: a bigger tmpfs, contents kept."""
-  subprocess.run(['mount', '-o', 'remount,size=64m', path], check=True)
-
-
 class _Item:
   def get_state(self):
     return b'{}'
@@ -489,15 +485,24 @@ def test_orbax_save_on_full_disk_surfaces_as_disk_full_error(tmp_path, monkeypat
 
 @pytest.mark.slow
 def test_full_disk_stops_training_with_intact_checkpoints_then_resumes(tmp_path, monkeypatch):
-  """Train into a tmpfs too small for the run: DiskFullError, then free space and resume.
+  """The disk fills up after epoch 1's checkpoint: DiskFullError, then free space and resume.
 
-  800k holds the run's reports and one tiny checkpoint (~450k), not two.
+  The disk is filled by a filler file once epoch 1's checkpoint is on disk
+  (``on_epoch_end`` runs after it is written), so what fails does not depend
+  on how many bytes the run's files happen to take.
   """
   workdir = str(tmp_path / 'disk')
   config = _tiny(**{'num_epochs': 4, 'schedule.stage_ends': (1, 4),
                     'checkpoint.max_to_keep': 10,
                     'data.cache_dir': str(tmp_path / 'cache')})
-  with _small_disk(workdir, '800k') as mounted:
+  filler = os.path.join(workdir, 'filler.bin')
+
+  def fill_the_disk(row):
+    if row['epoch'] == 1:
+      with open(filler, 'wb') as f:
+        f.write(b'\0' * max(0, shutil.disk_usage(workdir).free - (16 << 10)))
+
+  with _small_disk(workdir, '64m') as mounted:
     if not mounted:  # inject: the second checkpoint's write fails
       real_save = checkpointing.save
       def save(manager, step, *args):
@@ -507,7 +512,8 @@ def test_full_disk_stops_training_with_intact_checkpoints_then_resumes(tmp_path,
         return real_save(manager, step, *args)
       monkeypatch.setattr(checkpointing, 'save', save)
     with pytest.raises(errors.DiskFullError) as e:
-      train.train_and_evaluate(config, workdir)
+      train.train_and_evaluate(config, workdir,
+                               on_epoch_end=fill_the_disk if mounted else None)
     message, cause = str(e.value), e.value.__cause__
     print(f'mounted={mounted}: {type(cause).__name__}: {str(cause)[:300]}\n{message}')
     del e
@@ -522,7 +528,7 @@ def test_full_disk_stops_training_with_intact_checkpoints_then_resumes(tmp_path,
                for x in jax.tree.leaves(model.variables.params))
 
     if mounted:
-      _grow(workdir)
+      os.remove(filler)  # space freed
     else:
       monkeypatch.setattr(checkpointing, 'save', real_save)
     result = train.train_and_evaluate(config, workdir)  # the same command

@@ -48,9 +48,10 @@ def replaced_when_written(path: str, mode: str = 'w', **kwargs) -> Iterator[IO]:
   os.replace(tmp, path)
 
 
-def _save_figure(fig, path: str) -> None:
+def save_figure(fig, path: str, dpi: int = 110) -> None:
+  """A PNG that replaces ``path`` only once complete (see ``replaced_when_written``)."""
   with replaced_when_written(path, 'wb') as f:
-    fig.savefig(f, format='png', dpi=110)
+    fig.savefig(f, format='png', dpi=dpi)
 
 
 class MetricsWriter:
@@ -105,7 +106,7 @@ def plot_learning_rate(schedule: Callable[[int], float], total_steps: int,
   ax.set_title('Learning-rate schedule')
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  _save_figure(fig, path)
+  save_figure(fig, path)
   plt.close(fig)
 
 
@@ -140,7 +141,7 @@ def plot_training_curves(history: Sequence[dict], path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  _save_figure(fig, path)
+  save_figure(fig, path)
   plt.close(fig)
 
 
@@ -179,7 +180,7 @@ def plot_confusion_matrix(cm: np.ndarray, genres: Sequence[str], path: str,
           ax.text(j, i, text, ha='center', va='center', fontsize=8,
                   color='white' if dark else 'black')
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  save_figure(fig, path)
   plt.close(fig)
 
 
@@ -209,5 +210,5 @@ def plot_genre_timeline(segment_probs: np.ndarray, starts: Sequence[float],
   fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02, label='probability')
   ax.legend(loc='upper right', fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  save_figure(fig, path)
   plt.close(fig)

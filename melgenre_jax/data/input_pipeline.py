@@ -18,7 +18,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
-import json
 import os
 import sys
 import zlib
@@ -30,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from melgenre_jax.data import cache as cache_lib
+from melgenre_jax.data import cache_files
 from melgenre_jax.data import sources
 from melgenre_jax.data import splits as splits_lib
 from melgenre_jax.data.songs import Song
@@ -138,10 +138,7 @@ def _set_summary(s: SegmentSet | None, genres: list[str]) -> dict[str, Any]:
 def _write_summary(path: str, summary: dict[str, Any]):
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   processes.remove_orphaned_temp_files(os.path.dirname(path) or '.')  # of killed writers
-  tmp = processes.temp_path(path)
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(summary, f, indent=1, ensure_ascii=False, default=str)
-  os.replace(tmp, path)
+  cache_files.write_json(path, summary)
 
 
 def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> Dataset:

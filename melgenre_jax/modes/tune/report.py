@@ -18,6 +18,7 @@ import ml_collections
 import optuna
 from optuna.trial import TrialState
 
+from melgenre_jax import reporting
 from melgenre_jax.modes.tune.space import apply_params
 from melgenre_jax.modes.tune.space import config_values
 from melgenre_jax.modes.tune.space import LR_SCALE
@@ -42,8 +43,8 @@ def write_reports(study: optuna.Study, config: ml_collections.ConfigDict, s: Set
     best = max(complete, key=lambda t: t.value)  # first of equals: the earliest
     best_params = config_values(s.space, best.params)
     path = os.path.join(s.tune_dir, 'best_config.py')
-    _write_atomically(path, best_config_source(config, best_params, best, s.tune_dir,
-                                               config_path))
+    with reporting.replaced_when_written(path) as f:
+      f.write(best_config_source(config, best_params, best, s.tune_dir, config_path))
     header += (f'Best: trial {best.number}, validation song accuracy {best.value:.4f}, '
                f'params {json.dumps(best.params)}\n\nConfig: `{path}`\n\n')
     summary.update(best_trial=best.number, best_value=best.value,
@@ -54,13 +55,6 @@ def write_reports(study: optuna.Study, config: ml_collections.ConfigDict, s: Set
     plot_trials(rows, os.path.join(s.tune_dir, 'trials.png'))
   summary['table'] = markdown_table(rows)
   return summary
-
-
-def _write_atomically(path: str, text: str) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -120,9 +114,7 @@ def write_csv(rows: Sequence[dict], path: str) -> None:
 
 def plot_trials(rows: Sequence[dict], path: str) -> None:
   """Score per trial: complete dots, pruned crosses, failed ticks, best so far."""
-  # matplotlib with reporting's headless (Agg) set-up; imported here, as only
-  # the final report plots.
-  from melgenre_jax.reporting import plt  # pylint: disable=g-import-not-at-top
+  plt = reporting.plt  # matplotlib with reporting's headless (Agg) set-up
   fig, ax = plt.subplots(figsize=(7, 4))
   for state, marker, color, label in (('COMPLETE', 'o', 'tab:blue', 'complete'),
                                       ('PRUNED', 'x', 'tab:orange', 'pruned (best epoch)')):
@@ -144,7 +136,7 @@ def plot_trials(rows: Sequence[dict], path: str) -> None:
   if rows:
     ax.legend(loc='best', fontsize=8, framealpha=0.8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  reporting.save_figure(fig, path, dpi=100)
   plt.close(fig)
 
 

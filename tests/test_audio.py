@@ -43,11 +43,54 @@ def test_load_formats(tmp_path, ext, subtype, exact):
   assert os.path.splitext(path)[1] in audio.SUPPORTED_EXTENSIONS
 
 
+def _write_av(path, wave, sr, codec, fmt=None, bit_rate=None):
+  """Encodes a mono wave with PyAV (bundled FFmpeg): formats libsndfile lacks."""
+  import av  # pylint: disable=g-import-not-at-top
+  with av.open(path, 'w', format=fmt) as container:
+    stream = container.add_stream(codec, rate=sr)
+    stream.layout = 'mono'
+    if bit_rate:
+      stream.bit_rate = bit_rate
+    for i in range(0, len(wave), 1024):
+      frame = av.AudioFrame.from_ndarray(wave[None, i:i + 1024], format='fltp',
+                                         layout='mono')
+      frame.sample_rate = sr
+      for packet in stream.encode(frame):
+        container.mux(packet)
+    for packet in stream.encode(None):
+      container.mux(packet)
+
+
+@pytest.mark.parametrize('ext,codec,fmt,bit_rate', [
+    ('m4a', 'aac', None, None), ('aac', 'aac', 'adts', None),
+    ('wma', 'wmav2', 'asf', 64000), ('opus', 'libopus', 'ogg', None)])
+def test_load_pyav_formats(tmp_path, ext, codec, fmt, bit_rate):
+  sr = 48000 if codec == 'libopus' else 44100  # opus encodes at 48 kHz only
+  wave = _tone(1.0, sr)
+  path = str(tmp_path / f'song.{ext}')
+  _write_av(path, wave, sr, codec, fmt, bit_rate)
+  out = audio.load_audio(path, SR)
+  assert out.dtype == np.float32 and out.ndim == 1
+  assert abs(len(out) - SR) < 0.1 * SR  # codec priming/padding at most
+  assert abs(_peak_hz(out, SR) - 440) < 10
+  assert audio.has_supported_extension(path)
+
+
 def test_supported_extensions_cover_required():
-  for ext in ('.wav', '.flac', '.ogg', '.mp3', '.au', '.aiff', '.aif'):
+  for ext in ('.wav', '.flac', '.ogg', '.mp3', '.au', '.aiff', '.aif',
+              '.m4a', '.aac', '.opus', '.wma'):
     assert ext in audio.SUPPORTED_EXTENSIONS
   assert audio.has_supported_extension('a/B.WAV')
   assert not audio.has_supported_extension('notes.txt')
+
+
+def test_extensions_without_pyav(monkeypatch):
+  monkeypatch.setattr(audio, '_has_pyav', lambda: False)
+  monkeypatch.setattr(audio, '_audioread_can_decode_compressed', lambda: False)
+  exts = audio._supported_extensions()
+  assert '.wav' in exts and '.m4a' not in exts and '.wma' not in exts
+  monkeypatch.setattr(audio, '_audioread_can_decode_compressed', lambda: True)
+  assert '.m4a' in audio._supported_extensions()
 
 
 def test_stereo_is_mixed_to_mono_and_resampled(tmp_path):
@@ -75,8 +118,11 @@ def test_missing_empty_and_directory(tmp_path):
 def test_non_audio_and_corrupt(tmp_path):
   text = tmp_path / 'notes.wav'
   text.write_text('this is not audio at all\n' * 20)
-  with pytest.raises(audio.AudioError, match='not a readable audio file'):
+  with pytest.raises(audio.AudioError, match='not a readable audio file') as e:
     audio.load_audio(str(text), SR)
+  # Both decoders say why, and no hint to install what is already there.
+  assert 'soundfile:' in e.value.reason and 'pyav:' in e.value.reason
+  assert 'ffmpeg' not in e.value.reason and 'Errno' not in e.value.reason
   good = tmp_path / 'good.flac'
   sf.write(str(good), _tone(1.0), SR)
   corrupt = tmp_path / 'corrupt.flac'

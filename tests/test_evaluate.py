@@ -117,7 +117,9 @@ def test_writes_readable_files_and_a_table(evaluated):
     md = f.read()
   assert f"{100 * report['song']['accuracy']:.1f}%" in md
   assert '## Confusion matrix (songs)' in md
-  for name in ('confusion_matrix.png', 'confusion_matrix_segments.png'):
+  c = report['calibration']
+  assert f"song ECE {c['song']['ece_before']:.3f} -> {c['song']['ece_after']:.3f}" in md
+  for name in ('confusion_matrix.png', 'confusion_matrix_segments.png', 'reliability.png'):
     with open(os.path.join(out, name), 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   assert 'song accuracy' in stdout and 'segment accuracy' in stdout

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from melgenre_jax import calibration
 from melgenre_jax import cli
 from melgenre_jax import inference
 from melgenre_jax.data import synthetic
@@ -46,6 +47,9 @@ def test_contract_describes_the_function(exported):
   assert 'cpu' in saved['platforms']
   assert saved['jax_version'] == jax.__version__
   assert saved['checkpoint_step'] == contract['checkpoint_step'] > 0
+  entry = calibration.read_calibrations(workdir)[str(saved['checkpoint_step'])]
+  assert saved['calibration']['temperature'] == entry['temperature']
+  assert saved['calibration']['calibrated'] and saved['calibration']['fitted_on'] == 'validation'
   assert os.path.getsize(os.path.join(workdir, 'export', 'model.stablehlo')) > 0
 
 
@@ -60,11 +64,12 @@ def test_exported_matches_live_model_in_a_process_without_training_code(exported
   script = textwrap.dedent(f"""
       import sys
       import numpy as np
-      from melgenre_jax.modes.export import load_exported
+      from melgenre_jax.modes.export import load_exported, song_probabilities
       predict, contract = load_exported({os.path.join(workdir, 'export')!r})
       waves = np.load({str(tmp_path / 'waves.npy')!r})
       np.save({str(tmp_path / 'batch.npy')!r}, predict(waves))
       np.save({str(tmp_path / 'single.npy')!r}, predict(waves[2]))  # batch of one
+      np.save({str(tmp_path / 'song.npy')!r}, song_probabilities(predict(waves), contract))
       loaded = sorted(m for m in sys.modules if m.startswith('melgenre_jax'))
       print(loaded, 'flax' in sys.modules, 'optax' in sys.modules)
   """)
@@ -82,6 +87,9 @@ def test_exported_matches_live_model_in_a_process_without_training_code(exported
   assert batch.shape == (4, len(contract['genres']))
   np.testing.assert_allclose(batch, live, atol=1e-5)
   np.testing.assert_allclose(np.load(tmp_path / 'single.npy'), live[2:3], atol=1e-5)
+  np.testing.assert_allclose(np.load(tmp_path / 'song.npy'),
+                             model.song_probabilities(live), atol=1e-5)
+  assert model.temperature == contract['calibration']['temperature']
 
 
 @pytest.mark.slow

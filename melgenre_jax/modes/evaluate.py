@@ -11,7 +11,17 @@ every segment of the test split (validation when the run has none), and writes
   * ``confusion_matrix.png`` (songs) and ``confusion_matrix_segments.png``,
     counts and row-normalised side by side;
   * ``predictions.npz`` - the raw segment probabilities, labels, song index and
-    song keys, so every number above can be recomputed independently.
+    song keys, so every number above can be recomputed independently;
+  * ``reliability.png`` - reliability diagrams of songs and segments, before
+    and after the checkpoint's temperature (calibration.py).
+
+Calibration: the temperature is the one fitted on validation for the
+evaluated step (``WORKDIR/calibration.json``). A step without one is
+calibrated on validation now and recorded there (the test split is never
+used to fit it); a run without validation songs is reported uncalibrated
+(T = 1). Temperature scaling keeps every argmax, so it changes no accuracy;
+``report.json``'s ``calibration`` block gives the song- and segment-level
+ECE and NLL before and after it on the evaluated split.
 
 Honesty checks: the split evaluated must be the one recorded at training time
 (``WORKDIR/dataset.json``), and disjoint from the training songs; evaluating
@@ -31,6 +41,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from melgenre_jax import calibration
 from melgenre_jax import checkpointing
 from melgenre_jax import config_checks
 from melgenre_jax import inference
@@ -124,6 +135,53 @@ def build_report(probs: np.ndarray, labels: np.ndarray, song_index: np.ndarray,
   }
 
 
+def calibration_report(probs: np.ndarray, labels: np.ndarray, song_index: np.ndarray,
+                       num_songs: int, temperature: float,
+                       entry: dict[str, Any] | None) -> dict[str, Any]:
+  """The ``calibration`` block: song/segment ECE and NLL before and after T (pure).
+
+  ``entry`` is the step's calibration.json record (None: uncalibrated, T = 1).
+  """
+  q, y = calibration.songs_of(probs, labels, song_index, num_songs)
+  return {
+      'temperature': float(temperature),
+      'calibrated': entry is not None,
+      'fitted_on': entry.get('fitted_on') if entry else None,
+      'fitted_songs': entry.get('songs') if entry else None,
+      'num_bins': calibration.NUM_BINS,
+      'song': calibration.level_summary(q, y, temperature),
+      'segment': calibration.level_summary(probs, labels, temperature),
+  }
+
+
+def checked_split(dataset: input_pipeline.Dataset, workdir: str,
+                  split_name: str) -> input_pipeline.SegmentSet:
+  """``dataset``'s ``split_name`` split, refused unless it is the one recorded at training."""
+  segments = dataset.test if split_name == 'test' else dataset.validation
+  _check_split(workdir, split_name, segments, _is_leaky(dataset))
+  return segments
+
+
+def _is_leaky(dataset: input_pipeline.Dataset) -> bool:
+  return bool(dataset.summary.get('split', {}).get('leaky', False))
+
+
+def _step_calibration(model, dataset: input_pipeline.Dataset,
+                      workdir: str) -> tuple[float, dict[str, Any] | None]:
+  """The evaluated step's temperature and record, fitted on validation now if missing."""
+  entry = calibration.entry_for(workdir, model.step)
+  if entry is not None:
+    return float(entry['temperature']), entry
+  if dataset.validation is None or not len(dataset.validation):
+    logging.warning('No validation songs to fit a temperature on: reporting uncalibrated '
+                    'probabilities (temperature 1).')
+    return 1.0, None
+  logging.info('Step %d has no temperature yet: fitting it on validation.', model.step)
+  entry = calibration.calibrate_model(model, checked_split(dataset, workdir, 'validation'),
+                                      workdir)
+  return float(entry['temperature']), entry
+
+
 def _check_split(workdir: str, split_name: str,
                  segments: input_pipeline.SegmentSet, leaky: bool) -> None:
   """Refuses to evaluate songs other than the recorded held-out ones."""
@@ -182,6 +240,7 @@ def format_table(report: dict[str, Any]) -> str:
       f"majority vote {_pct(s['vote_accuracy'])})",
       f"  segment accuracy  {_pct(g['accuracy']):>7}",
       f"  song macro-F1     {s['macro_f1']:.3f}   segment macro-F1 {g['macro_f1']:.3f}",
+      _calibration_line(report.get('calibration')),
       '',
       f"  {'genre':<14}{'precision':>10}{'recall':>8}{'F1':>7}{'songs':>7}",
   ]
@@ -193,12 +252,36 @@ def format_table(report: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+def _calibration_line(c: dict[str, Any] | None) -> str:
+  if not c:
+    return '  calibration       none'
+  how = (f"T {c['temperature']:.3f} from {c['fitted_on']}" if c['calibrated']
+         else 'uncalibrated (T 1)')
+  return (f"  calibration       {how}: song ECE {c['song']['ece_before']:.3f} -> "
+          f"{c['song']['ece_after']:.3f}, segment ECE {c['segment']['ece_before']:.3f} -> "
+          f"{c['segment']['ece_after']:.3f}")
+
+
 def _md_confusion(cm: list[list[int]], genres: list[str]) -> list[str]:
   head = '| true \\ predicted | ' + ' | '.join(genres) + ' |'
   rows = [head, '|' + '---|' * (len(genres) + 1)]
   for g, row in zip(genres, cm):
     rows.append(f'| **{g}** | ' + ' | '.join(str(v) for v in row) + ' |')
   return rows
+
+
+def _md_calibration(c: dict[str, Any] | None) -> list[str]:
+  if not c:
+    return []
+  if c['calibrated']:
+    how = (f"temperature {c['temperature']:.3f}, fitted on {c['fitted_songs']} "
+           f"{c['fitted_on']} songs")
+  else:
+    how = 'uncalibrated (temperature 1: no validation songs to fit one on)'
+  return [f"Calibration ({how}): song ECE {c['song']['ece_before']:.3f} -> "
+          f"{c['song']['ece_after']:.3f}, segment ECE {c['segment']['ece_before']:.3f} -> "
+          f"{c['segment']['ece_after']:.3f} (accuracy unchanged; "
+          '[reliability diagrams](reliability.png)).', '']
 
 
 def format_markdown(report: dict[str, Any]) -> str:
@@ -226,6 +309,7 @@ def format_markdown(report: dict[str, Any]) -> str:
       f"| segment | {_pct(g['accuracy'])} | {_pct(g['accuracy_95ci'][0])}-"
       f"{_pct(g['accuracy_95ci'][1])} | {g['macro_f1']:.3f} |", '',
       f"Mean cross-entropy per segment: {report['loss']:.4f}", '',
+      *_md_calibration(report.get('calibration')),
       '## Per genre (songs)', '',
       '| genre | precision | recall | F1 | songs |', '|---|---|---|---|---|',
   ]
@@ -260,24 +344,30 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
   config_checks.check_workdir_compatible(config, workdir)
   model = inference.load_for_inference(config, workdir, step)
   dataset = input_pipeline.load_dataset(config, workdir)
-  leaky = bool(dataset.summary.get('split', {}).get('leaky', False))
+  leaky = _is_leaky(dataset)
   warnings = []
   if dataset.test is not None and len(dataset.test):
-    split_name, segments = 'test', dataset.test
+    split_name = 'test'
   else:
-    split_name, segments = 'validation', dataset.validation
+    split_name = 'validation'
     warnings.append('no test split: evaluated on validation, which also chose the '
                     'checkpoint, so these numbers are optimistic.')
   if leaky:
     warnings.append(f'split {config.data.split!r} is segment-level: segments of one '
                     'song are in several splits, so these numbers are inflated.')
-  _check_split(workdir, split_name, segments, leaky)
+  segments = checked_split(dataset, workdir, split_name)
+  temperature, entry = _step_calibration(model, dataset, workdir)
 
   probs = model.predict(segments.inputs)
   labels = np.asarray(segments.labels)
   song_index = np.asarray(segments.song_index)
   song_keys = [s.key for s in segments.songs]
   report = build_report(probs, labels, song_index, song_keys, model.genres)
+  report['calibration'] = calibration_report(probs, labels, song_index, len(song_keys),
+                                             temperature, entry)
+  if entry is not None and entry.get('fitted_on') == split_name:
+    warnings.append(f'the temperature was fitted on these {split_name} songs, so the '
+                    'calibrated ECE is optimistic.')
   report.update(workdir=workdir, split=split_name, leaky_split=leaky,
                 warnings=warnings, checkpoint=_checkpoint_info(workdir, model.step))
 
@@ -298,6 +388,13 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
         np.asarray(report['segment']['confusion_matrix']), model.genres,
         os.path.join(out_dir, 'confusion_matrix_segments.png'),
         title=f'{split_name} segments (step {model.step})')
+    q, y = calibration.songs_of(probs, labels, song_index, len(song_keys))
+    calibration.plot_reliability(
+        [(f'{split_name} songs', y, q, calibration.apply_temperature(q, temperature)),
+         (f'{split_name} segments', labels, probs,
+          calibration.apply_temperature(probs, temperature))],
+        temperature, os.path.join(out_dir, 'reliability.png'),
+        title=f'{split_name} split, step {model.step}')
     print(format_table(report))  # CLI output
     print(f'Report: {os.path.join(out_dir, "report.md")}')
     logging.info('Evaluation written to %s.', out_dir)

@@ -7,7 +7,8 @@
     with ``jax.export.deserialize``, no Python model code needed);
   * ``contract.json`` - what the function expects and returns (sample rate,
     segment length and hop, genre names, shapes/dtypes, platforms, JAX
-    version, checkpoint step).
+    version, checkpoint step) and ``calibration``: the song-level temperature
+    fitted on validation for that step (1 when it never was).
 
 Design choices:
   * The function is ``waves [b, segment_samples] float32 -> probabilities
@@ -26,9 +27,14 @@ Design choices:
     and the contract records why. The front end picks its CPU-friendly form
     (per-clip ``lax.map``, block-sparse mel matmul) when exported on a CPU
     machine; it computes the same function on GPU, only less fast.
+  * The function returns the raw segment probabilities (as
+    ``InferenceModel.predict`` does); calibration is song-level, so it is
+    applied after averaging a song's segments: ``song_probabilities`` does it
+    with the contract's temperature.
 
-``load_exported`` is the consumer side and uses only jax, numpy and json
-(imported inside it), so a serving process never imports the training code.
+``load_exported`` and ``song_probabilities`` are the consumer side and use only
+jax, numpy and json (imported inside them), so a serving process never imports
+the training code.
 """
 
 from __future__ import annotations
@@ -75,6 +81,24 @@ def load_exported(export_dir: str) -> tuple[Callable[[Any], Any], dict[str, Any]
     return np.asarray(exported.call(x))
 
   return predict, contract
+
+
+def song_probabilities(segment_probs: Any, contract: dict[str, Any]) -> Any:
+  """Calibrated genre probabilities ``[genres]`` of one song from ``predict``'s rows for it.
+
+  ``softmax(log(mean of the segment probabilities) / T)`` with the
+  contract's temperature: the same top genre as the plain mean, with a
+  confidence fitted on validation songs. The formula of
+  ``melgenre_jax.calibration.song_probabilities``, repeated here so that a
+  serving process needs numpy only.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  temperature = float(contract.get('calibration', {}).get('temperature', 1.0))
+  mean = np.asarray(segment_probs, np.float64).reshape(-1, len(contract['genres'])).mean(axis=0)
+  logits = np.log(np.clip(mean, 1e-12, 1.0)) / temperature
+  e = np.exp(logits - logits.max())
+  return e / e.sum()
 
 
 # ----------------------------------------------------------------------------
@@ -134,7 +158,23 @@ def export_model(model, platforms: tuple[str, ...] = ('cpu', 'cuda')
   return exported, info
 
 
-def _contract(model, exported, info: dict[str, Any]) -> dict[str, Any]:
+def _calibration(model, entry: dict[str, Any] | None) -> dict[str, Any]:
+  """The contract's record of the song-level temperature (calibration.py)."""
+  out: dict[str, Any] = {
+      'temperature': float(model.temperature),
+      'calibrated': entry is not None,
+      'applies_to': 'songs: softmax(log(mean of the segment probabilities) / temperature) '
+                    '(modes.export.song_probabilities); the function itself returns raw '
+                    'segment probabilities',
+  }
+  if entry is not None:
+    out.update({k: entry[k] for k in ('fitted_on', 'songs', 'song_ece_before',
+                                      'song_ece_after') if k in entry})
+  return out
+
+
+def _contract(model, exported, info: dict[str, Any],
+              calibration_entry: dict[str, Any] | None = None) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
 
   config, spec = model.config, model.spec
@@ -173,6 +213,7 @@ def _contract(model, exported, info: dict[str, Any]) -> dict[str, Any]:
       'calling_convention_version': int(exported.calling_convention_version),
       'jax_version': jax.__version__,
       'checkpoint_step': int(model.step),
+      'calibration': _calibration(model, calibration_entry),
       'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
   }
 
@@ -183,6 +224,7 @@ def export_workdir(config, workdir: str, step: int | None = None,
 
   Returns the contract (with ``path`` added).
   """
+  from melgenre_jax import calibration  # pylint: disable=g-import-not-at-top
   from melgenre_jax import config_checks  # pylint: disable=g-import-not-at-top
   from melgenre_jax import inference  # pylint: disable=g-import-not-at-top
 
@@ -190,7 +232,7 @@ def export_workdir(config, workdir: str, step: int | None = None,
   config_checks.check_workdir_compatible(config, workdir)
   model = inference.load_for_inference(config, workdir, step)
   exported, info = export_model(model, platforms)
-  contract = _contract(model, exported, info)
+  contract = _contract(model, exported, info, calibration.entry_for(workdir, model.step))
   out_dir = os.path.join(workdir, EXPORT_DIR)
   os.makedirs(out_dir, exist_ok=True)
   blob = exported.serialize()
@@ -201,5 +243,5 @@ def export_workdir(config, workdir: str, step: int | None = None,
   with open(os.path.join(out_dir, CONTRACT_FILE), 'w') as f:
     json.dump(contract, f, indent=1)
   print(f'Exported step {model.step} for {", ".join(contract["platforms"])} '  # CLI output
-        f'({len(blob) / 1e6:.2f} MB) to {out_dir}')
+        f'({len(blob) / 1e6:.2f} MB, song temperature {model.temperature:.4g}) to {out_dir}')
   return {**contract, 'path': out_dir}

@@ -8,7 +8,11 @@ genre), 10 segments each, song-level split 70/20/10. Timed:
    processes) in a fresh --workdir/cache; a rerun with --reuse_cache skips it;
 2. ``train.train_and_evaluate`` for one epoch of the reference model with the
    cache already built: the whole call, and inside it the epoch's train steps
-   (metrics.json's epoch_seconds) and the rest (compile, validation, checkpoint).
+   (metrics.json's epoch_seconds) and the rest (compile, validation, checkpoint);
+3. the bare compiled train step of the same config on one device-resident
+   batch, called back to back (--bare_steps calls, one sync at the end): the
+   loop's steps/s can at best equal it, and the ratio shows what the loop
+   (loading, transfer, metrics, progress bar) costs on top.
 """
 
 from __future__ import annotations
@@ -31,10 +35,25 @@ from benchmarks import common  # noqa: E402
 from benchmarks.peers import harness  # noqa: E402
 from melgenre_jax import train  # noqa: E402
 from melgenre_jax.data import input_pipeline  # noqa: E402
+from melgenre_jax.runtime import parallel  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/melgenre_bench_epoch', 'Run directory (replaced).')
 _REUSE = flags.DEFINE_bool('reuse_cache', False, 'Keep WORKDIR/cache from an earlier run.')
 _SONGS = flags.DEFINE_integer('songs_per_genre', 100, 'Songs per genre (100: GTZAN-sized).')
+_BARE_STEPS = flags.DEFINE_integer('bare_steps', 30, 'Timed calls of the bare compiled step.')
+
+
+def bare_step_rate(config, num_classes: int, calls: int) -> float:
+  """Steps/s of the compiled train step alone: same batch, no host work between calls."""
+  mesh = parallel.create_mesh()
+  step, state, batch, _ = common.compiled_train_step(config, num_classes, mesh)
+  state, m = step(state, batch)  # warm-up
+  jax.block_until_ready(m)
+  start = time.perf_counter()
+  for _ in range(calls):
+    state, m = step(state, batch)
+  jax.block_until_ready((state, m))
+  return calls / (time.perf_counter() - start)
 
 
 def main(argv):
@@ -69,6 +88,8 @@ def main(argv):
   with open(os.path.join(run_dir, 'metrics.json')) as f:
     row = json.load(f)[-1]
   epoch_s = row['epoch_seconds']
+  loop_rate = steps / epoch_s
+  bare_rate = bare_step_rate(config, len(dataset.genres), _BARE_STEPS.value)
 
   print()
   print(f'End-to-end epoch, reference model on the synthetic set: {_SONGS.value * 10} songs x '
@@ -86,10 +107,13 @@ def main(argv):
         f'{steps * config.batch_size / epoch_s:.1f} samples/s |')
   print(f'| rest of train_and_evaluate | {total_s - epoch_s:.1f} | init, compile, validation, '
         'checkpoint, plots |')
+  print(f'| bare compiled step, same config | {_BARE_STEPS.value / bare_rate:.1f} | '
+        f'{_BARE_STEPS.value} calls, {bare_rate:.2f} steps/s; the loop reaches '
+        f'{loop_rate / bare_rate:.1%} of it |')
   print(f'| train_and_evaluate, 1 epoch | {total_s:.1f} | cache already built |')
   print()
   print(f'SUMMARY: one epoch of {len(dataset.train)} segments takes {total_s:.0f} s end to end '
-        f'({epoch_s:.0f} s of train steps); the cache build {"was reused" if reused else f"takes {cache_s:.0f} s once"}.')
+        f'({epoch_s:.0f} s of train steps, {loop_rate / bare_rate:.1%} of the bare step rate); the cache build {"was reused" if reused else f"takes {cache_s:.0f} s once"}.')
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""Train-step throughput: this project's compiled step vs. PyTorch and Keras 3 (issue 8).
+"""Train-step and inference throughput: this project's compiled steps vs. PyTorch and Keras 3.
 
 Run from the repository root (peers: pip install -r benchmarks/requirements.txt):
 
@@ -9,7 +9,11 @@ Every row trains the reference model (configs/default.py: 128 mels x 130 frames,
 batch 32, Adam + L2 on kernels, softmax cross-entropy, dropout and BatchNorm in
 training mode) on a fixed batch with the spectrogram as input - except
 ``jax_device``, which takes 3 s waveforms and computes the log-mel inside the
-step, to show what the on-device front end costs. Each row runs in its own
+step, to show what the on-device front end costs. The ``*_infer`` rows run the
+same model in inference mode (BatchNorm running averages, no dropout) on the
+same batch: ``steps.make_predict_step`` (softmax out) against PyTorch under
+``inference_mode`` and Keras ``predict_on_batch`` (logits out; a 10-way softmax
+is negligible). Each row runs in its own
 worker process; rows are timed round-robin (jax, torch, keras-tf, keras-jax,
 repeat) so load drift on a shared machine hits all alike, and the median round
 is reported. Warm-up / compilation is excluded from the rates and shown apart.
@@ -44,7 +48,15 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     'keras_tf_jit': ('Keras 3 / TensorFlow, jit_compile=True', dict(kind='keras', backend='tensorflow', jit=True)),
     'keras_tf': ('Keras 3 / TensorFlow, jit_compile=False', dict(kind='keras', backend='tensorflow', jit=False)),
     'keras_jax': ('Keras 3 / JAX backend', dict(kind='keras', backend='jax', jit=True)),
+    # --- inference: the same model in eval mode, softmax out, same batch
+    'jax_infer': ('JAX/Flax, steps.make_predict_step (inference)', dict(kind='jax', infer=True)),
+    'torch_infer': ('PyTorch eager, inference_mode', dict(kind='torch', infer=True)),
+    'torch_compile_infer': ('PyTorch torch.compile, inference_mode', dict(kind='torch', compile=True, infer=True)),
+    'keras_tf_infer': ('Keras 3 / TensorFlow predict_on_batch, no XLA', dict(kind='keras', backend='tensorflow', jit=False, infer=True)),
+    'keras_tf_jit_infer': ('Keras 3 / TensorFlow predict_on_batch, XLA', dict(kind='keras', backend='tensorflow', jit=True, infer=True)),
     # --- speed experiments (not in the default list)
+    'jax_infer_whole': ('JAX inference, whole batch per pass (eval_microbatch=0)',
+                        dict(kind='jax', infer=True, overrides={'eval_microbatch': 0})),
     'torch_eager_cl': ('PyTorch eager, channels_last', dict(kind='torch', channels_last=True)),
     'torch_compile_cl': ('PyTorch torch.compile, channels_last', dict(kind='torch', compile=True, channels_last=True)),
     'jax_glibc_default': ('JAX, config.keep_host_memory=False (glibc malloc as it comes)',
@@ -56,6 +68,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     'jax_unroll_full': ('JAX, LSTM scan fully unrolled', dict(kind='jax', unroll=True)),
     'jax_reduce_window': ('JAX, max pool as lax.reduce_window', dict(kind='jax', pool='reduce_window')),
     'jax_reshape_pool': ('JAX, max pool as crop+reshape+max', dict(kind='jax', pool='reshape')),
+    'jax_im2col': ('JAX, convs as shifted views + one matmul (im2col)', dict(kind='jax', conv='im2col')),
     'jax_conv1_pad8': ('JAX, first conv input padded to 8 channels', dict(kind='jax', conv1='pad8')),
     'jax_plain_block': ('JAX, ConvBlock as plain nn.Conv->BatchNorm->leaky->pool->Dropout',
                         dict(kind='jax', block='plain')),
@@ -70,7 +83,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 # The peer comparison of the README. Rows with a '+malloc' suffix (glibc tuned
 # by environment, as config.keep_host_memory does for our step) are extra:
 # adding them to the defaults takes the script past 10 minutes on 2 cores.
-DEFAULT_VARIANTS = 'jax,jax_glibc_default,torch_eager,torch_compile,keras_tf,keras_tf_jit,keras_jax'
+DEFAULT_VARIANTS = ('jax,torch_eager,torch_compile,keras_tf,keras_tf_jit,keras_jax,'
+                    'jax_infer,torch_infer,torch_compile_infer,keras_tf_infer,keras_tf_jit_infer')
 
 # A variant name may end in '+SUFFIX' to run it with extra environment, e.g.
 # 'jax+thp' or 'keras_tf+thp'. thp: glibc malloc asks for transparent huge pages
@@ -83,6 +97,9 @@ ENV_SUFFIXES: dict[str, dict[str, str]] = {
     'malloc': {'GLIBC_TUNABLES': 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647'
                                  ':glibc.malloc.arena_max=1'},
     'tcmalloc': {'LD_PRELOAD': '/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4'},
+    # XLA:CPU library back ends for convolutions and matmuls.
+    'xnnpack': {'XLA_FLAGS': '--xla_cpu_use_xnnpack=true'},
+    'onednn': {'XLA_FLAGS': '--xla_cpu_use_onednn=true'},
 }
 
 
@@ -181,6 +198,15 @@ class JaxRunner:
           return nn.Dropout(self.dropout)(x, deterministic=not train)
 
       models.ConvBlock = ConvBlock
+    if o.get('conv') == 'im2col':
+      def im2col_conv(x, kernel):  # the kt*kf shifted views side by side, then one matmul
+        kt, kf, cin, cout = kernel.shape
+        t, f = x.shape[1], x.shape[2]
+        xp = jnp.pad(x, ((0, 0), ((kt - 1) // 2, kt // 2), ((kf - 1) // 2, kf // 2), (0, 0)))
+        cols = jnp.concatenate([xp[:, i:i + t, j:j + f, :] for i in range(kt) for j in range(kf)],
+                               axis=-1)
+        return jnp.einsum('btfk,ko->btfo', cols, kernel.reshape(kt * kf * cin, cout))
+      models.conv_same = im2col_conv
     if o.get('conv1') == 'pad8':
       plain_conv = models.conv_same
 
@@ -224,6 +250,11 @@ class JaxRunner:
       inputs = -40.0 + 15.0 * rng.standard_normal(shape)
     batch = parallel.global_batch({'inputs': inputs.astype(np.float32),
                                    'label': (np.arange(BATCH) % NUM_CLASSES).astype(np.int32)}, mesh)
+    if self.opts.get('infer'):
+      spec = InputSpec.from_config(config)
+      predict = steps.make_predict_step(mesh, state.apply_fn, spec.device_preprocess(),
+                                        steps.resolve_microbatch(config.eval_microbatch))
+      state, step, batch = state.variables(), predict, batch['inputs']
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
@@ -242,6 +273,11 @@ class JaxRunner:
   def run(self, n: int) -> float:
     import jax  # pylint: disable=g-import-not-at-top
     start = time.perf_counter()
+    if self.opts.get('infer'):
+      for _ in range(n):
+        probs = self.step(self.state, self.batch)
+      jax.block_until_ready(probs)
+      return time.perf_counter() - start
     for _ in range(n):
       self.state, metrics = self.step(self.state, self.batch)
     jax.block_until_ready((self.state, metrics))
@@ -276,12 +312,20 @@ class TorchRunner:
     self.x = (-40.0 + 15.0 * torch.randn(BATCH, fl['frames'], fl['mels'], generator=gen))
     self.y = torch.arange(BATCH) % NUM_CLASSES
 
-    def step():
+    def train_step():
       opt.zero_grad(set_to_none=True)
       loss = loss_fn(forward(self.x), self.y)
       loss.backward()
       opt.step()
       return loss
+
+    def infer_step():
+      with torch.inference_mode():
+        return torch.softmax(forward(self.x), dim=-1)
+
+    if self.opts.get('infer'):
+      model.eval()
+    step = infer_step if self.opts.get('infer') else train_step
 
     self.step = step
     start = time.perf_counter()
@@ -300,8 +344,8 @@ class TorchRunner:
     start = time.perf_counter()
     for _ in range(n):
       loss = self.step()
-    if not bool(loss.isfinite()):
-      raise RuntimeError('non-finite loss in the torch step')
+    if not bool(loss.isfinite().all()):
+      raise RuntimeError('non-finite output in the torch step')
     return time.perf_counter() - start
 
 
@@ -337,18 +381,23 @@ class KerasRunner:
       threads = f'XLA:CPU, XLA_FLAGS={os.environ.get("XLA_FLAGS", "") or "(none)"}'
       version = f'keras {keras.__version__} / jax {jax.__version__}'
     start = time.perf_counter()
-    self.model.train_on_batch(self.x, self.y)
+    self.call()
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
     self.run(1)
     warm_s = time.perf_counter() - start
     return {'compile_s': compile_s, 'warmup_s': warm_s, 'version': version, 'threads': threads}
 
+  def call(self):
+    if self.opts.get('infer'):
+      return self.model.predict_on_batch(self.x)  # compiled predict function, softmax-free logits
+    return self.model.train_on_batch(self.x, self.y)
+
   def run(self, n: int) -> float:
     import numpy as np  # pylint: disable=g-import-not-at-top
     start = time.perf_counter()
     for _ in range(n):
-      loss = self.model.train_on_batch(self.x, self.y)  # returns a host float: synchronous
+      loss = self.call()  # returns host numbers: synchronous
     if not np.isfinite(np.asarray(loss)).all():
       raise RuntimeError('non-finite loss in the Keras step')
     return time.perf_counter() - start
@@ -405,20 +454,25 @@ def main(argv: list[str]) -> None:
         f'head), train step = 3 x forward = {fl["train"] / 1e6:.1f} MFLOP'
         + (f'; XLA cost_analysis of the JAX step: {xla_flops / 1e6:.1f} MFLOP/sample' if xla_flops else ''))
   print()
-  header = (f'| {"variant":16s} | {"what":50s} | {"samples/s":>9s} | {"ms/step":>8s} | '
+  header = (f'| {"variant":19s} | {"what":50s} | {"samples/s":>9s} | {"ms/step":>8s} | '
             f'{"min-max ms":>11s} | {"vs jax":>6s} | {"GFLOP/s":>7s} | {"compile s":>9s} |')
   print(header)
   print('|' + '|'.join('-' * len(c) for c in header.split('|')[1:-1]) + '|')
   base = next((r.median for r in results if r.variant.name == 'jax' and r.seconds), None)
+  base_infer = next((r.median for r in results if r.variant.name == 'jax_infer' and r.seconds),
+                    None)
   for r in results:
     if r.error and not r.seconds:
-      print(f'| {r.variant.name:16s} | {r.variant.label:50s} | FAILED: {r.error.splitlines()[0][:80]}')
+      print(f'| {r.variant.name:19s} | {r.variant.label:50s} | FAILED: {r.error.splitlines()[0][:80]}')
       continue
     rate = BATCH / r.median
-    rel = f'{base / r.median:6.2f}' if base else '     -'
+    infer = _is_infer(r.variant.name)
+    ref = base_infer if infer else base
+    rel = f'{ref / r.median:6.2f}' if ref else '     -'
     comp = r.info.get('compile_s', 0.0)
-    print(f'| {r.variant.name:16s} | {r.variant.label:50s} | {rate:9.2f} | {r.median * 1e3:8.0f} | '
-          f'{harness.spread(r.seconds):>11s} | {rel} | {rate * fl["train"] / 1e9:7.2f} | '
+    flops = fl['forward'] if infer else fl['train']
+    print(f'| {r.variant.name:19s} | {r.variant.label:50s} | {rate:9.2f} | {r.median * 1e3:8.0f} | '
+          f'{harness.spread(r.seconds):>11s} | {rel} | {rate * flops / 1e9:7.2f} | '
           f'{comp:9.1f} |')
   print()
   for r in results:
@@ -426,17 +480,22 @@ def main(argv: list[str]) -> None:
       print(f'  {r.variant.name}: {r.info.get("version")}; {r.info.get("threads")}; '
             f'setup {r.info.get("setup_s", 0):.1f} s (first-step warm-up {r.info.get("warmup_s", 0):.1f} s)')
   print()
-  ours = next((r for r in results if r.variant.name == 'jax' and r.seconds), None)
-  peers = [r for r in results
-           if r.seconds and VARIANTS[split_variant(r.variant.name)[0]][1]['kind'] != 'jax']
-  if ours and peers:
-    best = min(peers, key=lambda r: r.median)
-    ratio = best.median / ours.median
-    print(f'SUMMARY: JAX step {BATCH / ours.median:.2f} samples/s vs fastest peer {best.variant.name} '
-          f'{BATCH / best.median:.2f} samples/s: {ratio:.2f}x (target >= 1.0: '
-          f'{"met" if ratio >= 1.0 else "MISSED"})')
-  elif ours:
-    print(f'SUMMARY: JAX step {BATCH / ours.median:.2f} samples/s (no peer rows measured)')
+  for ours_name, what, target in (('jax', 'train step', 1.5), ('jax_infer', 'inference', 1.0)):
+    ours = next((r for r in results if r.variant.name == ours_name and r.seconds), None)
+    peers = [r for r in results if r.seconds and _is_infer(r.variant.name) == (ours_name != 'jax')
+             and VARIANTS[split_variant(r.variant.name)[0]][1]['kind'] != 'jax']
+    if ours and peers:
+      best = min(peers, key=lambda r: r.median)
+      ratio = best.median / ours.median
+      print(f'SUMMARY: JAX {what} {BATCH / ours.median:.2f} samples/s vs fastest peer '
+            f'{best.variant.name} {BATCH / best.median:.2f} samples/s: {ratio:.2f}x (target >= '
+            f'{target}: {"met" if ratio >= target else "MISSED"})')
+    elif ours:
+      print(f'SUMMARY: JAX {what} {BATCH / ours.median:.2f} samples/s (no peer rows measured)')
+
+
+def _is_infer(name: str) -> bool:
+  return bool(VARIANTS[split_variant(name)[0]][1].get('infer'))
 
 
 def _define_flags():

@@ -82,6 +82,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 'checkpoint.every_epochs', 'log_every_steps', 'eval_every_epochs',
                 'data.synthetic.songs_per_genre'):
     _positive_int(config, field)
+  microbatch = config.get('eval_microbatch', -1)
+  _require(isinstance(microbatch, int) and not isinstance(microbatch, bool)
+           and microbatch >= -1, 'eval_microbatch', microbatch,
+           'must be an integer >= -1 (-1: auto, 0: the whole batch at once)')
+  prefetch_batches = config.get('prefetch_batches', 2)
+  _require(isinstance(prefetch_batches, int) and not isinstance(prefetch_batches, bool)
+           and prefetch_batches >= 0, 'prefetch_batches', prefetch_batches,
+           'must be an integer >= 0 (0: no device prefetch)')
   for field in ('audio.segment_seconds', 'audio.segment_hop_seconds',
                 'data.synthetic.song_seconds', 'features.amin'):
     _positive(config, field)

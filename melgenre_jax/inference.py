@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from melgenre_jax import calibration
 from melgenre_jax import checkpointing
 from melgenre_jax import reporting
 from melgenre_jax import steps
@@ -41,13 +42,24 @@ class InferenceModel:
   mesh: Any
   apply_fn: Callable
   p_predict: Callable
+  # Song-level temperature fitted on validation (calibration.py); 1 = uncalibrated.
+  temperature: float = 1.0
 
   def predict(self, inputs: np.ndarray, batch_size: int | None = None,
               progress: str | None = None) -> np.ndarray:
-    """Probabilities ``[N, genres]`` for model inputs ``[N, *spec.input_shape]``."""
+    """Raw (uncalibrated) probabilities ``[N, genres]`` for inputs ``[N, *spec.input_shape]``."""
     batch = inference_batch_size(batch_size or self.config.eval_batch_size)
     return predict_arrays(self.p_predict, self.variables, inputs, batch, self.mesh,
                           progress)
+
+  def song_probabilities(self, segment_probs: np.ndarray) -> np.ndarray:
+    """Calibrated probabilities ``[genres]`` of one song from ``predict``'s rows for its segments.
+
+    softmax(log(mean of the segment probabilities) / temperature): the same
+    top genre as the plain mean, its confidence rescaled by the temperature
+    fitted on validation (1, unchanged, when the step was never calibrated).
+    """
+    return calibration.song_probabilities(segment_probs, self.temperature)
 
 
 def inference_batch_size(requested: int) -> int:
@@ -91,14 +103,18 @@ def load_genres(workdir: str) -> list[str]:
 
 
 def make_inference_model(config: ml_collections.ConfigDict, genres: list[str],
-                         variables: steps.ModelVariables, mesh, step: int) -> InferenceModel:
+                         variables: steps.ModelVariables, mesh, step: int,
+                         temperature: float = 1.0) -> InferenceModel:
   """Wraps variables already placed on ``mesh`` (restored, or fresh for benchmarks)."""
   spec = InputSpec.from_config(config)
   apply_fn = steps.create_model(config, len(genres)).apply
   return InferenceModel(
       variables=variables, genres=list(genres), config=config, spec=spec, step=int(step),
       mesh=mesh, apply_fn=apply_fn,
-      p_predict=steps.make_predict_step(mesh, apply_fn, spec.device_preprocess()))
+      p_predict=steps.make_predict_step(
+          mesh, apply_fn, spec.device_preprocess(),
+          steps.resolve_microbatch(config.get('eval_microbatch', -1))),
+      temperature=float(temperature))
 
 
 def _pick_step(workdir: str, manager, step: int | None) -> int:
@@ -115,12 +131,26 @@ def _pick_step(workdir: str, manager, step: int | None) -> int:
   return int(step)
 
 
+def checkpoint_step(workdir: str, step: int | None = None) -> int:
+  """The step ``load_for_inference`` would restore (the best by default), restoring nothing."""
+  workdir = os.path.abspath(workdir)
+  if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+    raise WorkdirError(f'No checkpoints in {workdir}: train first.')
+  manager = checkpointing.create_manager(workdir, read_only=True)
+  try:
+    return _pick_step(workdir, manager, step)
+  finally:
+    manager.close()
+
+
 def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
                        step: int | None = None) -> InferenceModel:
   """Restores the best checkpoint (or ``step``) onto this machine's devices.
 
   Works whatever number of devices trained the model: variables are saved
   replicated and restored onto a mesh of the devices here (CPU included).
+  The step's temperature comes from ``WORKDIR/calibration.json`` (1 when the
+  step was never calibrated).
   """
   if config.get('keep_host_memory', True):
     hostmem.keep_freed_memory()
@@ -143,5 +173,6 @@ def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
     variables = steps.ModelVariables(**checkpointing.restore_parts(manager, step, abstract))
   finally:
     manager.close()
-  return make_inference_model(config, genres, variables, mesh, step)
+  return make_inference_model(config, genres, variables, mesh, step,
+                              calibration.temperature_for(workdir, step))
 

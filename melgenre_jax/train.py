@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from melgenre_jax import calibration
 from melgenre_jax import checkpointing
 from melgenre_jax import config_checks
 from melgenre_jax import inference
@@ -34,6 +35,7 @@ from melgenre_jax.errors import NonFiniteError
 from melgenre_jax.input_spec import InputSpec
 from melgenre_jax.runtime import hostmem
 from melgenre_jax.runtime import parallel
+from melgenre_jax.runtime import prefetch
 from melgenre_jax.runtime import workdir_lock
 
 
@@ -121,7 +123,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       'train', steps.make_train_step(mesh, config, num_classes), state,
       {'inputs': (config.batch_size,) + spec.input_shape, 'label': (config.batch_size,)}, mesh)
   p_predict = steps.compile_ahead(
-      'predict', steps.make_predict_step(mesh, state.apply_fn, spec.device_preprocess()),
+      'predict', steps.make_predict_step(
+          mesh, state.apply_fn, spec.device_preprocess(),
+          steps.resolve_microbatch(config.get('eval_microbatch', -1))),
       state.variables(), (config.eval_batch_size,) + spec.input_shape, mesh)
 
   def end_epoch(epoch: int, step: int, seconds: float, signalled: bool) -> dict:
@@ -140,12 +144,28 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       write_epoch_reports(writer, history, step, row, workdir)
     if epoch % config.checkpoint.every_epochs == 0 or step >= total_steps or signalled:
       ckpt_metrics = {checkpointing.BEST_METRIC: row['val_song_accuracy']} if do_eval else None
-      checkpointing.save(manager, step, state, data_iter, history.progress, ckpt_metrics)
+      checkpointing.save(manager, step, state, batches, history.progress, ckpt_metrics)
     return row
 
   last_row: dict = history.rows[-1] if history.rows else {}
   stopped = None
   step = start_step
+  batches = prefetch.DevicePrefetch(data_iter, prefetch.train_batch_on_device(mesh),
+                                    depth=config.get('prefetch_batches', 2))
+  pending = StepMetrics(history, writer if is_chief else None, schedule)
+
+  def check_metrics() -> None:
+    """Fetches the steps' metrics; a non-finite step stops the run before any save."""
+    bad_step = pending.fetch(config.log_every_steps)
+    if bad_step is not None:
+      manager.wait_until_finished()
+      raise NonFiniteError(
+          f'Non-finite loss or gradient at step {bad_step} (epoch '
+          f'{bad_step // steps_per_epoch + 1}); the update was not applied and nothing '
+          'after the last checkpoint was saved (latest good checkpoint: step '
+          f'{manager.latest_step()}). Lower the learning rate (config.schedule.*_lrs) '
+          'or check the input data.')
+
   with _StopRequest() as stop:
     while step < total_steps:
       epoch = step // steps_per_epoch + 1
@@ -156,27 +176,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           initial=step - (epoch - 1) * steps_per_epoch)
       t0 = time.time()
       for _ in bar:
-        batch = next(data_iter)
-        state, m = p_train(state, parallel.global_batch(
-            {'inputs': batch['inputs'], 'label': batch['label']}, mesh))
+        state, m = p_train(state, next(batches))
+        pending.add(step, m)
         step += 1
         if config.debug.step_delay_seconds > 0:  # test hook: widen the kill window
           time.sleep(config.debug.step_delay_seconds)
-        if not bool(m['finite']):
-          manager.wait_until_finished()
-          raise NonFiniteError(
-              f'Non-finite loss or gradient at step {step - 1} (epoch {epoch}); the '
-              'update was not applied and nothing after the last checkpoint was '
-              f'saved (latest good checkpoint: step {manager.latest_step()}). Lower '
-              'the learning rate (config.schedule.*_lrs) or check the input data.')
-        history.add_step(float(m['loss']), float(m['accuracy']))
-        if step % config.log_every_steps == 0 and is_chief:
-          writer.write_scalars(step, {'train/loss_step': float(m['loss']),
-                                      'train/learning_rate': float(schedule(step))})
+        if step % config.log_every_steps == 0:
+          check_metrics()
         if stop.signal_name and step < epoch_end:
           break
+      check_metrics()
       if step < epoch_end:  # stopped by a signal mid-epoch: save exactly here
-        checkpointing.save(manager, step, state, data_iter, history.progress, None)
+        checkpointing.save(manager, step, state, batches, history.progress, None)
         stopped = stop.signal_name
         break
 
@@ -199,6 +210,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if stopped:
     logging.warning('Stopped by %s at step %d; run the same command to resume.',
                     stopped, step)
+  calibration.calibrate_after_training(config, workdir, dataset.validation, stopped)
   best = history.best()
   return {**last_row, 'best_epoch': best.get('epoch'),
           'best_val_song_accuracy': best.get('val_song_accuracy'),
@@ -256,6 +268,41 @@ class RunHistory:
     if not self.rows:
       return {}
     return max(reversed(self.rows), key=lambda r: r.get('val_song_accuracy', -1))
+
+
+class StepMetrics:
+  """Train-step metrics left on the device until fetched, a batch of steps at a time.
+
+  Reading a step's loss right after it runs would make the host wait for the
+  device on every step; fetched every ``log_every_steps`` and at epoch end,
+  the host stays ahead and the devices never wait for input.
+  """
+
+  def __init__(self, history: RunHistory, writer: reporting.MetricsWriter | None,
+               schedule: Callable[[int], Any]):
+    self._history = history
+    self._writer = writer
+    self._schedule = schedule
+    self._pending: list[tuple[int, dict[str, jax.Array]]] = []
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    """Records step ``step``'s (not yet computed) metrics."""
+    self._pending.append((step, metrics))
+
+  def fetch(self, log_every_steps: int) -> int | None:
+    """Adds the pending steps to the history; the first non-finite step, if any."""
+    fetched = jax.device_get([m for _, m in self._pending])
+    steps_done = [s for s, _ in self._pending]
+    self._pending.clear()
+    for step, m in zip(steps_done, fetched):
+      if not bool(m['finite']):
+        return step
+      self._history.add_step(float(m['loss']), float(m['accuracy']))
+      if self._writer is not None and (step + 1) % log_every_steps == 0:
+        self._writer.write_scalars(step + 1, {
+            'train/loss_step': float(m['loss']),
+            'train/learning_rate': float(self._schedule(step + 1))})
+    return None
 
 
 # ----------------------------------------------------------------------------

@@ -74,6 +74,30 @@ def test_one_and_two_devices_give_the_same_update():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('rows', [16, 12])
+def test_microbatched_prediction_equals_the_whole_batch(rows):
+  """eval_microbatch only changes how many rows go through the model at a time."""
+  from melgenre_jax.input_spec import InputSpec  # pylint: disable=g-import-not-at-top
+  config = _config()
+  mesh = parallel.create_mesh()
+  state, _ = _state_and_step(config, mesh)
+  inputs = parallel.global_batch(_batch(config, n=rows), mesh)['inputs']
+  pre = InputSpec.from_config(config).device_preprocess()
+  whole = steps.make_predict_step(mesh, state.apply_fn, pre, microbatch=0)
+  micro = steps.make_predict_step(mesh, state.apply_fn, pre, microbatch=4)
+  expected = np.asarray(whole(state.variables(), inputs))
+  np.testing.assert_allclose(np.asarray(micro(state.variables(), inputs)), expected,
+                             rtol=1e-5, atol=1e-6)
+  assert expected.shape == (rows, NUM_CLASSES)
+
+
+def test_microbatch_auto_is_cpu_only():
+  assert steps.resolve_microbatch(-1, 'cpu') == 8
+  assert steps.resolve_microbatch(-1, 'gpu') == 0
+  assert steps.resolve_microbatch(-1, 'tpu') == 0
+  assert steps.resolve_microbatch(3, 'gpu') == 3
+
+
 def test_non_finite_step_is_not_applied():
   config = _config()
   mesh = parallel.create_mesh()

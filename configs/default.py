@@ -18,9 +18,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.root = ''  # dataset root (gtzan, folder)
   config.data.manifest = ''  # CSV path,label[,split][,group] (manifest)
   config.data.cache_dir = ''  # '' -> WORKDIR/cache
-  # stratified | kfold | manifest | gtzan_fault_filtered | gtzan_stratified
+  # stratified | kfold | manifest | file | gtzan_fault_filtered | gtzan_stratified
   # | gtzan_artist_3fold | segment_random (leaky, for comparison only)
   config.data.split = 'stratified'
+  # split=file: JSON {"train": [song keys], "validation": [...], "test": [...]}
+  # (or a run's dataset.json); no validation keys -> carved from train.
+  config.data.split_file = ''
   config.data.validation_fraction = 0.2
   config.data.test_fraction = 0.1
   config.data.num_folds = 5  # kfold / gtzan_artist_3fold (3 folds)
@@ -88,6 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Optimisation.
   config.batch_size = 32  # global, over all devices and hosts
   config.eval_batch_size = 64
+  # Before each evaluation and checkpoint, BatchNorm statistics are recomputed
+  # over this many training batches with the current weights (0: keep the
+  # running averages). On small sets the averages lag the weights for epochs.
+  config.bn_recompute_batches = 16
   # Rows per pass through the model inside an eval/predict batch: -1 = auto (8 on
   # CPU, where a few rows' activations stay in cache; the whole batch on GPU/TPU).
   config.eval_microbatch = -1
@@ -122,6 +129,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.debug = ml_collections.ConfigDict()
   config.debug.max_steps = -1  # stop after this many steps (tests)
   config.debug.step_delay_seconds = 0.0  # sleep after each step (kill tests)
+
+  # --- Cross-validation (--mode=cv; see melgenre_jax/modes/cv.py). Each fold is a
+  # training run in WORKDIR/cv/fold_<repeat>_<fold>/ tested on its fold.
+  config.cv = ml_collections.ConfigDict()
+  config.cv.num_folds = 5
+  config.cv.repeats = 1  # repeat r reshuffles the folds and trains with seed + r
+  config.cv.by = 'auto'  # auto (group when the source gives groups, else song) | song | group
+  config.cv.validation_fraction = 0.15  # of each fold run's training songs, by group and genre
 
   # --- Hyperparameter search (--mode=tune; see melgenre_jax/modes/tune/).
   # Each entry of ``space`` is 'FIELD=SPEC': FIELD a config path ('model.dropout')

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 
 import ml_collections
 
@@ -18,10 +19,12 @@ from melgenre_jax import schedules
 from melgenre_jax.data import features
 from melgenre_jax.data import sources
 from melgenre_jax.data import splits
+from melgenre_jax.data.songs import Song
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.modes.tune import space as tune_space
 
-__all__ = ['ConfigError', 'validate', 'check_workdir_compatible', 'architecture_differences']
+__all__ = ['ConfigError', 'validate', 'check_workdir_compatible', 'architecture_differences',
+           'check_cv', 'check_cv_folds']
 
 # Fields that change the model's parameters or the meaning of its input: a
 # workdir trained with other values cannot be resumed or evaluated with these.
@@ -76,12 +79,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(bool(path) and os.path.isfile(path), 'data.manifest', path,
              'data.source=manifest needs an existing CSV: pass '
              '--config.data.manifest=/path/to/manifest.csv')
+  if config.data.split == 'file':
+    path = config.data.get('split_file', '')
+    _require(bool(path) and os.path.isfile(path), 'data.split_file', path,
+             "data.split='file' needs an existing JSON file of song keys per split: "
+             'pass --config.data.split_file=/path/to/split.json')
   for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'audio.sample_rate',
                 'features.n_fft', 'features.hop_length', 'features.n_mels',
                 'model.conv_features', 'model.num_blocks', 'checkpoint.max_to_keep',
                 'checkpoint.every_epochs', 'log_every_steps', 'eval_every_epochs',
                 'data.synthetic.songs_per_genre'):
     _positive_int(config, field)
+  recompute = config.get('bn_recompute_batches', 0)
+  _require(isinstance(recompute, int) and not isinstance(recompute, bool) and recompute >= 0,
+           'bn_recompute_batches', recompute,
+           'must be an integer >= 0 (0: evaluate with the running averages)')
   microbatch = config.get('eval_microbatch', -1)
   _require(isinstance(microbatch, int) and not isinstance(microbatch, bool)
            and microbatch >= -1, 'eval_microbatch', microbatch,
@@ -134,6 +146,51 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(str(e)) from None
   if 'tune' in config:
     check_tune(config)
+  if 'cv' in config:
+    check_cv(config)
+
+
+def check_cv(config: ml_collections.ConfigDict) -> None:
+  """config.cv: fold count, repeats, fold unit and the validation carve."""
+  for field, minimum in (('num_folds', 2), ('repeats', 1)):
+    value = config.cv[field]
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+             f'cv.{field}', value, f'must be an integer >= {minimum}')
+  _choice(config, 'cv.by', splits.FOLD_UNITS)
+  _require(0 < config.cv.validation_fraction < 1, 'cv.validation_fraction',
+           config.cv.validation_fraction,
+           "must be in (0, 1): each fold's run needs validation songs")
+
+
+def check_cv_folds(config: ml_collections.ConfigDict, songs: Sequence[Song],
+                   by: str) -> None:
+  """Refuses a fold count that leaves a test fold without some genre.
+
+  Folds are filled per genre with whole units (groups when ``by='group'``,
+  else songs), so every fold gets each genre exactly when the genre has at
+  least ``num_folds`` units; a fold missing a genre would make its per-genre
+  scores and macro-F1 incomparable with the others'.
+  """
+  k = config.cv.num_folds
+  units = splits.units_per_genre(songs if by == 'group' else splits.ungrouped(songs))
+  what = 'groups' if by == 'group' else 'songs'
+  total = sum(units.values())
+  if total < k:
+    raise ConfigError(
+        f'config.cv.num_folds={k} needs at least {k} {what}, but the source has '
+        f'{total}: lower config.cv.num_folds or add songs.')
+  short = {g: n for g, n in sorted(units.items()) if n < k}
+  if short:
+    fixes = []
+    if min(short.values()) >= 2:
+      fixes.append(f'lower config.cv.num_folds to at most {min(short.values())}')
+    if by == 'group':
+      fixes.append('fold by song (config.cv.by=song)')
+    fixes.append('add songs')
+    raise ConfigError(
+        f'config.cv.num_folds={k}: genre(s) with fewer {what} than folds '
+        f'({", ".join(f"{g}: {n}" for g, n in short.items())}), so some test fold '
+        f'would have no songs of them: {", or ".join(fixes)}.')
 
 
 def check_tune(config: ml_collections.ConfigDict) -> None:

@@ -227,6 +227,64 @@ def make_predict_step(mesh, apply_fn: Callable, preprocess: Callable,
   return jax.jit(mapped)
 
 
+# ----------------------------------------------------------------------------
+# BatchNorm population statistics, recomputed before an evaluation.
+
+
+def batch_stats_step(variables: ModelVariables, inputs: jax.Array, *,
+                     apply_fn: Callable, preprocess: Callable) -> Any:
+  """This global batch's BatchNorm statistics (per block: mean and var).
+
+  ``apply_fn`` is a model with BatchNorm momentum 0 and no dropout, so the
+  running averages a train-mode pass writes are exactly the batch's own
+  statistics, of the activations an evaluation will see (no dropout).
+  """
+  spec = preprocess(inputs, variables.feature_mean, variables.feature_std)
+  _, new = apply_fn({'params': variables.params, 'batch_stats': variables.batch_stats},
+                    spec, train=True, mutable=['batch_stats'])
+  return new['batch_stats']
+
+
+def make_batch_stats_step(mesh, config: ml_collections.ConfigDict, num_classes: int,
+                          preprocess: Callable) -> Callable:
+  """``jit(shard_map(batch_stats_step))``: statistics of the global batch on every device."""
+  model_config = ml_collections.ConfigDict(config.model.to_dict())
+  model_config.batchnorm_momentum = 0.0
+  model_config.dropout = 0.0
+  model = models.create_model(model_config, num_classes, bn_axis_name=AXIS)
+  step = functools.partial(batch_stats_step, apply_fn=model.apply, preprocess=preprocess)
+  mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
+                         check_vma=False)
+  return jax.jit(mapped)
+
+
+def pool_batch_stats(per_batch: list[Any]) -> Any:
+  """Population statistics from equal-sized batches' (mean, var) per block.
+
+  Means average; variances add the spread of the batch means (law of total
+  variance), so the result is the statistics of all the batches' rows together.
+  """
+  n = len(per_batch)
+  means = [_leaves_named(b, 'mean') for b in per_batch]
+  seconds = [jax.tree.map(lambda v, m: v + jnp.square(m), _leaves_named(b, 'var'), m)
+             for b, m in zip(per_batch, means)]
+  mean = jax.tree.map(lambda *xs: sum(xs) / n, *means)
+  var = jax.tree.map(lambda *xs: jnp.maximum(sum(xs[:-1]) / n - jnp.square(xs[-1]), 0.0),
+                     *seconds, mean)
+  return _with_leaves(per_batch[0], mean, var)
+
+
+def _leaves_named(tree: Any, name: str) -> Any:
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree))
+  return {k[:-1]: v for k, v in flat.items() if k[-1] == name}
+
+
+def _with_leaves(template: Any, mean: Any, var: Any) -> Any:
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(template))
+  out = {k: (mean[k[:-1]] if k[-1] == 'mean' else var[k[:-1]]) for k in flat}
+  return flax.traverse_util.unflatten_dict(out)
+
+
 def compile_ahead(name: str, step: Callable, first_arg: Any, batch_shapes: Any,
                   mesh) -> Callable:
   """AOT-compiles ``step(first_arg, batch)`` for batches of ``batch_shapes``.

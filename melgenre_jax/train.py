@@ -128,10 +128,23 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           steps.resolve_microbatch(config.get('eval_microbatch', -1))),
       state.variables(), (config.eval_batch_size,) + spec.input_shape, mesh)
 
-  def end_epoch(epoch: int, step: int, seconds: float, signalled: bool) -> dict:
-    """Validation, history, reports and the epoch's checkpoint."""
+  p_stats = None
+  if config.get('bn_recompute_batches', 0) > 0:
+    p_stats = steps.compile_ahead(
+        'batch_stats', steps.make_batch_stats_step(mesh, config, num_classes,
+                                                   spec.device_preprocess()),
+        state.variables(), (config.batch_size,) + spec.input_shape, mesh)
+
+  def end_epoch(epoch: int, step: int, seconds: float, signalled: bool,
+                state: steps.TrainState) -> tuple[dict, steps.TrainState]:
+    """BatchNorm statistics, validation, history, reports and the epoch's checkpoint."""
     row = history.close_epoch(epoch, step, float(schedule(step - 1)), seconds)
     do_eval = epoch % config.eval_every_epochs == 0 or step >= total_steps
+    do_save = epoch % config.checkpoint.every_epochs == 0 or step >= total_steps or signalled
+    if p_stats is not None and (do_eval or do_save):
+      state = state.replace(batch_stats=population_batch_stats(
+          p_stats, state.variables(), dataset.train, config.batch_size,
+          config.bn_recompute_batches, config.seed + epoch, mesh))
     if do_eval:
       val, _ = evaluate_split(p_predict, state.variables(), dataset.validation,
                               config.eval_batch_size, mesh)
@@ -142,10 +155,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     _log_epoch(row)
     if is_chief:
       write_epoch_reports(writer, history, step, row, workdir)
-    if epoch % config.checkpoint.every_epochs == 0 or step >= total_steps or signalled:
+    if do_save:
       ckpt_metrics = {checkpointing.BEST_METRIC: row['val_song_accuracy']} if do_eval else None
       checkpointing.save(manager, step, state, batches, history.progress, ckpt_metrics)
-    return row
+    return row, state
 
   last_row: dict = history.rows[-1] if history.rows else {}
   stopped = None
@@ -191,7 +204,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         stopped = stop.signal_name
         break
 
-      last_row = end_epoch(epoch, step, time.time() - t0, bool(stop.signal_name))
+      last_row, state = end_epoch(epoch, step, time.time() - t0, bool(stop.signal_name), state)
       if on_epoch_end is not None:
         manager.wait_until_finished()  # the epoch's checkpoint is on disk first
         try:
@@ -320,6 +333,27 @@ def evaluate_split(p_predict: Callable, variables: steps.ModelVariables,
   picked = probs[np.arange(len(labels)), labels]
   summary['loss'] = float(-np.log(np.maximum(picked, 1e-12)).mean())
   return summary, probs
+
+
+def population_batch_stats(p_stats: Callable, variables: steps.ModelVariables,
+                           segments: input_pipeline.SegmentSet, batch_size: int,
+                           max_batches: int, seed: int, mesh) -> Any:
+  """BatchNorm statistics of up to ``max_batches`` training batches under the current weights.
+
+  Replaces the running averages before an evaluation: with few steps an epoch
+  (small sets), averages at momentum 0.99 still hold the early weights'
+  statistics for 10+ epochs and an evaluation would read a broken model.
+  """
+  order = np.random.default_rng(seed).permutation(len(segments))
+  count = max(1, min(max_batches, len(order) // batch_size))
+  order = np.resize(order, count * batch_size)  # a set smaller than one batch repeats rows
+  rows = parallel.process_slice(batch_size)
+  per_batch = []
+  for b in range(count):
+    idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
+    local = np.asarray(segments.inputs[idx], np.float32)[rows]
+    per_batch.append(p_stats(variables, parallel.global_batch({'inputs': local}, mesh)['inputs']))
+  return steps.pool_batch_stats(per_batch)
 
 
 def _log_epoch(row: dict) -> None:

@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -180,3 +181,48 @@ def test_checkpoint_round_trip_gives_identical_predictions(trained_workdir, tmp_
   rb = train.train_and_evaluate(config, b)
   assert ra['final_step'] == rb['final_step'] > 0
   assert ra['val_loss'] == rb['val_loss']
+
+
+def _train_mode_probabilities(config, model, inputs):
+  """Predictions with BatchNorm on the batch's own statistics (training mode, no dropout)."""
+  from melgenre_jax import models  # pylint: disable=g-import-not-at-top
+  model_config = ml_collections.ConfigDict(config.model.to_dict())
+  model_config.dropout = 0.0
+  net = models.create_model(model_config, len(model.genres))
+  v = jax.device_get(model.variables)
+  spec = model.spec.device_preprocess()(inputs, v.feature_mean, v.feature_std)
+  logits, _ = net.apply({'params': v.params, 'batch_stats': v.batch_stats}, spec, train=True,
+                        mutable=['batch_stats'])
+  return np.asarray(jax.nn.softmax(logits, -1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('recompute', [16, 0])
+def test_small_set_validation_reads_the_model_from_epoch_one(tmp_path, recompute):
+  """~10 steps an epoch at BatchNorm momentum 0.99: recomputed statistics make
+  evaluation agree with the model's own (training-mode) predictions; the stale
+  running averages (recompute 0, the control) do not."""
+  from melgenre_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = _config(**{'data.synthetic.songs_per_genre': 12, 'num_epochs': 1,
+                      'schedule.stage_ends': (1,), 'schedule.stage_start_lrs': (3e-3,),
+                      'schedule.stage_end_lrs': (3e-3,), 'bn_recompute_batches': recompute})
+  assert config.model.batchnorm_momentum == 0.99
+  workdir = str(tmp_path)
+  train.train_and_evaluate(config, workdir)
+  dataset = input_pipeline.load_dataset(config, workdir)
+  assert 8 <= input_pipeline.steps_per_epoch(len(dataset.train), config.batch_size) <= 12
+  model = inference.load_for_inference(config, workdir)
+  segments = dataset.validation
+  evaluated = model.predict(np.asarray(segments.inputs))
+  own = _train_mode_probabilities(config, model, np.asarray(segments.inputs))
+  agreement = float(np.mean(evaluated.argmax(-1) == own.argmax(-1)))
+  gap = float(np.abs(evaluated - own).sum(-1).mean() / 2)  # mean total-variation distance
+  labels = np.asarray(segments.labels)
+  acc_eval = float(np.mean(evaluated.argmax(-1) == labels))
+  acc_own = float(np.mean(own.argmax(-1) == labels))
+  print(f'recompute={recompute}: agreement {agreement:.2f}, TV {gap:.3f}, '
+        f'accuracy eval {acc_eval:.2f} vs training-mode {acc_own:.2f}')
+  if recompute:
+    assert agreement >= 0.8 and gap < 0.1 and abs(acc_eval - acc_own) <= 0.15
+  else:
+    assert agreement < 0.8 or gap > 0.2

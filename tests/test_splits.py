@@ -1,6 +1,7 @@
 """Song/group-level splits and the published GTZAN lists (melgenre_jax.data.splits)."""
 
 import collections
+import json
 import logging
 import pathlib
 
@@ -195,3 +196,99 @@ def test_unknown_split_and_bad_fractions():
   with pytest.raises(ValueError, match='sum to less than 1'):
     splits.split_songs(_songs(), _config(validation_fraction=0.6,
                                          test_fraction=0.5))
+
+
+def _manifest(tmp_path, rows):
+  path = tmp_path / 'songs.csv'
+  path.write_text('path,label,split,group\n' + ''.join(
+      f'{p},{label},{split},{group}\n' for p, label, split, group in rows))
+  return str(path)
+
+
+def test_manifest_with_only_train_and_test_carves_validation_by_group(tmp_path, caplog):
+  """A published split's usual shape: validation comes from train, groups whole."""
+  from melgenre_jax.data import sources  # pylint: disable=g-import-not-at-top
+  rows = [(f'{g}/{i:02d}.wav', g, 'test' if i < 6 else 'train', f'{g}-artist{i // 2}')
+          for g in ('jazz', 'rock', 'pop') for i in range(30)]
+  songs = sources.read_manifest(_manifest(tmp_path, rows))
+  with caplog.at_level(logging.INFO):
+    split = splits.split_songs(songs, _config(split='manifest',
+                                              validation_fraction=0.2))
+  _assert_partition(split, songs)
+  assert _keys(split.test) == {s.key for s in songs if s.split == 'test'}
+  assert _keys(split.train) | _keys(split.validation) == {
+      s.key for s in songs if s.split == 'train'}
+  per_genre = collections.Counter(s.genre for s in split.validation)
+  assert per_genre == {'jazz': 4, 'rock': 4, 'pop': 4}  # 0.2 of 24, whole pairs
+  assert 'carved 12 of its 72 training songs' in caplog.text
+  assert split.info['validation_carved_from_train'] == {'songs': 12, 'of': 72,
+                                                        'fraction': 0.2}
+  again = splits.split_songs(list(reversed(songs)), _config(
+      split='manifest', validation_fraction=0.2))
+  assert _keys(again.validation) == _keys(split.validation)
+  with pytest.raises(ValueError, match='left the validation split empty'):
+    splits.split_songs(songs, _config(split='manifest', validation_fraction=0.0))
+
+
+def test_manifest_validation_rows_are_kept_as_given():
+  songs = [Song(f'{g}{i}', '', g, None, 'validation' if i == 0 else 'train')
+           for g in 'ab' for i in range(10)]
+  split = splits.split_songs(songs, _config(split='manifest'))
+  assert _keys(split.validation) == {'a0', 'b0'}
+  assert 'validation_carved_from_train' not in split.info
+
+
+def _write_json(path, obj):
+  path.write_text(json.dumps(obj))
+  return str(path)
+
+
+def test_file_split_is_taken_exactly_and_missing_songs_are_reported(tmp_path, caplog):
+  songs = _songs(per_genre=10, group_size=2)
+  keys = sorted(_keys(songs))
+  listed = {'train': keys[:20], 'validation': keys[20:24], 'test': keys[24:28] + ['gone/1']}
+  path = _write_json(tmp_path / 'split.json', listed)
+  with caplog.at_level(logging.INFO):
+    split = splits.split_songs(songs, _config(split='file', split_file=path))
+  assert [s.key for s in split.train] == keys[:20]
+  assert [s.key for s in split.validation] == keys[20:24]
+  assert [s.key for s in split.test] == keys[24:28]
+  assert split.info['missing_listed'] == {'test': ['gone/1']}
+  assert 'gone/1' in caplog.text and '2 song(s) are in no list' in caplog.text
+  # A run's dataset.json replays that run's split.
+  path = _write_json(tmp_path / 'dataset.json', {'genres': ['a'], 'splits': listed})
+  replay = splits.split_songs(songs, _config(split='file', split_file=path))
+  assert _keys(replay.test) == _keys(split.test)
+
+
+def test_file_split_without_validation_carves_it_and_checks_groups(tmp_path):
+  songs = _songs(per_genre=20, group_size=2)
+  keys = sorted(_keys(songs))
+  path = _write_json(tmp_path / 's.json', {'train': keys[:50], 'test': keys[50:]})
+  split = splits.split_songs(songs, _config(split='file', split_file=path,
+                                            validation_fraction=0.2))
+  _assert_partition(split, songs)
+  assert len(split.validation) == 10 and _keys(split.test) == set(keys[50:])
+  # keys[48] and keys[49] ('c/008', 'c/009') are one artist's pair: train and validation.
+  crossing = _write_json(tmp_path / 'x.json', {'train': keys[:49], 'validation': keys[49:50],
+                                               'test': keys[50:]})
+  with pytest.raises(ValueError, match='group'):
+    splits.split_songs(songs, _config(split='file', split_file=crossing))
+  by_song = _write_json(tmp_path / 'y.json', {'by': 'song', 'train': keys[:49],
+                                              'validation': keys[49:50], 'test': keys[50:]})
+  assert len(splits.split_songs(songs, _config(split='file', split_file=by_song)).validation) == 1
+
+
+def test_file_split_refuses_bad_files(tmp_path):
+  songs = _songs(per_genre=4)
+  keys = sorted(_keys(songs))
+  for content, message in (
+      ({'train': keys[:2], 'test': keys[1:3]}, "listed under both 'train' and 'test'"),
+      ({'training': keys}, 'JSON object with lists of song keys'),
+      ({'train': 'a/000'}, "'train' must be a list"),
+      ({'train': ['x/1'], 'validation': ['x/2']}, 'none of its 2 song keys')):
+    path = _write_json(tmp_path / 'bad.json', content)
+    with pytest.raises(ValueError, match=message):
+      splits.split_songs(songs, _config(split='file', split_file=path))
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    splits.split_songs(songs, _config(split='file', split_file=str(tmp_path / 'no.json')))

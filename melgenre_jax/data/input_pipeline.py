@@ -1,7 +1,9 @@
 """The train loop's data API: cached, split segment sets and grain loaders.
 
 ``load_dataset`` runs discover -> cache -> split and returns one ``SegmentSet``
-per split (memory-mapped rows of whole songs). ``create_train_loader`` wraps a
+per split (memory-mapped rows of whole songs); ``cached_songs`` is its first
+half, for callers that decide the split themselves (cross-validation writes
+each fold's split to a file, read back through ``config.data.split='file'``). ``create_train_loader`` wraps a
 set in an infinite, per-epoch reshuffled, per-process sharded
 ``grain.DataLoader`` whose iterator state is checkpointable; ``eval_batches``
 walks a set once, in order, padding the last batch with a mask.
@@ -141,15 +143,30 @@ def _write_summary(path: str, summary: dict[str, Any]):
   cache_files.write_json(path, summary)
 
 
-def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
-  """Discovers songs, builds/reuses the cache, splits by song; logs a summary.
+@dataclasses.dataclass
+class CachedSongs:
+  """The usable songs of a source, decoded into the cache, before any split."""
+  genres: list[str]
+  cache: cache_lib.Cache
+  num_discovered: int
+  summary: dict[str, Any]  # source, cache and bad files (data_summary.json)
+  summary_path: str
 
-  Also writes the summary (bad files with reasons, counts per split and
-  genre) to ``WORKDIR/data_summary.json``.
+  @property
+  def songs(self) -> list[Song]:
+    return self.cache.songs
+
+
+def cached_songs(config: ml_collections.ConfigDict, workdir: str) -> CachedSongs:
+  """Discovers songs and builds/reuses the cache; refuses an empty genre.
+
+  Cross-validation calls this once to assign folds over exactly the songs
+  the fold runs will read (unreadable files are already left out). On a
+  refusal the summary, with the error, is written to
+  ``WORKDIR/data_summary.json`` before raising.
   """
   songs = sources.discover_songs(config)
   genres = sources.genre_names(config, songs)
-  genre_index = {g: i for i, g in enumerate(genres)}
   cache_dir = config.data.cache_dir or os.path.join(workdir, 'cache')
   c = cache_lib.build_or_load(config, songs, cache_dir,
                               progress=bool(config.get('progress_bar', True)))
@@ -162,6 +179,25 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
   }
   try:
     _check_quality(c.summary, genres, config, summary_path)
+  except ValueError as e:
+    summary['error'] = str(e)
+    _write_summary(summary_path, summary)
+    raise
+  return CachedSongs(genres=genres, cache=c, num_discovered=len(songs),
+                     summary=summary, summary_path=summary_path)
+
+
+def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
+  """Discovers songs, builds/reuses the cache, splits by song; logs a summary.
+
+  Also writes the summary (bad files with reasons, counts per split and
+  genre) to ``WORKDIR/data_summary.json``.
+  """
+  found = cached_songs(config, workdir)
+  genres, c, summary = found.genres, found.cache, found.summary
+  summary_path = found.summary_path
+  genre_index = {g: i for i, g in enumerate(genres)}
+  try:
     split = splits_lib.split_songs(c.songs, config)
   except ValueError as e:
     summary['error'] = str(e)
@@ -202,7 +238,7 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
   logging.info(
       'data: %s, %d genres, %d songs discovered, %d skipped as bad, cache %s '
       '(%s); split %s%s: train %d songs/%d segments, validation %d/%d, test '
-      '%d/%d; summary in %s', config.data.source, len(genres), len(songs),
+      '%d/%d; summary in %s', config.data.source, len(genres), found.num_discovered,
       c.summary['num_bad'], c.path, 'reused' if c.reused else 'built',
       config.data.split, ' (LEAKY)' if split.leaky else '',
       len(train.songs), len(train), len(validation.songs), len(validation),

@@ -4,6 +4,7 @@
   python main.py --config configs/gtzan.py --workdir runs/gtzan --config.data.root=/data/gtzan
   python main.py --workdir runs/synthetic --mode eval
   python main.py --workdir runs/synthetic --mode predict song.mp3 my_folder/
+  python main.py --workdir runs/synthetic --mode predict --output csv --write_tags ~/Music
 
 Any config field can be overridden with --config.some.field=value.
 """
@@ -23,9 +24,24 @@ flags.DEFINE_enum('mode', 'train', cli.MODES, 'What to do with the workdir.')
 flags.DEFINE_integer('step', None, 'eval/predict/export: checkpoint step (default: the best).')
 flags.DEFINE_multi_string('audio', [], 'predict: audio files or folders to classify '
                           '(repeated or comma-separated; or give them after the flags).')
-flags.DEFINE_enum('output', 'text', ['text', 'json'], 'predict: print text, or write JSON.')
+flags.DEFINE_enum('output', 'text', ['text', 'json', 'csv'],
+                  'predict: print text; write one JSON report at the end; or append a CSV '
+                  'row per file as it finishes (a re-run skips the files already in it).')
+flags.DEFINE_string('output_file', None, 'predict: where --output json/csv is written '
+                    '(default WORKDIR/predictions/predictions.json or .csv).')
 flags.DEFINE_integer('top_k', 3, 'predict: how many genres to show per song.')
 flags.DEFINE_bool('plot', False, 'predict: save a genre-over-time PNG per song.')
+flags.DEFINE_float('offset_seconds', 0.0, 'predict: skip this much of every file.')
+flags.DEFINE_float('max_seconds', None, 'predict: classify at most this much of every file '
+                   '(after --offset_seconds; default: to the end).')
+flags.DEFINE_float('hop_seconds', None, 'predict: time between window starts (shorter than '
+                   'a window: overlapping windows; default: the training hop).')
+flags.DEFINE_float('min_confidence', 0.0, 'predict: a song whose top calibrated probability '
+                   'is below this is reported as uncertain (0..1; 0: off).')
+flags.DEFINE_enum('write_tags', 'off', ['off', 'dry_run', 'apply'],
+                  'predict: write the top genre into each file\'s genre tag. A bare '
+                  '--write_tags lists the changes (dry_run); --write_tags=apply writes them. '
+                  'Skipped and uncertain files are never tagged.')
 flags.DEFINE_string('coordinator_address', '', 'Multi-host: host:port of process 0.')
 flags.DEFINE_integer('num_processes', 0, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', -1, 'Multi-host: index of this process.')
@@ -38,6 +54,25 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(['workdir'])
 
 
+def bare_write_tags(argv: list[str]) -> list[str]:
+  """``--write_tags`` without a value means dry_run, ``--nowrite_tags`` means off.
+
+  absl gives a non-boolean flag the next argument as its value, so a bare
+  ``--write_tags song.mp3`` would read 'song.mp3' as the mode.
+  """
+  out = list(argv[:1])
+  for i, arg in enumerate(argv[1:], 1):
+    if arg == '--':
+      return out + argv[i:]
+    following = argv[i + 1] if i + 1 < len(argv) else None
+    if arg in ('--write_tags', '-write_tags') and following not in ('off', 'dry_run', 'apply'):
+      arg = '--write_tags=dry_run'
+    elif arg in ('--nowrite_tags', '-nowrite_tags'):
+      arg = '--write_tags=off'
+    out.append(arg)
+  return out
+
+
 def main(argv):
   paths = argv[1:]  # audio files and folders, for --mode=predict
   if paths and FLAGS.mode != 'predict':
@@ -48,7 +83,10 @@ def main(argv):
     with parallel.peer_failures_as_errors():
       cli.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, step=FLAGS.step,
               audio=cli.audio_paths(FLAGS.audio, paths), output=FLAGS.output,
-              top_k=FLAGS.top_k, plot=FLAGS.plot,
+              top_k=FLAGS.top_k, plot=FLAGS.plot, output_file=FLAGS.output_file,
+              offset_seconds=FLAGS.offset_seconds, max_seconds=FLAGS.max_seconds,
+              hop_seconds=FLAGS.hop_seconds, min_confidence=FLAGS.min_confidence,
+              write_tags=FLAGS.write_tags,
               coordinator_address=FLAGS.coordinator_address,
               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
               peer_timeout_seconds=FLAGS.peer_timeout_seconds)
@@ -61,4 +99,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: app.parse_flags_with_usage(bare_write_tags(argv)))

@@ -15,7 +15,7 @@ from melgenre_jax.errors import WorkdirError
 from melgenre_jax.runtime import hostmem
 from melgenre_jax.runtime import parallel
 
-MODES = ('train', 'eval', 'predict', 'export', 'tune')
+MODES = ('train', 'eval', 'predict', 'export', 'tune', 'calibrate', 'cv')
 
 
 class _DropLibraryInfo(std_logging.Filter):
@@ -69,13 +69,17 @@ def audio_paths(flag_values: list[str] | tuple[str, ...],
 def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str, *,
         step: int | None = None, audio: tuple[str, ...] | list[str] = (),
         output: str = 'text', top_k: int = 3, plot: bool = False,
+        output_file: str | None = None, offset_seconds: float = 0.0,
+        max_seconds: float | None = None, hop_seconds: float | None = None,
+        min_confidence: float = 0.0, write_tags: str = 'off',
         coordinator_address: str = '', num_processes: int = 0,
         process_id: int = -1,
         peer_timeout_seconds: int = parallel.DEFAULT_PEER_TIMEOUT_SECONDS) -> Any:
   """Runs one mode. Training needs --config; the others fall back to the workdir's.
 
   ``step``: the checkpoint eval/predict/export restore (default: the best);
-  ``audio``, ``output``, ``top_k``, ``plot``: predict's inputs and output;
+  ``audio`` to ``write_tags``: predict's inputs, output and the flags of the
+  same names (see modes/predict/mode.py);
   the last four: multi-host settings (see runtime.parallel).
   """
   if config is None or config.get('keep_host_memory', True):
@@ -94,14 +98,24 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str, *,
       raise ConfigError('--mode=tune needs --config (with a config.tune search space).')
     from melgenre_jax.modes.tune import search  # pylint: disable=g-import-not-at-top
     return search.run_search(config, workdir)
+  if mode == 'cv':
+    if config is None:
+      raise ConfigError('--mode=cv needs --config (the recipe each fold trains with).')
+    from melgenre_jax.modes import cv  # pylint: disable=g-import-not-at-top
+    return cv.run_cv(config, workdir)
   config = config if config is not None else load_workdir_config(workdir)
   if mode == 'eval':
     from melgenre_jax.modes import evaluate  # pylint: disable=g-import-not-at-top
     return evaluate.evaluate_workdir(config, workdir, step=step)
   if mode == 'predict':
     from melgenre_jax.modes import predict  # pylint: disable=g-import-not-at-top
-    return predict.predict_paths(config, workdir, list(audio), step=step,
-                                 output=output, top_k=top_k, plot=plot)
+    return predict.predict_paths(
+        config, workdir, list(audio), step=step, output=output, top_k=top_k, plot=plot,
+        output_file=output_file, offset_seconds=offset_seconds, max_seconds=max_seconds,
+        hop_seconds=hop_seconds, min_confidence=min_confidence, write_tags=write_tags)
+  if mode == 'calibrate':
+    from melgenre_jax import calibration  # pylint: disable=g-import-not-at-top
+    return calibration.calibrate_workdir(config, workdir, step=step)
   if mode == 'export':
     from melgenre_jax.modes import export  # pylint: disable=g-import-not-at-top
     return export.export_workdir(config, workdir, step=step)

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from melgenre_jax import calibration
 from melgenre_jax import cli
 from melgenre_jax import inference
 from melgenre_jax.data import synthetic
 from melgenre_jax.modes import predict
 
 CAN_WRITE_MP3 = 'MP3' in sf.available_formats()
-
 
 
 def _write_inputs(folder: str) -> dict[str, str]:
@@ -85,7 +85,11 @@ def test_readable_files_are_answered_and_the_rest_explained(predicted):
 
 @pytest.mark.slow
 def test_probabilities_top_k_and_timeline(predicted):
-  _, _, _, by_name, _ = predicted
+  workdir, _, _, by_name, _ = predicted
+  with open(os.path.join(workdir, 'predictions', 'predictions.json')) as f:
+    saved = json.load(f)
+  temperature = saved['temperature']
+  assert temperature == calibration.temperature_for(workdir, saved['checkpoint_step']) != 1.0
   expected_segments = {'song.wav': 3, 'clip.flac': 1, 'song.mp3': 2}
   for name, r in by_name.items():
     if not r['ok']:
@@ -97,8 +101,12 @@ def test_probabilities_top_k_and_timeline(predicted):
     top = [t['probability'] for t in r['top_k']]
     assert len(top) == 3 and top == sorted(top, reverse=True)
     assert r['genre'] == r['top_k'][0]['genre']
+    # Calibrated: softmax(log(mean of the raw segment probabilities) / T), same argmax.
     mean = np.mean(r['segment_probabilities'], axis=0)
-    assert max(mean) == pytest.approx(top[0], abs=1e-6)
+    song = calibration.song_probabilities(r['segment_probabilities'], temperature)
+    assert max(song) == pytest.approx(top[0], abs=1e-6)
+    assert r['top_k'][0]['genre'] == list(r['probabilities'])[int(np.argmax(mean))]
+    assert r['status'] == 'ok' and r['size_bytes'] == str(os.path.getsize(r['path']))
   assert by_name['clip.flac']['padded'] and not by_name['song.wav']['padded']
   assert by_name['song.wav']['duration_seconds'] == pytest.approx(3.5, abs=1e-3)
 

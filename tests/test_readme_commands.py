@@ -1,5 +1,6 @@
 """The README's predict command lines run verbatim (read from the README, so the two cannot drift)."""
 
+import csv
 import os
 import shlex
 import shutil
@@ -21,9 +22,29 @@ def readme_predict_commands() -> list[str]:
     return [line.split('  #')[0].strip() for line in f if line.startswith(PREFIX)]
 
 
-def _song(path: str, genre: str, sample_rate: int = 22050) -> None:
-  wave = synthetic.synthesize_song(f'synthetic/{genre}/0100', sample_rate, 3.0)
+# Flags of main.py that take the next argument as their value (the rest name audio).
+_VALUE_FLAGS = ('--workdir', '--mode', '--output', '--output_file', '--top_k', '--step',
+                '--offset_seconds', '--max_seconds', '--hop_seconds', '--min_confidence')
+
+
+def _song(path: str, genre: str, sample_rate: int = 22050, seconds: float = 3.0) -> None:
+  wave = synthetic.synthesize_song(f'synthetic/{genre}/0100', sample_rate, seconds)
   sf.write(path, np.asarray(wave, np.float32), sample_rate)
+
+
+def _named_inputs(args: list[str]) -> list[str]:
+  """The audio a command line names (positional paths and --audio values)."""
+  out, skip = [], False
+  for a in args:
+    if skip:
+      skip = False
+    elif a in _VALUE_FLAGS:
+      skip = True
+    elif a == '--audio':
+      continue
+    elif not a.startswith('-'):
+      out.append(a)
+  return out
 
 
 def test_readme_has_predict_examples_with_positional_paths_and_globs():
@@ -42,7 +63,7 @@ def test_readme_predict_command_runs_verbatim(command, tiny_run, tmp_path):
   os.makedirs(tmp_path / 'my_folder' / 'sub')
   _song(str(tmp_path / 'my_folder' / 'a.wav'), 'blues')
   _song(str(tmp_path / 'my_folder' / 'sub' / 'b.flac'), 'classical', 16000)
-  _song(str(tmp_path / 'song.mp3'), 'ambient', 44100)
+  _song(str(tmp_path / 'song.mp3'), 'ambient', 44100, seconds=40.0)  # an excerpt from 0:30
   _song(str(tmp_path / 'other.flac'), 'disco')
   _song(str(tmp_path / 'third.flac'), 'blues')
   argv = shlex.split(command)
@@ -53,13 +74,19 @@ def test_readme_predict_command_runs_verbatim(command, tiny_run, tmp_path):
   out = proc.stdout + proc.stderr
   assert proc.returncode == 0, out[-3000:]
   assert 'SKIPPED' not in proc.stdout, proc.stdout
+  predictions = tmp_path / 'runs' / 'synthetic' / 'predictions'
+  named = _named_inputs(argv[2:])
   if '--output json' in command:
-    assert os.path.exists(tmp_path / 'runs' / 'synthetic' / 'predictions' / 'predictions.json')
+    assert os.path.exists(predictions / 'predictions.json')
+  elif '--output csv' in command:
+    with open(predictions / 'predictions.csv', newline='') as f:
+      rows = list(csv.DictReader(f))
+    assert len(rows) >= len(named) and all(r['status'] != 'skipped' for r in rows), rows
   else:
-    named = [a for a in argv[2:] if not a.startswith('-') and a != 'runs/synthetic'
-             and a not in ('predict', 'json', 'text')]
     classified = proc.stdout.count(' segment')
     assert classified >= len(named), (named, proc.stdout)
+  if '--write_tags' in command:
+    assert 'Genre tags' in proc.stdout, proc.stdout
   if '--plot' in command:
     assert any(n.endswith('_timeline.png') for n in
                os.listdir(tmp_path / 'runs' / 'synthetic' / 'predictions'))

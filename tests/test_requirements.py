@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKED = ('melgenre_jax', 'main.py', 'configs', 'tests')
-OWN = {'melgenre_jax', 'configs', 'tests', 'benchmarks', 'conftest'}
+OWN = {'melgenre_jax', 'configs', 'tests', 'benchmarks', 'conftest', 'main'}
 # Needed at run time but never imported by name: jax.export serialization
 # (--mode=export) imports flatbuffers inside jax.
 RUNTIME_ONLY = {'flatbuffers': 'jax.export serialization (--mode=export)'}

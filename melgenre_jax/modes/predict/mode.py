@@ -1,0 +1,200 @@
+"""``--mode=predict``: classify files, folders and whole libraries with a trained workdir."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from melgenre_jax import calibration
+from melgenre_jax import config_checks
+from melgenre_jax import inference
+from melgenre_jax import reporting
+from melgenre_jax.errors import ConfigError
+from melgenre_jax.errors import NothingClassifiedError
+from melgenre_jax.modes.predict import classify
+from melgenre_jax.modes.predict import inputs
+from melgenre_jax.modes.predict import output as out_lib
+from melgenre_jax.runtime import parallel
+
+PREDICTIONS_DIR = 'predictions'
+WRITE_TAGS = ('off', 'dry_run', 'apply')
+
+
+def default_output_file(workdir: str, output: str) -> str:
+  return os.path.join(workdir, PREDICTIONS_DIR, f'predictions.{output}')
+
+
+def _check_flags(paths: list[str], output: str, output_file: str | None,
+                 write_tags: str) -> None:
+  if output not in out_lib.OUTPUTS:
+    raise ConfigError(f"--output={output!r}: allowed values are "
+                      f"{', '.join(repr(o) for o in out_lib.OUTPUTS)}.")
+  if not paths:
+    raise ConfigError('--mode=predict needs audio files or folders: give them after the '
+                      'flags (main.py --workdir W --mode predict song.mp3 my_folder/) or '
+                      'with --audio (repeated or comma-separated).')
+  if output_file and output == 'text':
+    raise ConfigError('--output_file is where --output csv or json is written; text is '
+                      'printed (add --output csv or --output json).')
+  if write_tags not in WRITE_TAGS:
+    raise ConfigError(f'--write_tags={write_tags!r}: allowed values are '
+                      f"{', '.join(WRITE_TAGS)} (a bare --write_tags means dry_run).")
+
+
+def predict_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[str],
+                  step: int | None = None, output: str = 'text', top_k: int = 3,
+                  plot: bool = False, *, output_file: str | None = None,
+                  offset_seconds: float = 0.0, max_seconds: float | None = None,
+                  hop_seconds: float | None = None, min_confidence: float = 0.0,
+                  write_tags: str = 'off',
+                  decode_workers: int = classify.DEFAULT_DECODE_WORKERS
+                  ) -> list[dict[str, Any]]:
+  """Classifies files/folders with the workdir's best checkpoint (or ``step``).
+
+  ``output``: 'text' prints the answers; 'json' writes one report at the end
+  (``output_file``, default ``WORKDIR/predictions/predictions.json``); 'csv'
+  appends a row per file as it finishes (default
+  ``WORKDIR/predictions/predictions.csv``) and skips the files whose row is
+  already there. The other arguments are the flags of the same names (see
+  ``classify.Options``). Returns the results of the files classified by this
+  call (failures carry ``ok=False`` and ``reason``).
+
+  Raises:
+    NothingClassifiedError: no input file has an answer.
+  """
+  _check_flags(paths, output, output_file, write_tags)
+  options = classify.Options(top_k=top_k, hop_seconds=hop_seconds,
+                             offset_seconds=offset_seconds, max_seconds=max_seconds,
+                             min_confidence=min_confidence)
+  classify.check_options(options, config)
+  workdir = os.path.abspath(workdir)
+  config_checks.check_workdir_compatible(config, workdir)
+  jobs = classify.file_jobs(paths)
+  model = inference.load_for_inference(config, workdir, step)
+  chief = jax.process_index() == 0
+  out_path = os.path.abspath(output_file or default_output_file(workdir, output))
+  out_dir = os.path.join(workdir, PREDICTIONS_DIR)
+
+  header = out_lib.csv_header(top_k)
+  settings = out_lib.run_settings(model.step, offset_seconds, max_seconds, options.hop(config))
+  todo, answered_before = jobs, 0
+  if output == 'csv':
+    todo, answered_before = _resume(out_path, header, settings, jobs, repair=chief)
+    parallel.barrier('predict_csv_read')  # every process skips the same files
+
+  if chief and plot:
+    os.makedirs(out_dir, exist_ok=True)
+  plots: set[str] = set()
+  results, tag_actions = [], []
+  start = time.monotonic()
+  with contextlib.ExitStack() as stack:
+    log = (stack.enter_context(out_lib.CsvLog(out_path, header))
+           if chief and output == 'csv' else None)
+    stream = stack.enter_context(contextlib.closing(
+        classify.iter_results(model, todo, options, decode_workers)))
+    for r in reporting.progress_bar(stream, total=len(todo), desc='predict (files)',
+                                    enabled=bool(config.get('progress_bar', True))):
+      if chief and plot and r['ok']:
+        r['plot'] = _plot(r, out_dir, plots, model, config)
+      if chief and write_tags != 'off':
+        tag_actions.append(_tag(r, apply_writes=write_tags == 'apply'))
+      if log is not None:
+        log.append(out_lib.csv_row(r, top_k, settings))
+        # The CSV holds the answer; a library's timelines need not stay in memory.
+        r.pop('timeline', None)
+        r.pop('segment_probabilities', None)
+      results.append(r)
+  seconds = time.monotonic() - start
+
+  failed = [r for r in results if not r['ok']]
+  for r in failed:
+    logging.warning('Skipped %s: %s', r['path'], r['reason'])
+  uncertain = sum(r['status'] == 'uncertain' for r in results)
+  logging.info('Classified %d file(s) in %.1f s (%.2f files/s): %d skipped, %d uncertain.',
+               len(results) - len(failed), seconds, len(results) / max(seconds, 1e-9),
+               len(failed), uncertain)
+  if chief:
+    if output == 'json':
+      os.makedirs(os.path.dirname(out_path), exist_ok=True)
+      out_lib.write_json(out_path, _json_header(workdir, model, config, options), results)
+    if output == 'text':
+      print(out_lib.format_text(results))  # CLI output
+    else:
+      print(out_path)  # CLI output
+    if write_tags != 'off':
+      from melgenre_jax.modes import tags  # pylint: disable=g-import-not-at-top
+      print(tags.format_actions(tag_actions, applied=write_tags == 'apply'))  # CLI output
+  if len(failed) == len(results) and not answered_before:
+    raise NothingClassifiedError(
+        'No file could be classified:\n  ' + '\n  '.join(
+            f"{r['path']}: {r['reason']}" for r in failed))
+  return results
+
+
+def _resume(path: str, header: list[str], settings: dict[str, str],
+            jobs: list[classify.FileJob], repair: bool
+            ) -> tuple[list[classify.FileJob], int]:
+  """The jobs without a standing row in the CSV, and how many of the others were answered."""
+  rows, count = out_lib.open_csv_log(path, header, repair=repair)
+  todo, answered = [], 0
+  for job in jobs:
+    row = rows.get(out_lib.job_key(job.stamp, settings))
+    if row is None:
+      todo.append(job)
+    elif row['status'] != 'skipped':
+      answered += 1
+  done = len(jobs) - len(todo)
+  if count:
+    logging.info('%s holds %d row(s): skipping %d of %d file(s) already in it (same path, '
+                 'size, modification time, checkpoint and excerpt); classifying the other %d.',
+                 path, count, done, len(jobs), len(todo))
+  return todo, answered
+
+
+def _tag(r: dict[str, Any], apply_writes: bool):
+  """Plans (and with ``apply_writes`` writes) one file's genre tag, before its CSV row.
+
+  Writing moves the file's size and mtime, so the row gets the new stamp:
+  otherwise every tagged file would look changed to the next resumed run.
+  """
+  from melgenre_jax.modes import tags  # pylint: disable=g-import-not-at-top
+  action = tags.plan([r])[0]
+  if apply_writes and action.action == 'write':
+    action = tags.apply([action])[0]
+    if action.action == 'write':
+      now = inputs.stamp(r['path'])
+      r['size_bytes'], r['mtime'] = now.size_bytes, now.mtime
+  r['tag'] = {'action': action.action, 'old_genre': action.old_genre,
+              'new_genre': action.new_genre, 'reason': action.reason}
+  return action
+
+
+def _plot(r: dict[str, Any], out_dir: str, used: set[str], model: inference.InferenceModel,
+          config: ml_collections.ConfigDict) -> str:
+  path = os.path.join(out_dir, out_lib.plot_name(r['path'], used))
+  reporting.plot_genre_timeline(
+      calibration.apply_temperature(np.asarray(r['segment_probabilities']),
+                                    float(model.temperature)),
+      [x['start_seconds'] for x in r['timeline']], float(config.audio.segment_seconds),
+      model.genres, path, title=f"{os.path.basename(r['path'])}: {r['genre'] or 'uncertain'}")
+  return path
+
+
+def _json_header(workdir: str, model: inference.InferenceModel,
+                 config: ml_collections.ConfigDict,
+                 options: classify.Options) -> dict[str, Any]:
+  return {'workdir': workdir, 'checkpoint_step': model.step, 'genres': model.genres,
+          'sample_rate': int(config.audio.sample_rate),
+          'segment_seconds': float(config.audio.segment_seconds),
+          'segment_hop_seconds': float(config.audio.segment_hop_seconds),
+          'hop_seconds': options.hop(config), 'offset_seconds': options.offset_seconds,
+          'max_seconds': options.max_seconds,
+          'temperature': float(model.temperature),
+          'min_confidence': options.min_confidence}

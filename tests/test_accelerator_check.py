@@ -35,7 +35,7 @@ def test_dry_run_writes_a_complete_report(tmp_path):
   for name in SECTIONS:
     assert any(line.startswith(f'| {name}') and '| ok |' in line
                for line in text.splitlines()), (name, text[:2000])
-  assert 'SUMMARY: JAX step' in text  # the benchmark's own table came through
+  assert 'SUMMARY: JAX train step' in text  # the benchmark's own table came through
   assert 'metrics.csv of the training run' in text
 
 

@@ -321,23 +321,32 @@ class _PyavSource:
       index += frame.samples
 
   def blocks(self, start: int, block_frames: int) -> Iterator[np.ndarray]:
-    pending, size = [], 0
-    for index, frame in self._frames(start):
-      if index + frame.samples <= start or frame.samples == 0:
-        continue
-      mono = _frame_to_mono(frame)
-      if index < start:
-        mono = mono[start - index:]
-      pending.append(mono)
-      size += len(mono)
-      if size >= block_frames:
-        yield np.concatenate(pending)
-        pending, size = [], 0
-    if pending:
-      yield np.concatenate(pending)
+    pieces = ((index, _frame_to_mono(frame)) for index, frame in self._frames(start)
+              if index + frame.samples > start and frame.samples > 0)
+    return _joined(pieces, start, block_frames)
 
   def close(self) -> None:
     self._container.close()
+
+
+def _joined(pieces: Iterator[tuple[int, np.ndarray]], start: int,
+            block_frames: int) -> Iterator[np.ndarray]:
+  """Decoded pieces ``(index of first sample, mono)`` from ``start`` on, as blocks.
+
+  Decoders hand out frames of their own size (a few ms for AAC); consumers
+  want blocks of at least ``block_frames`` samples.
+  """
+  pending, size = [], 0
+  for index, mono in pieces:
+    if index + len(mono) <= start:
+      continue
+    pending.append(mono[max(0, start - index):])
+    size += len(pending[-1])
+    if size >= block_frames:
+      yield np.concatenate(pending)
+      pending, size = [], 0
+  if pending:
+    yield np.concatenate(pending)
 
 
 def _chain(first, rest):
@@ -362,23 +371,19 @@ class _AudioreadSource:
       raise ValueError(f'{self.channels} channels')
 
   def blocks(self, start: int, block_frames: int) -> Iterator[np.ndarray]:
+    return _joined(self._pieces(), start, block_frames)
+
+  def _pieces(self) -> Iterator[tuple[int, np.ndarray]]:
     frame_bytes = 2 * self.channels
-    rest, pending, size, index = b'', [], 0, 0
+    rest, index = b'', 0
     for buf in self._file:
       raw = rest + bytes(buf)
       usable = len(raw) // frame_bytes * frame_bytes
       raw, rest = raw[:usable], raw[usable:]
       pcm = np.frombuffer(raw, dtype='<i2').astype(np.float32) / 32768.0
       mono = _downmix(pcm.reshape(-1, self.channels))
-      if index + len(mono) > start:
-        pending.append(mono[max(0, start - index):])
-        size += len(pending[-1])
+      yield index, mono
       index += len(mono)
-      if size >= block_frames:
-        yield np.concatenate(pending)
-        pending, size = [], 0
-    if pending:
-      yield np.concatenate(pending)
 
   def close(self) -> None:
     self._file.close()

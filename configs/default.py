@@ -48,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.audio.sample_rate = 22050
   config.audio.segment_seconds = 3.0
   config.audio.segment_hop_seconds = 3.0  # = segment_seconds: ten 3 s segments per 30 s song
+  # A clip shorter than one segment (but >= data.min_song_seconds) becomes one
+  # segment: 'pad' with silence, or 'repeat' the clip until it is full.
+  config.audio.short_clip = 'pad'
 
   # --- Log-mel front end (librosa conventions).
   config.features = ml_collections.ConfigDict()

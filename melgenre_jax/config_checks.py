@@ -16,6 +16,7 @@ import ml_collections
 from melgenre_jax import input_spec
 from melgenre_jax import models
 from melgenre_jax import schedules
+from melgenre_jax.data import audio
 from melgenre_jax.data import features
 from melgenre_jax.data import sources
 from melgenre_jax.data import splits
@@ -90,6 +91,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 'checkpoint.every_epochs', 'log_every_steps', 'eval_every_epochs',
                 'data.synthetic.songs_per_genre'):
     _positive_int(config, field)
+  short_clip = config.audio.get('short_clip', 'pad')
+  _require(short_clip in audio.SHORT_CLIP_RULES, 'audio.short_clip', short_clip,
+           'allowed values are ' + ', '.join(audio.SHORT_CLIP_RULES))
   recompute = config.get('bn_recompute_batches', 0)
   _require(isinstance(recompute, int) and not isinstance(recompute, bool) and recompute >= 0,
            'bn_recompute_batches', recompute,

@@ -38,6 +38,7 @@ class InputSpec:
   where: str
   normalize: bool
   features: tuple[tuple[str, Any], ...]  # config.features as sorted items
+  short_clip: str = 'pad'  # how a clip shorter than one segment fills it (audio.SHORT_CLIP_RULES)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> InputSpec:
@@ -49,7 +50,8 @@ class InputSpec:
         min_samples=max(1, int(round(config.data.min_song_seconds * sr))),
         where=str(config.features.where),
         normalize=bool(config.features.normalize),
-        features=tuple(sorted(config.features.to_dict().items())))
+        features=tuple(sorted(config.features.to_dict().items())),
+        short_clip=str(config.audio.get('short_clip', 'pad')))
 
   # ---------------------------------------------------------------- shapes
 

@@ -171,6 +171,19 @@ def test_short_song_is_padded_and_too_short_raises():
     audio.segment_audio(np.zeros(0, np.float32), 1000, 1000, 0)
 
 
+def test_short_clip_rule_repeats_the_clip_or_is_refused():
+  clip = np.arange(1, 601, dtype=np.float32)
+  repeated = audio.segment_audio(clip, 1000, 1000, 500, short_clip='repeat')
+  assert repeated.shape == (1, 1000)
+  np.testing.assert_array_equal(repeated[0, :600], clip)
+  np.testing.assert_array_equal(repeated[0, 600:], clip[:400])  # the clip again from its start
+  longer = np.arange(2500, dtype=np.float32)  # the rule only touches clips shorter than a segment
+  np.testing.assert_array_equal(audio.segment_audio(longer, 1000, 1000, 500, short_clip='repeat'),
+                                audio.segment_audio(longer, 1000, 1000, 500))
+  with pytest.raises(ValueError, match="short_clip='loop'"):
+    audio.segment_audio(clip, 1000, 1000, 500, short_clip='loop')
+
+
 def test_is_silent():
   assert audio.is_silent(np.zeros(100, np.float32))
   assert not audio.is_silent(_tone(0.1))

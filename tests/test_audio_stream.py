@@ -234,6 +234,15 @@ def test_audioread_is_the_fallback_without_pyav(tmp_path, monkeypatch):
   _assert_windows(got, want)  # 16-bit PCM: the same samples either way
 
 
+def test_short_clip_repeat_rule_matches_the_whole_file_path(tmp_path):
+  clip = _write_sf(tmp_path / 'clip.wav', 0.6, SR, subtype='PCM_16')
+  want = audio.segment_audio(audio.load_audio(clip, SR), SR, SR, SR // 2, short_clip='repeat')
+  stream = audio.stream_segments(clip, SR, SR, SR, SR // 2, short_clip='repeat')
+  got = np.concatenate(list(stream))
+  np.testing.assert_array_equal(got, want)
+  assert stream.padded and got[0, stream.num_samples:].any()  # filled with the clip, not zeros
+
+
 def test_short_clip_is_padded_and_too_short_raises(tmp_path):
   clip = _write_sf(tmp_path / 'clip.wav', 0.6, 44100, subtype='PCM_16')
   want = _expected(clip, SR, SR, SR, SR // 2)

@@ -488,17 +488,23 @@ def load_audio(path: str, sample_rate: int) -> np.ndarray:
   return np.ascontiguousarray(wave, dtype=np.float32)
 
 
+SHORT_CLIP_RULES = ('pad', 'repeat')
+
+
 def segment_audio(wave: np.ndarray,
                   segment_samples: int,
                   hop_samples: int,
                   min_samples: int,
                   *,
-                  path: str = '<wave>') -> np.ndarray:
+                  path: str = '<wave>',
+                  short_clip: str = 'pad') -> np.ndarray:
   """Cuts a song into fixed-length segments ``[n, segment_samples]`` float32.
 
-  A song shorter than one segment but at least ``min_samples`` long is
-  zero-padded to one segment (short clips still count); a trailing partial
-  segment of a longer song is dropped (every segment is real audio).
+  A song shorter than one segment but at least ``min_samples`` long still
+  counts: it becomes one segment by ``short_clip`` (``SHORT_CLIP_RULES``:
+  'pad' with silence, or 'repeat' the clip until the segment is full). A
+  trailing partial segment of a longer song is dropped (every segment is real
+  audio).
 
   Raises:
     AudioError: the song is shorter than ``min_samples`` ('too short').
@@ -511,7 +517,7 @@ def segment_audio(wave: np.ndarray,
   if n == 0 or n < min_samples:
     raise AudioError(path, _too_short(n, min_samples))
   if n < segment_samples:
-    return _pad_one(wave, segment_samples)
+    return _fill_one(wave, segment_samples, short_clip)
   count = 1 + (n - segment_samples) // hop_samples
   return _windows(wave, segment_samples, hop_samples, count)
 
@@ -528,7 +534,12 @@ def _too_short(n: int, min_samples: int) -> str:
           '(config.data.min_song_seconds)')
 
 
-def _pad_one(wave: np.ndarray, segment_samples: int) -> np.ndarray:
+def _fill_one(wave: np.ndarray, segment_samples: int, rule: str = 'pad') -> np.ndarray:
+  """One segment from a clip shorter than it: zero-padded, or the clip repeated."""
+  if rule not in SHORT_CLIP_RULES:
+    raise ValueError(f'short_clip={rule!r}: allowed values are {", ".join(SHORT_CLIP_RULES)}')
+  if rule == 'repeat':
+    return np.resize(np.asarray(wave, np.float32), (1, segment_samples))
   out = np.zeros((1, segment_samples), np.float32)
   out[0, :len(wave)] = wave
   return out
@@ -659,14 +670,17 @@ class SegmentStream:
     num_samples: resampled samples read so far within the offset/max window;
       final after iteration.
     padded: True when the audio was shorter than one segment and was
-      zero-padded.
+      filled up to one by ``short_clip`` (zero padding or repetition).
   """
 
   def __init__(self, path: str, sample_rate: int, segment_samples: int,
                hop_samples: int, min_samples: int, *,
                offset_seconds: float = 0.0, max_seconds: float | None = None,
-               block_seconds: float = 60.0, max_rows: int = 256):
+               block_seconds: float = 60.0, max_rows: int = 256, short_clip: str = 'pad'):
     _check_window_args(segment_samples, hop_samples)
+    if short_clip not in SHORT_CLIP_RULES:
+      raise ValueError(f'short_clip={short_clip!r}: allowed values are '
+                       f'{", ".join(SHORT_CLIP_RULES)}')
     if sample_rate <= 0:
       raise ValueError(f'sample_rate must be > 0, got {sample_rate}')
     if not offset_seconds >= 0:
@@ -687,6 +701,7 @@ class SegmentStream:
     self.max_seconds = max_seconds
     self.block_seconds = float(block_seconds)
     self.max_rows = int(max_rows)
+    self.short_clip = short_clip
     self.num_samples = 0
     self.padded = False
 
@@ -731,7 +746,7 @@ class SegmentStream:
       self._check_length(source)
       if self.num_samples < seg:
         self.padded = True
-        yield _pad_one(buf, seg)
+        yield _fill_one(buf, seg, self.short_clip)
       elif chunk is not None:
         yield chunk[:rows]
     finally:
@@ -763,7 +778,7 @@ def stream_segments(path: str, sample_rate: int, segment_samples: int,
                     offset_seconds: float = 0.0,
                     max_seconds: float | None = None,
                     block_seconds: float = 60.0,
-                    max_rows: int = 256) -> SegmentStream:
+                    max_rows: int = 256, short_clip: str = 'pad') -> SegmentStream:
   """The windows of ``path`` decoded block by block, in bounded memory.
 
   ``offset_seconds``/``max_seconds`` pick the part of the song (rounded to
@@ -774,7 +789,7 @@ def stream_segments(path: str, sample_rate: int, segment_samples: int,
   return SegmentStream(path, sample_rate, segment_samples, hop_samples,
                        min_samples, offset_seconds=offset_seconds,
                        max_seconds=max_seconds, block_seconds=block_seconds,
-                       max_rows=max_rows)
+                       max_rows=max_rows, short_clip=short_clip)
 
 
 def rms_db(segment: np.ndarray) -> float:

@@ -99,6 +99,7 @@ def fingerprint(config: ml_collections.ConfigDict,
       'segment_samples': p.spec.segment_samples,
       'hop_samples': p.spec.hop_samples,
       'min_samples': p.spec.min_samples,
+      'short_clip': p.spec.short_clip,
       'skip_silent': p.skip_silent,
       'silence_db': p.silence_db,
       'where': p.spec.where,
@@ -145,7 +146,8 @@ def decode_song(index: int, song: Song, p: DecodeParams) -> SongResult:
   try:
     wave = _song_wave(song, p)
     segments = audio.segment_audio(wave, p.spec.segment_samples, p.spec.hop_samples,
-                                   p.spec.min_samples, path=where)
+                                   p.spec.min_samples, path=where,
+                                   short_clip=p.spec.short_clip)
     if p.skip_silent and all(audio.is_silent(s, p.silence_db)
                              for s in segments):
       raise audio.AudioError(

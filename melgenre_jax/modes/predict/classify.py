@@ -118,7 +118,7 @@ def _file_events(path: str, spec: InputSpec, hop_samples: int, options: Options,
     stream = audio.stream_segments(
         path, spec.sample_rate, spec.segment_samples, hop_samples, spec.min_samples,
         offset_seconds=options.offset_seconds, max_seconds=options.max_seconds,
-        max_rows=max_rows)
+        max_rows=max_rows, short_clip=spec.short_clip)
     for chunk in stream:
       silent = all(audio.is_silent(s) for s in chunk)
       yield 'chunk', spec.host_inputs(chunk), silent
@@ -371,4 +371,5 @@ def song_segments(path: str, spec: InputSpec) -> tuple[np.ndarray, int]:
   """
   wave = audio.load_audio(path, spec.sample_rate)
   return audio.segment_audio(wave, spec.segment_samples, spec.hop_samples,
-                             spec.min_samples, path=path), int(wave.shape[0])
+                             spec.min_samples, path=path,
+                             short_clip=spec.short_clip), int(wave.shape[0])

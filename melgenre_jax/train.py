@@ -128,6 +128,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           steps.resolve_microbatch(config.get('eval_microbatch', -1))),
       state.variables(), (config.eval_batch_size,) + spec.input_shape, mesh)
 
+  # Batches reach the devices ahead of the step; checkpoints store its position.
+  batches = prefetch.DevicePrefetch(data_iter, prefetch.train_batch_on_device(mesh),
+                                    depth=config.get('prefetch_batches', 2))
+
   p_stats = None
   if config.get('bn_recompute_batches', 0) > 0:
     p_stats = steps.compile_ahead(
@@ -163,8 +167,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   last_row: dict = history.rows[-1] if history.rows else {}
   stopped = None
   step = start_step
-  batches = prefetch.DevicePrefetch(data_iter, prefetch.train_batch_on_device(mesh),
-                                    depth=config.get('prefetch_batches', 2))
   pending = StepMetrics(history, writer if is_chief else None, schedule)
 
   def check_metrics() -> None:

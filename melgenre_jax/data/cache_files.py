@@ -86,22 +86,14 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
   """
   if len2 <= 0:
     return crc1
-  odd = [0xedb88320] + [1 << n for n in range(31)]  # one zero bit
-  even = [_gf2_times(odd, v) for v in odd]  # two zero bits
-  odd = [_gf2_times(even, v) for v in even]  # four zero bits
-  while True:  # apply len2 zero bytes to crc1, squaring the operator
-    even = [_gf2_times(odd, v) for v in odd]
+  op = [0xedb88320] + [1 << n for n in range(31)]  # one zero bit
+  for _ in range(2):
+    op = [_gf2_times(op, v) for v in op]  # two, then four zero bits
+  while len2:  # apply len2 zero bytes to crc1: square the operator per bit of len2
+    op = [_gf2_times(op, v) for v in op]  # one zero byte, then 2, 4, 8 ...
     if len2 & 1:
-      crc1 = _gf2_times(even, crc1)
+      crc1 = _gf2_times(op, crc1)
     len2 >>= 1
-    if not len2:
-      break
-    odd = [_gf2_times(even, v) for v in even]
-    if len2 & 1:
-      crc1 = _gf2_times(odd, crc1)
-    len2 >>= 1
-    if not len2:
-      break
   return (crc1 ^ crc2) & 0xffffffff
 
 

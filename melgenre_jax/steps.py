@@ -18,6 +18,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax.training.train_state import TrainState as FlaxTrainState
 from jax.sharding import PartitionSpec as P
@@ -259,19 +260,26 @@ def make_batch_stats_step(mesh, config: ml_collections.ConfigDict, num_classes: 
 
 
 def pool_batch_stats(per_batch: list[Any]) -> Any:
-  """Population statistics from equal-sized batches' (mean, var) per block.
+  """Population statistics from equal-sized batches' (mean, var) per block, on the host.
 
   Means average; variances add the spread of the batch means (law of total
   variance), so the result is the statistics of all the batches' rows together.
+  The statistics are a few hundred numbers: numpy in float64, not a chain of
+  small device operations.
   """
-  n = len(per_batch)
+  per_batch = jax.device_get(per_batch)
   means = [_leaves_named(b, 'mean') for b in per_batch]
-  seconds = [jax.tree.map(lambda v, m: v + jnp.square(m), _leaves_named(b, 'var'), m)
-             for b, m in zip(per_batch, means)]
-  mean = jax.tree.map(lambda *xs: sum(xs) / n, *means)
-  var = jax.tree.map(lambda *xs: jnp.maximum(sum(xs[:-1]) / n - jnp.square(xs[-1]), 0.0),
-                     *seconds, mean)
-  return _with_leaves(per_batch[0], mean, var)
+  variances = [_leaves_named(b, 'var') for b in per_batch]
+
+  def average(values) -> np.ndarray:
+    return sum(np.asarray(v, np.float64) for v in values) / len(per_batch)
+
+  mean = {k: average(m[k] for m in means) for k in means[0]}
+  second = {k: average(v[k] + np.square(np.asarray(m[k], np.float64))
+                       for v, m in zip(variances, means)) for k in mean}
+  var = {k: np.maximum(second[k] - np.square(mean[k]), 0.0) for k in mean}
+  as32 = lambda d: {k: v.astype(np.float32) for k, v in d.items()}  # noqa: E731
+  return _with_leaves(per_batch[0], as32(mean), as32(var))
 
 
 def _leaves_named(tree: Any, name: str) -> Any:

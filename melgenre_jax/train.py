@@ -355,7 +355,7 @@ def population_batch_stats(p_stats: Callable, variables: steps.ModelVariables,
     idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
     local = np.asarray(segments.inputs[idx], np.float32)[rows]
     per_batch.append(p_stats(variables, parallel.global_batch({'inputs': local}, mesh)['inputs']))
-  return steps.pool_batch_stats(per_batch)
+  return jax.device_put(steps.pool_batch_stats(per_batch), parallel.replicated(mesh))
 
 
 def _log_epoch(row: dict) -> None:

@@ -226,3 +226,13 @@ def test_small_set_validation_reads_the_model_from_epoch_one(tmp_path, recompute
     assert agreement >= 0.8 and gap < 0.1 and abs(acc_eval - acc_own) <= 0.15
   else:
     assert agreement < 0.8 or gap > 0.2
+
+
+def test_pooled_batch_statistics_are_those_of_all_rows():
+  rng = np.random.default_rng(0)
+  rows = [rng.normal(3.0, 2.0, (8, 5)), rng.normal(-1.0, 0.5, (8, 5))]
+  per_batch = [{'block': {'BatchNorm_0': {'mean': r.mean(0), 'var': r.var(0)}}} for r in rows]
+  pooled = steps.pool_batch_stats(per_batch)['block']['BatchNorm_0']
+  both = np.concatenate(rows)
+  np.testing.assert_allclose(pooled['mean'], both.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(pooled['var'], both.var(0), rtol=1e-5)

@@ -354,7 +354,10 @@ def population_batch_stats(p_stats: Callable, variables: steps.ModelVariables,
   for b in range(count):
     idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
     local = np.asarray(segments.inputs[idx], np.float32)[rows]
-    per_batch.append(p_stats(variables, parallel.global_batch({'inputs': local}, mesh)['inputs']))
+    # One call at a time: the calls share no data, and two in flight at once
+    # could meet in each other's cross-device mean (CPU collectives abort on it).
+    per_batch.append(jax.block_until_ready(
+        p_stats(variables, parallel.global_batch({'inputs': local}, mesh)['inputs'])))
   return jax.device_put(steps.pool_batch_stats(per_batch), parallel.replicated(mesh))
 
 

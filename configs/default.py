@@ -42,6 +42,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.synthetic.songs_per_genre = 100
   config.data.synthetic.song_seconds = 30.0
   config.data.synthetic.num_genres = 10
+  # Names of the styles to use, e.g. ('jazz', 'rock'); () = the first num_genres.
+  # Transfer experiments pretrain on some styles and fine-tune on the others.
+  config.data.synthetic.genres = ()
+  # True: every song also carries tags beside its genre (rhythm feel, brightness,
+  # tempo), for config.task='multilabel' without downloads.
+  config.data.synthetic.tagged = False
 
   # --- Audio decoding and segmentation.
   config.audio = ml_collections.ConfigDict()
@@ -90,6 +96,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.leaky_slope = 0.3
   config.model.batchnorm_momentum = 0.99
   config.model.dtype = 'float32'  # float32 | bfloat16 (CNN compute dtype)
+
+  # --- What is learned: 'genre' (one label per song, softmax, cross-entropy) or
+  # 'multilabel' (a manifest label holding several ';'-separated tags, as in
+  # MagnaTagATune / MTG-Jamendo: sigmoid outputs, binary cross-entropy, ROC-AUC/PR-AUC).
+  config.task = 'genre'
+  config.multilabel = ml_collections.ConfigDict()
+  config.multilabel.threshold = 0.5  # predict lists the tags whose probability reaches this
+
+  # --- Transfer (melgenre_jax/transfer.py): start from another run's weights.
+  # A run's workdir (its best checkpoint) or one checkpoint folder
+  # (WORKDIR/checkpoints/<step>); '' = random initialisation.
+  config.init_from = ''
+  config.finetune = ml_collections.ConfigDict()
+  # The backbone (everything but the classifier head) is frozen for this many
+  # epochs, then trains; -1 = frozen for the whole run (a linear probe on it).
+  config.finetune.freeze_backbone_epochs = 0
+  config.finetune.backbone_lr_multiplier = 1.0  # backbone learning rate = schedule x this
 
   # --- Optimisation.
   config.batch_size = 32  # global, over all devices and hosts

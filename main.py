@@ -5,6 +5,7 @@
   python main.py --workdir runs/synthetic --mode eval
   python main.py --workdir runs/synthetic --mode predict song.mp3 my_folder/
   python main.py --workdir runs/synthetic --mode predict --output csv --write_tags ~/Music
+  python main.py --workdir runs/synthetic --mode embed my_folder/ --per_segment
 
 Any config field can be overridden with --config.some.field=value.
 """
@@ -21,8 +22,9 @@ from melgenre_jax.runtime import parallel
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, plots and reports.')
 flags.DEFINE_enum('mode', 'train', cli.MODES, 'What to do with the workdir.')
-flags.DEFINE_integer('step', None, 'eval/predict/export: checkpoint step (default: the best).')
-flags.DEFINE_multi_string('audio', [], 'predict: audio files or folders to classify '
+flags.DEFINE_integer('step', None,
+                     'eval/predict/embed/export: checkpoint step (default: the best).')
+flags.DEFINE_multi_string('audio', [], 'predict/embed: audio files or folders to classify '
                           '(repeated or comma-separated; or give them after the flags).')
 flags.DEFINE_enum('output', 'text', ['text', 'json', 'csv'],
                   'predict: print text; write one JSON report at the end; or append a CSV '
@@ -31,10 +33,10 @@ flags.DEFINE_string('output_file', None, 'predict: where --output json/csv is wr
                     '(default WORKDIR/predictions/predictions.json or .csv).')
 flags.DEFINE_integer('top_k', 3, 'predict: how many genres to show per song.')
 flags.DEFINE_bool('plot', False, 'predict: save a genre-over-time PNG per song.')
-flags.DEFINE_float('offset_seconds', 0.0, 'predict: skip this much of every file.')
-flags.DEFINE_float('max_seconds', None, 'predict: classify at most this much of every file '
+flags.DEFINE_float('offset_seconds', 0.0, 'predict/embed: skip this much of every file.')
+flags.DEFINE_float('max_seconds', None, 'predict/embed: read at most this much of every file '
                    '(after --offset_seconds; default: to the end).')
-flags.DEFINE_float('hop_seconds', None, 'predict: time between window starts (shorter than '
+flags.DEFINE_float('hop_seconds', None, 'predict/embed: time between window starts (shorter than '
                    'a window: overlapping windows; default: the training hop).')
 flags.DEFINE_float('min_confidence', 0.0, 'predict: a song whose top calibrated probability '
                    'is below this is reported as uncertain (0..1; 0: off).')
@@ -42,6 +44,10 @@ flags.DEFINE_enum('write_tags', 'off', ['off', 'dry_run', 'apply'],
                   'predict: write the top genre into each file\'s genre tag. A bare '
                   '--write_tags lists the changes (dry_run); --write_tags=apply writes them. '
                   'Skipped and uncertain files are never tagged.')
+flags.DEFINE_bool('per_segment', False, 'embed: also write every segment\'s embedding '
+                  '(segment_embeddings.npy/.csv), not only each song\'s mean.')
+flags.DEFINE_string('embed_dir', None, 'embed: folder the embeddings are written to '
+                    '(default WORKDIR/embeddings).')
 flags.DEFINE_string('coordinator_address', '', 'Multi-host: host:port of process 0.')
 flags.DEFINE_integer('num_processes', 0, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', -1, 'Multi-host: index of this process.')
@@ -74,10 +80,10 @@ def bare_write_tags(argv: list[str]) -> list[str]:
 
 
 def main(argv):
-  paths = argv[1:]  # audio files and folders, for --mode=predict
-  if paths and FLAGS.mode != 'predict':
+  paths = argv[1:]  # audio files and folders, for --mode=predict and --mode=embed
+  if paths and FLAGS.mode not in ('predict', 'embed'):
     raise app.UsageError(f'Unexpected arguments: {paths} (only --mode=predict takes audio '
-                         'paths after the flags).')
+                         'paths after the flags, and --mode=embed).')
   cli.quiet_library_logs()
   try:
     with parallel.peer_failures_as_errors():
@@ -86,7 +92,8 @@ def main(argv):
               top_k=FLAGS.top_k, plot=FLAGS.plot, output_file=FLAGS.output_file,
               offset_seconds=FLAGS.offset_seconds, max_seconds=FLAGS.max_seconds,
               hop_seconds=FLAGS.hop_seconds, min_confidence=FLAGS.min_confidence,
-              write_tags=FLAGS.write_tags,
+              write_tags=FLAGS.write_tags, per_segment=FLAGS.per_segment,
+              embed_dir=FLAGS.embed_dir,
               coordinator_address=FLAGS.coordinator_address,
               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
               peer_timeout_seconds=FLAGS.peer_timeout_seconds)

@@ -45,6 +45,7 @@ from scipy import optimize
 from melgenre_jax import metrics as metrics_lib
 from melgenre_jax import reporting
 from melgenre_jax.data import input_pipeline
+from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import UserError
 from melgenre_jax.errors import WorkdirError
 
@@ -384,6 +385,11 @@ def calibrate_workdir(config: ml_collections.ConfigDict, workdir: str,
   from melgenre_jax.modes import evaluate
   # pylint: enable=g-import-not-at-top
 
+  if config.get('task', 'genre') == 'multilabel':
+    raise ConfigError(
+        "--mode=calibrate fits a temperature to a genre softmax; this is a "
+        "config.task='multilabel' run, whose sigmoid tag probabilities are used as they "
+        'are: nothing to calibrate (eval and predict work without it).')
   workdir = os.path.abspath(workdir)
   config_checks.check_workdir_compatible(config, workdir)
   model = inference.load_for_inference(config, workdir, step)

@@ -15,7 +15,7 @@ from melgenre_jax.errors import WorkdirError
 from melgenre_jax.runtime import hostmem
 from melgenre_jax.runtime import parallel
 
-MODES = ('train', 'eval', 'predict', 'export', 'tune', 'calibrate', 'cv')
+MODES = ('train', 'eval', 'predict', 'embed', 'export', 'tune', 'calibrate', 'cv')
 
 
 class _DropLibraryInfo(std_logging.Filter):
@@ -72,6 +72,7 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str, *,
         output_file: str | None = None, offset_seconds: float = 0.0,
         max_seconds: float | None = None, hop_seconds: float | None = None,
         min_confidence: float = 0.0, write_tags: str = 'off',
+        per_segment: bool = False, embed_dir: str | None = None,
         coordinator_address: str = '', num_processes: int = 0,
         process_id: int = -1,
         peer_timeout_seconds: int = parallel.DEFAULT_PEER_TIMEOUT_SECONDS) -> Any:
@@ -79,7 +80,8 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str, *,
 
   ``step``: the checkpoint eval/predict/export restore (default: the best);
   ``audio`` to ``write_tags``: predict's inputs, output and the flags of the
-  same names (see modes/predict/mode.py);
+  same names (see modes/predict/mode.py); embed takes ``audio``, ``per_segment``,
+  ``embed_dir`` and the three window flags (see modes/embed.py);
   the last four: multi-host settings (see runtime.parallel).
   """
   if config is None or config.get('keep_host_memory', True):
@@ -113,6 +115,12 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str, *,
         config, workdir, list(audio), step=step, output=output, top_k=top_k, plot=plot,
         output_file=output_file, offset_seconds=offset_seconds, max_seconds=max_seconds,
         hop_seconds=hop_seconds, min_confidence=min_confidence, write_tags=write_tags)
+  if mode == 'embed':
+    from melgenre_jax.modes import embed  # pylint: disable=g-import-not-at-top
+    return embed.embed_paths(
+        config, workdir, list(audio), step=step, per_segment=per_segment,
+        embed_dir=embed_dir, offset_seconds=offset_seconds, max_seconds=max_seconds,
+        hop_seconds=hop_seconds)
   if mode == 'calibrate':
     from melgenre_jax import calibration  # pylint: disable=g-import-not-at-top
     return calibration.calibrate_workdir(config, workdir, step=step)

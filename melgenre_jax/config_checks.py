@@ -29,7 +29,10 @@ __all__ = ['ConfigError', 'validate', 'check_workdir_compatible', 'architecture_
 
 # Fields that change the model's parameters or the meaning of its input: a
 # workdir trained with other values cannot be resumed or evaluated with these.
-ARCHITECTURE_FIELDS = ('model', 'audio', 'features', 'data.source')
+ARCHITECTURE_FIELDS = ('model', 'audio', 'features', 'data.source', 'task')
+
+# config.task: one genre per song (softmax), or several tags (sigmoids).
+TASKS = ('genre', 'multilabel')
 
 
 def _require(ok: bool, field: str, value, allowed: str) -> None:
@@ -68,6 +71,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, 'features.where', input_spec.FEATURE_PLACES)
   _choice(config, 'features.mel_norm', tuple(features.MEL_NORMS))
   _choice(config, 'model.dtype', models.DTYPES)
+  _require(config.get('task', 'genre') in TASKS, 'task', config.get('task'),
+           f'allowed values are {", ".join(TASKS)}')
+  if 'multilabel' in config:
+    threshold = config.multilabel.threshold
+    _require(isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+             and 0 < threshold < 1, 'multilabel.threshold', threshold,
+             'must be in (0, 1): predict lists the tags whose probability reaches it')
   if config.data.source in ('gtzan', 'folder'):
     root = config.data.root
     _require(bool(root), 'data.root', root,
@@ -227,6 +237,8 @@ def architecture_differences(saved: dict, config: ml_collections.ConfigDict
   """Fields (dotted) under ARCHITECTURE_FIELDS whose values differ."""
   now = _flatten(json.loads(config.to_json_best_effort()))
   before = _flatten(saved)
+  before.setdefault('task', 'genre')  # saved before config.task existed: a genre run
+  now.setdefault('task', 'genre')
   diffs = []
   for key in sorted(set(now) | set(before)):
     if any(key == f or key.startswith(f + '.') for f in ARCHITECTURE_FIELDS):

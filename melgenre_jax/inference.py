@@ -9,6 +9,7 @@ learning-rate schedule, no data position.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -52,14 +53,41 @@ class InferenceModel:
     return predict_arrays(self.p_predict, self.variables, inputs, batch, self.mesh,
                           progress)
 
+  @property
+  def multilabel(self) -> bool:
+    """Sigmoid tag scores (``config.task='multilabel'``) rather than a genre softmax."""
+    return self.config.get('task', 'genre') == 'multilabel'
+
   def song_probabilities(self, segment_probs: np.ndarray) -> np.ndarray:
     """Calibrated probabilities ``[genres]`` of one song from ``predict``'s rows for its segments.
 
     softmax(log(mean of the segment probabilities) / temperature): the same
     top genre as the plain mean, its confidence rescaled by the temperature
     fitted on validation (1, unchanged, when the step was never calibrated).
+    Multi-label: the plain mean per tag (tags are not calibrated).
     """
+    if self.multilabel:
+      return np.asarray(segment_probs, np.float64).mean(axis=0)
     return calibration.song_probabilities(segment_probs, self.temperature)
+
+  @property
+  def embedding_dim(self) -> int:
+    """Width ``D`` of ``embed``'s rows: the classifier head's input size."""
+    return int(self.variables.params['head']['kernel'].shape[0])
+
+  @functools.cached_property
+  def p_embed(self) -> Callable:
+    """The compiled embed step, built on first use (prediction never pays for it)."""
+    return steps.make_embed_step(
+        self.mesh, self.apply_fn, self.spec.device_preprocess(),
+        steps.resolve_microbatch(self.config.get('eval_microbatch', -1)))
+
+  def embed(self, inputs: np.ndarray, batch_size: int | None = None,
+            progress: str | None = None) -> np.ndarray:
+    """Embeddings ``[N, D]`` float32 (what the head reads) for inputs ``[N, *spec.input_shape]``."""
+    batch = inference_batch_size(batch_size or self.config.eval_batch_size)
+    return embed_arrays(self.p_embed, self.variables, inputs, batch, self.mesh,
+                        self.embedding_dim, progress)
 
 
 def inference_batch_size(requested: int) -> int:
@@ -93,6 +121,19 @@ def predict_arrays(p_predict: Callable, variables: steps.ModelVariables,
   return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def embed_arrays(p_embed: Callable, variables: steps.ModelVariables, inputs: np.ndarray,
+                 batch_size: int, mesh, dim: int, progress: str | None = None) -> np.ndarray:
+  """Embeddings for every row of ``inputs``, in order ``[N, dim]`` float32.
+
+  ``p_embed`` is a ``steps.make_embed_step``; batching, padding and the
+  per-process slices are those of ``predict_arrays``.
+  """
+  if not len(inputs):
+    return np.zeros((0, dim), np.float32)
+  return np.asarray(predict_arrays(p_embed, variables, inputs, batch_size, mesh, progress),
+                    np.float32)
+
+
 def load_genres(workdir: str) -> list[str]:
   path = os.path.join(workdir, 'dataset.json')
   if not os.path.exists(path):
@@ -113,7 +154,8 @@ def make_inference_model(config: ml_collections.ConfigDict, genres: list[str],
       mesh=mesh, apply_fn=apply_fn,
       p_predict=steps.make_predict_step(
           mesh, apply_fn, spec.device_preprocess(),
-          steps.resolve_microbatch(config.get('eval_microbatch', -1))),
+          steps.resolve_microbatch(config.get('eval_microbatch', -1)),
+          multilabel=config.get('task', 'genre') == 'multilabel'),
       temperature=float(temperature))
 
 

@@ -6,6 +6,8 @@ kernels and 4x4 pools, coarse; B: 3x3 kernels and 2x2 pools, fine); each
 branch's feature map is then read as a sequence over time, one step per
 pooled frame with ``mels x channels`` features, by stacked LSTMs. The two
 branch summaries are concatenated and a dense layer gives the genre logits.
+That concatenation is the segment embedding (``return_embedding=True``):
+what the head reads, so a linear probe on it sees what the classifier sees.
 """
 
 from __future__ import annotations
@@ -181,7 +183,13 @@ class Branch(nn.Module):
 
 
 class DualBranchCRNN(nn.Module):
-  """Log-mel ``[B, frames, mels]`` -> genre logits ``[B, num_classes]``."""
+  """Log-mel ``[B, frames, mels]`` -> genre logits ``[B, num_classes]``.
+
+  With ``return_embedding=True`` it returns ``(logits, embedding)``, the
+  embedding ``[B, 2 * lstm_sizes[-1]]`` being the head's input. A call argument
+  rather than ``sow``: inference and export stay pure functions without a
+  mutable collection, and the parameters are the same either way.
+  """
 
   num_classes: int
   conv_features: int = 32
@@ -200,7 +208,8 @@ class DualBranchCRNN(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, spec: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, spec: jax.Array, train: bool = False,
+               return_embedding: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
     x = spec[..., None].astype(self.dtype)
     common = dict(num_blocks=self.num_blocks, features=self.conv_features,
                   lstm_sizes=self.lstm_sizes, dropout=self.dropout,
@@ -211,7 +220,13 @@ class DualBranchCRNN(nn.Module):
     b = Branch(kernel=self.branch_b_kernel, pool=self.branch_b_pool,
                name='branch_b', **common)(x, train)
     h = jnp.concatenate([a, b], axis=-1)
-    return nn.Dense(self.num_classes, kernel_init=he_normal, name='head')(h)
+    logits = nn.Dense(self.num_classes, kernel_init=he_normal, name='head')(h)
+    return (logits, h) if return_embedding else logits
+
+
+def embedding_dim(model_config: ml_collections.ConfigDict) -> int:
+  """Width of the embedding: the two branches' last LSTM sizes, concatenated."""
+  return 2 * int(tuple(model_config.lstm_sizes)[-1])
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int,

@@ -126,17 +126,24 @@ def plot_training_curves(history: Sequence[dict], path: str) -> None:
   ax_loss.set_ylabel('cross-entropy')
   ax_loss.set_title('Loss')
   ax_acc.plot(epochs, series('train_accuracy'), label='train (segments)')
-  ax_acc.plot(epochs, series('val_segment_accuracy'), label='validation (segments)')
-  ax_acc.plot(epochs, series('val_song_accuracy'), label='validation (songs)')
-  song_acc = np.asarray(series('val_song_accuracy'), dtype=float)
+  multilabel = any('val_song_roc_auc' in row for row in history)
+  if multilabel:  # tags: mean per-tag accuracy in training, ranking scores in validation
+    ax_acc.plot(epochs, series('val_song_roc_auc'), label='validation song ROC-AUC')
+    ax_acc.plot(epochs, series('val_song_pr_auc'), label='validation song PR-AUC')
+    ax_acc.plot(epochs, series('val_segment_roc_auc'), label='validation segment ROC-AUC')
+    song_acc = np.asarray(series('val_song_roc_auc'), dtype=float)
+  else:
+    ax_acc.plot(epochs, series('val_segment_accuracy'), label='validation (segments)')
+    ax_acc.plot(epochs, series('val_song_accuracy'), label='validation (songs)')
+    song_acc = np.asarray(series('val_song_accuracy'), dtype=float)
   if np.isfinite(song_acc).any():
     best = int(np.nanargmax(song_acc))
     ax_acc.axvline(epochs[best], color='grey', ls='--', lw=1,
                    label=f'best epoch {epochs[best]}')
   ax_acc.set_xlabel('epoch')
-  ax_acc.set_ylabel('accuracy')
+  ax_acc.set_ylabel('accuracy / AUC' if multilabel else 'accuracy')
   ax_acc.set_ylim(0, 1.02)
-  ax_acc.set_title('Accuracy')
+  ax_acc.set_title('Tag accuracy and AUC' if multilabel else 'Accuracy')
   for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
     ax.legend()

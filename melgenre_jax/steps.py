@@ -82,20 +82,61 @@ def kernel_mask(params: Any) -> Any:
       {path: path[-1] == 'kernel' for path in flat})
 
 
-def create_optimizer(config: ml_collections.ConfigDict,
-                     learning_rate: optax.Schedule) -> optax.GradientTransformation:
-  """Adam with a coupled L2 penalty on kernels.
+def create_optimizer(config: ml_collections.ConfigDict, learning_rate: optax.Schedule,
+                     steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+  """Adam with a coupled L2 penalty on kernels, fine-tuning settings applied.
 
   ``add_decayed_weights(2 * l2)`` before Adam's scaling adds the gradient of
   ``l2 * sum(W**2)`` - the same as Keras' ``kernel_regularizer=l2(l2)`` in the
   reference - without computing the penalty inside the loss.
+  ``steps_per_epoch`` is needed when ``config.finetune`` freezes the backbone
+  for some epochs.
   """
-  return optax.chain(
-      optax.add_decayed_weights(2.0 * config.optim.l2, mask=kernel_mask),
-      optax.scale_by_adam(b1=config.optim.b1, b2=config.optim.b2,
-                          eps=config.optim.eps),
-      optax.scale_by_learning_rate(learning_rate),
-  )
+  def adam(lr: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.add_decayed_weights(2.0 * config.optim.l2, mask=kernel_mask),
+        optax.scale_by_adam(b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps),
+        optax.scale_by_learning_rate(lr),
+    )
+
+  return with_finetune(config.get('finetune'), adam, learning_rate, steps_per_epoch)
+
+
+def param_groups(params: Any) -> Any:
+  """'head' for the classifier layer, 'backbone' for everything before it."""
+  flat = flax.traverse_util.flatten_dict(params)
+  return flax.traverse_util.unflatten_dict(
+      {path: 'head' if path[0] == 'head' else 'backbone' for path in flat})
+
+
+def with_finetune(finetune: ml_collections.ConfigDict | None,
+                  make: Callable[[optax.ScalarOrSchedule], optax.GradientTransformation],
+                  learning_rate: optax.Schedule,
+                  steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+  """``make(learning_rate)``, with the backbone frozen or slowed as ``finetune`` says.
+
+  Head and backbone get their own copy of the optimizer (``multi_transform``).
+  A backbone frozen for N epochs runs at learning rate 0 for those steps, so
+  its Adam moments follow its gradients and are warm when it starts to move;
+  frozen for the whole run (-1), it has no optimizer state at all.
+  """
+  freeze = int(finetune.freeze_backbone_epochs) if finetune is not None else 0
+  multiplier = float(finetune.backbone_lr_multiplier) if finetune is not None else 1.0
+  if freeze == 0 and multiplier == 1.0:
+    return make(learning_rate)
+  if freeze < 0:
+    backbone = optax.set_to_zero()
+  else:
+    if freeze > 0 and not steps_per_epoch:
+      raise ValueError('freezing the backbone for some epochs needs steps_per_epoch')
+    frozen_steps = freeze * (steps_per_epoch or 0)
+
+    def backbone_lr(step: jax.Array) -> jax.Array:
+      return jnp.where(step < frozen_steps, 0.0, multiplier * learning_rate(step))
+
+    backbone = make(backbone_lr)
+  return optax.multi_transform({'head': make(learning_rate), 'backbone': backbone},
+                               param_groups)
 
 
 def init_variables(spec: InputSpec, model: models.DualBranchCRNN,
@@ -138,6 +179,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   Runs inside ``shard_map``: gradients, metrics and BatchNorm statistics are
   averaged over the ``data`` axis explicitly (``lax.pmean``), so the update is
   that of the global batch whatever the device count.
+
+  ``config.task='multilabel'``: labels are multi-hot ``[B, num_classes]``, the
+  outputs independent sigmoids, the loss the mean binary cross-entropy over
+  segments and tags, and 'accuracy' the mean per-tag accuracy at 0.5 (a
+  rough training signal: with rare tags, always answering no scores high;
+  validation reports ROC-AUC/PR-AUC).
   """
   key = jax.random.fold_in(state.rng, state.step)
   key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))  # own dropout per device
@@ -149,7 +196,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
     inputs = augment.augment_waves(k_wave, inputs, config.augment, input_spec.sample_rate)
   spec = input_spec.device_preprocess()(inputs, state.feature_mean, state.feature_std)
   spec = augment.augment_specs(k_spec, spec, config.augment)
-  targets = jax.nn.one_hot(batch['label'], num_classes)
+  multilabel = config.get('task', 'genre') == 'multilabel'
+  if multilabel:
+    targets = batch['label'].astype(jnp.float32)
+  else:
+    targets = jax.nn.one_hot(batch['label'], num_classes)
   if config.augment.mixup_alpha > 0:
     spec, targets = augment.mixup(k_mix, spec, targets, config.augment.mixup_alpha)
 
@@ -157,13 +208,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
     logits, new_vars = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, spec, train=True,
         rngs={'dropout': k_drop}, mutable=['batch_stats'])
-    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    if multilabel:
+      loss = optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets).mean()
+    else:
+      loss = optax.softmax_cross_entropy(logits, targets).mean()
     return loss, (logits, new_vars['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, AXIS)
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+  if multilabel:  # sigmoid(logit) >= 0.5 exactly when logit >= 0
+    accuracy = jnp.mean((logits >= 0) == (batch['label'] >= 0.5))
+  else:
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
   loss, accuracy = jax.lax.pmean((loss, accuracy), AXIS)
 
   finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
@@ -189,8 +246,11 @@ def make_train_step(mesh, config: ml_collections.ConfigDict, num_classes: int) -
 
 
 def predict_step(variables: ModelVariables, inputs: jax.Array, *,
-                 apply_fn: Callable, preprocess: Callable, microbatch: int = 0) -> jax.Array:
+                 apply_fn: Callable, preprocess: Callable, microbatch: int = 0,
+                 multilabel: bool = False) -> jax.Array:
   """Softmax probabilities for this device's shard (inference mode).
+
+  ``multilabel``: one independent sigmoid probability per tag instead.
 
   ``microbatch`` > 0 sends the shard through the model that many rows at a
   time (``lax.map``): on a CPU the activations of a few rows stay in cache
@@ -201,6 +261,8 @@ def predict_step(variables: ModelVariables, inputs: jax.Array, *,
     spec = preprocess(x, variables.feature_mean, variables.feature_std)
     logits = apply_fn({'params': variables.params,
                        'batch_stats': variables.batch_stats}, spec, train=False)
+    if multilabel:
+      return jax.nn.sigmoid(logits.astype(jnp.float32))
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
   n = inputs.shape[0]
@@ -219,9 +281,45 @@ def resolve_microbatch(requested: int, platform: str | None = None) -> int:
 
 
 def make_predict_step(mesh, apply_fn: Callable, preprocess: Callable,
-                      microbatch: int = 0) -> Callable:
+                      microbatch: int = 0, *, multilabel: bool = False) -> Callable:
   """``jit(shard_map(predict_step))``: variables replicated, batch split."""
   step = functools.partial(predict_step, apply_fn=apply_fn, preprocess=preprocess,
+                           microbatch=microbatch, multilabel=multilabel)
+  mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS),
+                         check_vma=False)
+  return jax.jit(mapped)
+
+
+# ----------------------------------------------------------------------------
+# Embeddings: the head's input, for transfer, search and probes.
+
+
+def embed_step(variables: ModelVariables, inputs: jax.Array, *,
+               apply_fn: Callable, preprocess: Callable, microbatch: int = 0) -> jax.Array:
+  """Embeddings ``[n, D]`` float32 for this device's shard (inference mode).
+
+  The same preprocessing, inference mode and microbatching as
+  ``predict_step``, so a segment's embedding is exactly what the head reads
+  when it is classified.
+  """
+  def embeddings(x: jax.Array) -> jax.Array:
+    spec = preprocess(x, variables.feature_mean, variables.feature_std)
+    _, h = apply_fn({'params': variables.params, 'batch_stats': variables.batch_stats},
+                    spec, train=False, return_embedding=True)
+    return h.astype(jnp.float32)
+
+  n = inputs.shape[0]
+  size = math.gcd(n, microbatch) if microbatch > 0 else n
+  if size <= 1 or size >= n:
+    return embeddings(inputs)
+  chunks = inputs.reshape((n // size, size) + inputs.shape[1:])
+  return jax.lax.map(embeddings, chunks).reshape((n, -1))
+
+
+def make_embed_step(mesh, apply_fn: Callable, preprocess: Callable,
+                    microbatch: int = 0) -> Callable:
+  """``jit(shard_map(embed_step))``: variables replicated, batch split."""
+  step = functools.partial(embed_step, apply_fn=apply_fn, preprocess=preprocess,
                            microbatch=microbatch)
   mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS),
                          check_vma=False)
@@ -298,12 +396,16 @@ def compile_ahead(name: str, step: Callable, first_arg: Any, batch_shapes: Any,
   """AOT-compiles ``step(first_arg, batch)`` for batches of ``batch_shapes``.
 
   Processes of a multi-host run meet at a barrier afterwards, so none reaches
-  its first collective while another is still compiling.
+  its first collective while another is still compiling. A ``label`` of shape
+  ``(B,)`` is int32 genre indices; ``(B, K)`` is multi-hot float32 tags.
   """
   sharding = parallel.batch_sharded(mesh)
-  dtypes = {'label': jnp.int32}
+
+  def dtype(name: str, shape: tuple[int, ...]) -> Any:
+    return jnp.int32 if name == 'label' and len(shape) == 1 else jnp.float32
+
   if isinstance(batch_shapes, dict):
-    batch = {k: jax.ShapeDtypeStruct(v, dtypes.get(k, jnp.float32), sharding=sharding)
+    batch = {k: jax.ShapeDtypeStruct(v, dtype(k, tuple(v)), sharding=sharding)
              for k, v in batch_shapes.items()}
   else:
     batch = jax.ShapeDtypeStruct(batch_shapes, jnp.float32, sharding=sharding)

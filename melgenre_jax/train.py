@@ -29,6 +29,7 @@ from melgenre_jax import metrics as metrics_lib
 from melgenre_jax import reporting
 from melgenre_jax import schedules
 from melgenre_jax import steps
+from melgenre_jax import transfer
 from melgenre_jax.data import features
 from melgenre_jax.data import input_pipeline
 from melgenre_jax.errors import NonFiniteError
@@ -67,6 +68,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   config_checks.check_workdir_compatible(config, workdir)
+  transfer.check_before_training(config, workdir)
   is_chief = jax.process_index() == 0
   spec = InputSpec.from_config(config)
 
@@ -82,8 +84,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     total_steps = min(total_steps, config.debug.max_steps)
   schedule = schedules.create_learning_rate_schedule(config.schedule, steps_per_epoch)
   mesh = parallel.create_mesh()
-  state = steps.build_state(config, num_classes, mesh, steps.create_optimizer(config, schedule),
-                            jax.random.PRNGKey(config.seed))
+  tx = steps.create_optimizer(config, schedule, steps_per_epoch)
+  state = steps.build_state(config, num_classes, mesh, tx, jax.random.PRNGKey(config.seed))
 
   loader = input_pipeline.create_train_loader(
       dataset.train, global_batch_size=config.batch_size, seed=config.seed,
@@ -103,7 +105,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  start_step, start_step / steps_per_epoch, manager.directory)
   else:
     start_step = 0
-    if spec.normalize:
+    if config.get('init_from'):
+      state = transfer.initialize_from(config, state, dataset.genres, workdir, mesh)
+    elif spec.normalize:  # a source's statistics come with its weights
       mean, std = compute_feature_stats(spec, dataset.train)
       state = state.replace(feature_mean=jax.device_put(mean, parallel.replicated(mesh)),
                             feature_std=jax.device_put(std, parallel.replicated(mesh)))
@@ -119,13 +123,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # Compile both steps ahead of time: the first epoch's time is then training
   # only, and processes of a multi-host run meet before their first collective.
+  multilabel = config.get('task', 'genre') == 'multilabel'
+  label_shape = (config.batch_size, num_classes) if multilabel else (config.batch_size,)
   p_train = steps.compile_ahead(
       'train', steps.make_train_step(mesh, config, num_classes), state,
-      {'inputs': (config.batch_size,) + spec.input_shape, 'label': (config.batch_size,)}, mesh)
+      {'inputs': (config.batch_size,) + spec.input_shape, 'label': label_shape}, mesh)
   p_predict = steps.compile_ahead(
       'predict', steps.make_predict_step(
           mesh, state.apply_fn, spec.device_preprocess(),
-          steps.resolve_microbatch(config.get('eval_microbatch', -1))),
+          steps.resolve_microbatch(config.get('eval_microbatch', -1)), multilabel=multilabel),
       state.variables(), (config.eval_batch_size,) + spec.input_shape, mesh)
 
   # Batches reach the devices ahead of the step; checkpoints store its position.
@@ -151,16 +157,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           config.bn_recompute_batches, config.seed + epoch, mesh))
     if do_eval:
       val, _ = evaluate_split(p_predict, state.variables(), dataset.validation,
-                              config.eval_batch_size, mesh)
-      row.update(val_loss=val['loss'], val_segment_accuracy=val['segment_accuracy'],
-                 val_song_accuracy=val['song_accuracy'],
-                 val_song_vote_accuracy=val['song_vote_accuracy'])
+                              config.eval_batch_size, mesh, multilabel=multilabel)
+      row.update(validation_row(val, multilabel))
     history.append(row, evaluated=do_eval)
     _log_epoch(row)
     if is_chief:
       write_epoch_reports(writer, history, step, row, workdir)
     if do_save:
-      ckpt_metrics = {checkpointing.BEST_METRIC: row['val_song_accuracy']} if do_eval else None
+      # BEST_METRIC is only the key: the number is song ROC-AUC for multilabel runs.
+      ckpt_metrics = {checkpointing.BEST_METRIC: selection_score(row)} if do_eval else None
       checkpointing.save(manager, step, state, batches, history.progress, ckpt_metrics)
     return row, state
 
@@ -225,22 +230,41 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if stopped:
     logging.warning('Stopped by %s at step %d; run the same command to resume.',
                     stopped, step)
-  calibration.calibrate_after_training(config, workdir, dataset.validation, stopped)
+  if multilabel:
+    logging.info('Multi-label run: not calibrated (temperature scaling is for the genre '
+                 'softmax; tag probabilities are reported as the model gives them).')
+  else:
+    calibration.calibrate_after_training(config, workdir, dataset.validation, stopped)
   best = history.best()
-  return {**last_row, 'best_epoch': best.get('epoch'),
-          'best_val_song_accuracy': best.get('val_song_accuracy'),
-          'stopped': stopped, 'final_step': step}
+  result = {**last_row, 'best_epoch': best.get('epoch'),
+            'best_val_song_accuracy': best.get('val_song_accuracy'),
+            'stopped': stopped, 'final_step': step}
+  if multilabel:
+    result['best_val_song_roc_auc'] = best.get('val_song_roc_auc')
+  return result
 
 
 # ----------------------------------------------------------------------------
 # The run's history: saved in every checkpoint, so a resumed run continues it.
 
 
+def selection_score(row: dict) -> float:
+  """What picks the best epoch: validation song accuracy, or song macro ROC-AUC (multilabel).
+
+  -1 for a row without validation (or whose AUC could not be scored: no tag
+  had both classes among the validation songs), so any evaluated epoch beats it.
+  """
+  value = row.get('val_song_roc_auc', row.get('val_song_accuracy', -1.0))
+  value = -1.0 if value is None else float(value)
+  return value if np.isfinite(value) else -1.0
+
+
 class RunHistory:
   """Per-epoch metric rows plus the running sums of the current epoch.
 
   ``progress`` is the JSON saved with each checkpoint: a run killed mid-epoch
-  resumes with the partial sums of that epoch intact.
+  resumes with the partial sums of that epoch intact. The best epoch is the
+  one with the highest ``selection_score``.
   """
 
   def __init__(self, progress: dict | None = None):
@@ -271,18 +295,18 @@ class RunHistory:
             'epoch_seconds': seconds}
 
   def append(self, row: dict, evaluated: bool) -> None:
-    """Adds ``row``, marking it best when its validation song accuracy is.
+    """Adds ``row``, marking it best when its ``selection_score`` is.
 
     Ties go to the later epoch, as in the checkpoint manager's best_step().
     """
-    previous_best = max((r.get('val_song_accuracy', -1) for r in self.rows), default=-1)
-    row['best'] = bool(evaluated and row['val_song_accuracy'] >= previous_best)
+    previous_best = max((selection_score(r) for r in self.rows), default=-1)
+    row['best'] = bool(evaluated and selection_score(row) >= previous_best)
     self.rows.append(row)
 
   def best(self) -> dict:
     if not self.rows:
       return {}
-    return max(reversed(self.rows), key=lambda r: r.get('val_song_accuracy', -1))
+    return max(reversed(self.rows), key=selection_score)
 
 
 class StepMetrics:
@@ -326,10 +350,18 @@ class StepMetrics:
 
 def evaluate_split(p_predict: Callable, variables: steps.ModelVariables,
                    segments: input_pipeline.SegmentSet, batch_size: int,
-                   mesh) -> tuple[dict, np.ndarray]:
-  """Segment/song accuracies and loss of one split, plus the raw probabilities."""
+                   mesh, multilabel: bool = False) -> tuple[dict, np.ndarray]:
+  """Segment/song accuracies and loss of one split, plus the raw probabilities.
+
+  ``multilabel``: segment- and song-level (mean of segment probabilities)
+  per-tag ROC-AUC/PR-AUC and the mean binary cross-entropy instead
+  (``metrics.multilabel_summary``).
+  """
   probs = inference.predict_arrays(p_predict, variables, segments.inputs, batch_size, mesh)
   labels = np.asarray(segments.labels)
+  if multilabel:
+    return metrics_lib.multilabel_summary(probs, labels, np.asarray(segments.song_index),
+                                          len(segments.songs)), probs
   summary = metrics_lib.classification_summary(
       probs, labels, np.asarray(segments.song_index), len(segments.songs))
   picked = probs[np.arange(len(labels)), labels]
@@ -361,7 +393,28 @@ def population_batch_stats(p_stats: Callable, variables: steps.ModelVariables,
   return jax.device_put(steps.pool_batch_stats(per_batch), parallel.replicated(mesh))
 
 
+def validation_row(val: dict, multilabel: bool) -> dict:
+  """The epoch row's validation columns from ``evaluate_split``'s summary."""
+  if multilabel:
+    return {'val_loss': val['loss'],
+            'val_segment_roc_auc': val['segment']['roc_auc_macro'],
+            'val_segment_pr_auc': val['segment']['pr_auc_macro'],
+            'val_song_roc_auc': val['song']['roc_auc_macro'],
+            'val_song_pr_auc': val['song']['pr_auc_macro']}
+  return {'val_loss': val['loss'], 'val_segment_accuracy': val['segment_accuracy'],
+          'val_song_accuracy': val['song_accuracy'],
+          'val_song_vote_accuracy': val['song_vote_accuracy']}
+
+
 def _log_epoch(row: dict) -> None:
+  if 'val_song_roc_auc' in row:
+    logging.info(
+        'epoch %d step %d: train loss %.4f tag acc %.3f | val loss %.4f song ROC-AUC %.3f '
+        'PR-AUC %.3f, segment ROC-AUC %.3f PR-AUC %.3f%s (%.1fs)', row['epoch'], row['step'],
+        row['train_loss'], row['train_accuracy'], row['val_loss'], row['val_song_roc_auc'],
+        row['val_song_pr_auc'], row['val_segment_roc_auc'], row['val_segment_pr_auc'],
+        ' *best*' if row['best'] else '', row['epoch_seconds'])
+    return
   logging.info(
       'epoch %d step %d: train loss %.4f acc %.3f | val loss %.4f segment acc '
       '%.3f song acc %.3f%s (%.1fs)', row['epoch'], row['step'], row['train_loss'],
@@ -417,8 +470,8 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def save_dataset_info(dataset: input_pipeline.Dataset, workdir: str) -> None:
-  """Genre names and split song keys, so eval/predict need only the workdir."""
-  info = {'genres': list(dataset.genres),
+  """Genre names (a multi-label run's tags), task, split song keys: all eval/predict need."""
+  info = {'genres': list(dataset.genres), 'task': dataset.task,
           'splits': {name: [s.key for s in split.songs]
                      for name, split in (('train', dataset.train),
                                          ('validation', dataset.validation),

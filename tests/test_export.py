@@ -98,3 +98,39 @@ def test_loader_refuses_a_wrong_input_shape(exported):
   predict, _ = export.load_exported(os.path.join(workdir, 'export'))
   with pytest.raises(ValueError, match='expected'):
     predict(np.zeros((2, 100), np.float32))
+
+
+@pytest.mark.slow
+def test_exported_embed_matches_inference_embed(exported):
+  workdir, contract = exported
+  entry = contract['functions']['embed']
+  assert entry['file'] == 'embed.stablehlo' and entry['output']['shape'] == ['b', entry['dim']]
+  assert contract['functions']['predict']['output'] == contract['output']
+  embed_fn, _ = export.load_exported(os.path.join(workdir, 'export'), function='embed')
+  model = inference.load_for_inference(cli.load_workdir_config(workdir), workdir)
+  waves = 0.3 * np.random.default_rng(1).standard_normal((3, 8000)).astype(np.float32)
+  got = embed_fn(waves)
+  assert got.shape == (3, entry['dim']) and entry['dim'] == model.embedding_dim
+  np.testing.assert_allclose(got, model.embed(waves), atol=1e-5)
+  np.testing.assert_allclose(embed_fn(waves[1]), got[1:2], atol=1e-5)  # one segment
+
+
+@pytest.mark.slow
+def test_an_export_without_embed_still_predicts(exported, tmp_path):
+  workdir, _ = exported
+  old = tmp_path / 'old_export'
+  os.makedirs(old)
+  with open(os.path.join(workdir, 'export', 'contract.json')) as f:
+    contract = json.load(f)
+  contract.pop('functions')
+  contract['contract_version'] = 1
+  with open(old / 'contract.json', 'w') as f:
+    json.dump(contract, f)
+  with open(os.path.join(workdir, 'export', 'model.stablehlo'), 'rb') as src:
+    (old / 'model.stablehlo').write_bytes(src.read())
+  predict, _ = export.load_exported(str(old))
+  assert predict(np.zeros((2, 8000), np.float32)).shape == (2, len(contract['genres']))
+  with pytest.raises(ValueError, match='Export the workdir again'):
+    export.load_exported(str(old), function='embed')
+  with pytest.raises(ValueError, match='allowed values'):
+    export.load_exported(str(old), function='logits')

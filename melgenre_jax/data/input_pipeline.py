@@ -35,6 +35,7 @@ from melgenre_jax.data import cache_files
 from melgenre_jax.data import sources
 from melgenre_jax.data import splits as splits_lib
 from melgenre_jax.data.songs import Song
+from melgenre_jax.data.songs import song_tags
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import DataError
 from melgenre_jax.runtime import processes
@@ -44,7 +45,8 @@ from melgenre_jax.runtime import processes
 class SegmentSet:
   """One split of the cached dataset: segments of whole songs."""
   inputs: np.ndarray  # memmap [N, segment_samples] or [N, frames, n_mels]
-  labels: np.ndarray  # [N] int32 genre index
+  # [N] int32 genre index; task='multilabel': [N, num_tags] float32 multi-hot
+  labels: np.ndarray
   song_index: np.ndarray  # [N] int32 index into ``songs``
   songs: list[Song]  # songs of this split
 
@@ -54,11 +56,27 @@ class SegmentSet:
 
 @dataclasses.dataclass
 class Dataset:
-  genres: list[str]
+  genres: list[str]  # the output classes: genres, or the tag vocabulary (task='multilabel')
   train: SegmentSet
   validation: SegmentSet
   test: SegmentSet | None
   summary: dict[str, Any]
+  task: str = 'genre'
+
+
+def is_multilabel(config: ml_collections.ConfigDict) -> bool:
+  return config.get('task', 'genre') == 'multilabel'
+
+
+def song_label_array(songs: list[Song], genre_index: dict[str, int],
+                     multilabel: bool) -> np.ndarray:
+  """Each song's label: int32 genre index ``[S]``, or multi-hot float32 ``[S, K]`` of its tags."""
+  if not multilabel:
+    return np.array([genre_index[s.genre] for s in songs], np.int32)
+  out = np.zeros((len(songs), len(genre_index)), np.float32)
+  for i, s in enumerate(songs):
+    out[i, [genre_index[t] for t in song_tags(s)]] = 1.0
+  return out
 
 
 # ------------------------------------------------------------ load_dataset
@@ -97,7 +115,7 @@ def _check_quality(summary: dict[str, Any], genres: list[str],
 
 
 def _segment_set(c: cache_lib.Cache, song_ids: np.ndarray,
-                 genre_index: dict[str, int]) -> SegmentSet:
+                 genre_index: dict[str, int], multilabel: bool = False) -> SegmentSet:
   """Rows of cache songs ``song_ids`` (ascending) as a SegmentSet."""
   song_ids = np.sort(np.asarray(song_ids, np.int64))
   counts = c.num_rows[song_ids]
@@ -106,18 +124,16 @@ def _segment_set(c: cache_lib.Cache, song_ids: np.ndarray,
           if len(song_ids) else np.zeros(0, np.int64))
   songs = [c.songs[i] for i in song_ids]
   local = np.repeat(np.arange(len(song_ids), dtype=np.int32), counts)
-  labels = np.repeat(np.array([genre_index[s.genre] for s in songs],
-                              np.int32), counts)
+  labels = np.repeat(song_label_array(songs, genre_index, multilabel), counts, axis=0)
   return SegmentSet(inputs=cache_lib.materialize_rows(c, rows),
-                    labels=labels.astype(np.int32), song_index=local,
-                    songs=songs)
+                    labels=labels, song_index=local, songs=songs)
 
 
 def _segment_rows_set(c: cache_lib.Cache, rows: np.ndarray,
-                      genre_index: dict[str, int]) -> SegmentSet:
+                      genre_index: dict[str, int], multilabel: bool = False) -> SegmentSet:
   """segment_random: arbitrary rows; ``songs`` is every cached song."""
   rows = np.sort(np.asarray(rows, np.int64))
-  song_labels = np.array([genre_index[s.genre] for s in c.songs], np.int32)
+  song_labels = song_label_array(list(c.songs), genre_index, multilabel)
   return SegmentSet(inputs=cache_lib.materialize_rows(c, rows),
                     labels=song_labels[c.song_index[rows]],
                     song_index=c.song_index[rows].astype(np.int32),
@@ -127,8 +143,12 @@ def _segment_rows_set(c: cache_lib.Cache, rows: np.ndarray,
 def _set_summary(s: SegmentSet | None, genres: list[str]) -> dict[str, Any]:
   if s is None:
     return {'songs': 0, 'segments': 0}
-  songs_per = collections.Counter(song.genre for song in s.songs)
-  segs_per = np.bincount(s.labels, minlength=len(genres))
+  if s.labels.ndim == 2:  # multi-hot: songs and segments carrying each tag
+    songs_per = collections.Counter(t for song in s.songs for t in song_tags(song))
+    segs_per = s.labels.sum(axis=0).astype(np.int64)
+  else:
+    songs_per = collections.Counter(song.genre for song in s.songs)
+    segs_per = np.bincount(s.labels, minlength=len(genres))
   return {
       'songs': len(s.songs), 'segments': len(s),
       'per_genre': {g: {'songs': songs_per.get(g, 0),
@@ -167,6 +187,9 @@ def cached_songs(config: ml_collections.ConfigDict, workdir: str) -> CachedSongs
   """
   songs = sources.discover_songs(config)
   genres = sources.genre_names(config, songs)
+  # Multi-label: the outputs are the tags; the quality check stays per genre
+  # (first tag), as the cache's per-genre counts are.
+  outputs = sources.tag_names(config, songs) if is_multilabel(config) else genres
   cache_dir = config.data.cache_dir or os.path.join(workdir, 'cache')
   c = cache_lib.build_or_load(config, songs, cache_dir,
                               progress=bool(config.get('progress_bar', True)))
@@ -174,7 +197,7 @@ def cached_songs(config: ml_collections.ConfigDict, workdir: str) -> CachedSongs
   summary: dict[str, Any] = {
       'source': config.data.source, 'root': config.data.root,
       'manifest': config.data.manifest, 'cache': c.path,
-      'cache_reused': c.reused, 'genres': genres,
+      'cache_reused': c.reused, 'genres': outputs,
       **{k: v for k, v in c.summary.items() if k != 'fingerprint'},
   }
   try:
@@ -183,7 +206,7 @@ def cached_songs(config: ml_collections.ConfigDict, workdir: str) -> CachedSongs
     summary['error'] = str(e)
     _write_summary(summary_path, summary)
     raise
-  return CachedSongs(genres=genres, cache=c, num_discovered=len(songs),
+  return CachedSongs(genres=outputs, cache=c, num_discovered=len(songs),
                      summary=summary, summary_path=summary_path)
 
 
@@ -197,6 +220,7 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
   genres, c, summary = found.genres, found.cache, found.summary
   summary_path = found.summary_path
   genre_index = {g: i for i, g in enumerate(genres)}
+  multilabel = is_multilabel(config)
   try:
     split = splits_lib.split_songs(c.songs, config)
   except ValueError as e:
@@ -205,22 +229,24 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
     raise
 
   if split.leaky:
+    # Stratified by genre (a multi-label song's first tag).
     song_labels = np.array([genre_index[s.genre] for s in c.songs], np.int32)
     tr, va, te = splits_lib.split_segments_randomly(
         song_labels[c.song_index], config.data.validation_fraction,
         config.data.test_fraction, config.seed)
-    train = _segment_rows_set(c, tr, genre_index)
-    validation = _segment_rows_set(c, va, genre_index)
-    test = _segment_rows_set(c, te, genre_index) if len(te) else None
+    train = _segment_rows_set(c, tr, genre_index, multilabel)
+    validation = _segment_rows_set(c, va, genre_index, multilabel)
+    test = _segment_rows_set(c, te, genre_index, multilabel) if len(te) else None
   else:
     pos = {s.key: i for i, s in enumerate(c.songs)}
     ids = {name: np.array([pos[s.key] for s in side], np.int64)
            for name, side in split.as_dict().items()}
-    train = _segment_set(c, ids['train'], genre_index)
-    validation = _segment_set(c, ids['validation'], genre_index)
-    test = (_segment_set(c, ids['test'], genre_index) if len(ids['test'])
+    train = _segment_set(c, ids['train'], genre_index, multilabel)
+    validation = _segment_set(c, ids['validation'], genre_index, multilabel)
+    test = (_segment_set(c, ids['test'], genre_index, multilabel) if len(ids['test'])
             else None)
 
+  summary['task'] = config.get('task', 'genre')
   summary['split'] = {
       'name': config.data.split, 'seed': config.seed, 'leaky': split.leaky,
       **{k: v for k, v in split.info.items() if k != 'name'},
@@ -233,7 +259,8 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
       empty = [g for g, v in summary['split'][name]['per_genre'].items()
                if v['songs'] == 0]
       if empty:
-        logging.warning('%s split has no songs of genre(s) %s', name, empty)
+        logging.warning('%s split has no songs of %s %s', name,
+                        'tag(s)' if multilabel else 'genre(s)', empty)
   _write_summary(summary_path, summary)
   logging.info(
       'data: %s, %d genres, %d songs discovered, %d skipped as bad, cache %s '
@@ -244,7 +271,7 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
       len(train.songs), len(train), len(validation.songs), len(validation),
       len(test.songs) if test else 0, len(test) if test else 0, summary_path)
   return Dataset(genres=genres, train=train, validation=validation, test=test,
-                 summary=summary)
+                 summary=summary, task=config.get('task', 'genre'))
 
 
 # -------------------------------------------------------------- batching
@@ -296,7 +323,9 @@ class BatchSource:
         pass
     self._array = None if self._filename else np.asarray(x)
     self._inputs = None
-    self._labels = np.asarray(segments.labels, np.int32)
+    labels = np.asarray(segments.labels)
+    # Genre indices, or multi-hot float32 rows (task='multilabel').
+    self._labels = labels if labels.ndim == 2 else labels.astype(np.int32)
     self._songs = np.asarray(segments.song_index, np.int32)
     self._num = int(x.shape[0])
     self._global_batch = int(global_batch_size)
@@ -370,8 +399,8 @@ def create_train_loader(segments: SegmentSet, *, global_batch_size: int,
                         process_count: int = 1):
   """Infinite, per-epoch reshuffled, per-process sharded grain DataLoader.
 
-  Yields dict(inputs=[B_local, ...] float32, label=[B_local] int32,
-  song=[B_local] int32), ``B_local = global_batch_size // process_count``.
+  Yields dict(inputs=[B_local, ...] float32, label=[B_local] int32 (multi-label:
+  [B_local, num_tags] float32), song=[B_local] int32), ``B_local = global_batch_size // process_count``.
   Batch ``k`` of the stream is step ``k % steps_per_epoch`` of epoch
   ``k // steps_per_epoch``, whatever ``worker_count``; the processes' parts
   of a step are disjoint and together form the global batch.

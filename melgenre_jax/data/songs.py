@@ -17,6 +17,9 @@ class Song:
     genre: genre name (the label).
     group: artist/album; a split keeps every song of a group on one side.
     split: split given by the source (manifest column), else None.
+    tags: every tag of the song for ``config.task='multilabel'`` (a manifest
+      label ``rock;guitar;fast``, or the synthetic set's tags), ``genre`` being
+      the first; () for a single-label song (its one tag is ``genre``).
   """
 
   key: str
@@ -24,3 +27,9 @@ class Song:
   genre: str
   group: str | None = None
   split: str | None = None
+  tags: tuple[str, ...] = ()
+
+
+def song_tags(song: Song) -> tuple[str, ...]:
+  """The song's tags for multi-label tagging: its own, else just its genre."""
+  return song.tags or (song.genre,)

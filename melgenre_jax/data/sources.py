@@ -19,6 +19,7 @@ from melgenre_jax import errors
 from melgenre_jax.data import audio
 from melgenre_jax.data import gtzan
 from melgenre_jax.data.songs import Song
+from melgenre_jax.data.songs import song_tags
 
 SOURCES = ('synthetic', 'gtzan', 'folder', 'manifest')
 
@@ -31,6 +32,9 @@ SPLIT_ALIASES = {
 }
 
 _IGNORED_DIRS = ('__MACOSX',)
+
+# Separates the tags of a multi-label manifest's label column (rock;guitar;fast).
+TAG_SEPARATOR = ';'
 
 
 def _skip_name(name: str) -> bool:
@@ -102,11 +106,21 @@ def list_folder(root: str) -> list[Song]:
   return sorted(songs, key=lambda s: s.key)
 
 
-def read_manifest(path: str) -> list[Song]:
+def parse_tags(label: str) -> tuple[str, ...]:
+  """``rock;guitar;fast`` -> its tags (MagnaTagATune / MTG-Jamendo style), in order, once each."""
+  tags = (unicodedata.normalize('NFC', t.strip()) for t in label.split(TAG_SEPARATOR))
+  return tuple(dict.fromkeys(t for t in tags if t))
+
+
+def read_manifest(path: str, task: str = 'genre') -> list[Song]:
   """CSV ``path,label[,split][,group]`` with a header row.
 
   Relative paths are resolved against the CSV's folder. Missing files are not
   an error here: the decoder reports them as bad files with the reason.
+  With ``task='multilabel'`` a label may hold several ``;``-separated tags:
+  the song gets them all, the first being its ``genre`` (what stratified and
+  group splits balance on). A genre run refuses such labels rather than
+  treating ``rock;guitar`` as one genre name.
   """
   if not path:
     raise errors.ConfigError(
@@ -151,9 +165,21 @@ def read_manifest(path: str) -> list[Song]:
             f'on line {seen[key]}')
       seen[key] = line
       abspath = rel if os.path.isabs(rel) else os.path.join(base, rel)
+      tags = ()
+      if TAG_SEPARATOR in label:
+        if task != 'multilabel':
+          raise errors.DataError(
+              f'manifest {path} line {line}: label {label!r} holds several '
+              f"{TAG_SEPARATOR!r}-separated tags, which only a multi-label run "
+              'reads: pass --config.task=multilabel (or give one genre per song)')
+        tags = parse_tags(label)
+        if not tags:
+          raise errors.DataError(
+              f'manifest {path} line {line}: label {label!r} holds no tag')
+        label = tags[0]
       songs.append(Song(key=key, path=os.path.normpath(abspath),
                         genre=unicodedata.normalize('NFC', label), group=group,
-                        split=split))
+                        split=split, tags=tags))
   if not songs:
     raise errors.DataError(f'manifest {path} lists no songs')
   logging.info('manifest: %d songs from %s', len(songs), path)
@@ -166,14 +192,15 @@ def discover_songs(config: ml_collections.ConfigDict) -> list[Song]:
   if source == 'synthetic':
     from melgenre_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     syn = config.data.synthetic
-    songs = list(synthetic.list_synthetic_songs(syn.songs_per_genre,
-                                                syn.num_genres))
+    songs = list(synthetic.list_synthetic_songs(
+        syn.songs_per_genre, syn.num_genres, genres=tuple(syn.get('genres', ())),
+        tagged=bool(syn.get('tagged', False))))
   elif source == 'gtzan':
     songs = gtzan.list_gtzan(_require_root(config))
   elif source == 'folder':
     songs = list_folder(_require_root(config))
   elif source == 'manifest':
-    songs = read_manifest(config.data.manifest)
+    songs = read_manifest(config.data.manifest, config.get('task', 'genre'))
   else:
     raise errors.ConfigError(
         f'config.data.source={source!r} is not one of {SOURCES}')
@@ -201,3 +228,17 @@ def genre_names(config: ml_collections.ConfigDict,
     canonical = [g for g in synthetic.GENRES if g in present]
     return canonical + sorted(present - set(canonical))
   return sorted(present)
+
+
+def tag_names(config: ml_collections.ConfigDict, songs: list[Song]) -> list[str]:
+  """Output order of a multi-label run: sorted, or a built-in source's genres first.
+
+  For gtzan and synthetic the genres keep their canonical order (as in a
+  genre run) and the other tags (the synthetic set's rhythm and brightness)
+  follow, sorted.
+  """
+  present = {t for s in songs for t in song_tags(s)}
+  if config.data.source not in ('gtzan', 'synthetic'):
+    return sorted(present)
+  first = [g for g in genre_names(config, songs) if g in present]
+  return first + sorted(present - set(first))

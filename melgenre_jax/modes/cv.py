@@ -94,6 +94,11 @@ def run_cv(config: ml_collections.ConfigDict, workdir: str, *,
   The workdir is locked for the whole run; each fold's run locks its own folder.
   """
   config_checks.validate(config)
+  if config.get('task', 'genre') == 'multilabel':
+    raise ConfigError(
+        "--mode=cv reports genre accuracy and macro-F1 per fold; config.task='multilabel' "
+        'runs are scored by ROC-AUC/PR-AUC instead: train with --mode=train and evaluate '
+        'with --mode=eval (or drop --config.task=multilabel).')
   with checkpointing.stop_on_full_disk(workdir), workdir_lock.hold(workdir, 'cv'):
     return _run_cv(config, os.path.abspath(workdir), train_fn, evaluate_fn)
 

@@ -23,6 +23,15 @@ used to fit it); a run without validation songs is reported uncalibrated
 ``report.json``'s ``calibration`` block gives the song- and segment-level
 ECE and NLL before and after it on the evaluated split.
 
+Multi-label runs (``config.task='multilabel'``): the report holds per-tag and
+macro ROC-AUC and PR-AUC (average precision) at song and segment level (a tag
+present in every evaluated song or in none cannot be ranked: null, and left
+out of the means), the mean binary cross-entropy, and each song's true and
+predicted tags (probability >= ``config.multilabel.threshold``);
+``predictions.npz`` holds the multi-hot labels ``[N, tags]``. No confusion
+matrices, reliability diagrams or calibration (sigmoid outputs are not
+temperature-scaled).
+
 Honesty checks: the split evaluated must be the one recorded at training time
 (``WORKDIR/dataset.json``), and disjoint from the training songs; evaluating
 on validation (which also picked the checkpoint) or on a leaky segment-level
@@ -131,6 +140,55 @@ def build_report(probs: np.ndarray, labels: np.ndarray, song_index: np.ndarray,
                                        if label_counts.sum() else 0.0),
       'segment': segment,
       'song': song,
+      'songs': songs,
+  }
+
+
+def _level_tags(scores: dict[str, Any], tags: list[str]) -> dict[str, Any]:
+  """One level's tag scores as report JSON (NaN: the tag could not be scored)."""
+  return {
+      'roc_auc_macro': _finite_or_none(scores['roc_auc_macro']),
+      'pr_auc_macro': _finite_or_none(scores['pr_auc_macro']),
+      'num_scored_tags': int(scores['num_scored']),
+      'per_tag': {t: {'roc_auc': _finite_or_none(scores['roc_auc'][i]),
+                      'pr_auc': _finite_or_none(scores['pr_auc'][i]),
+                      'positives': int(scores['positives'][i])}
+                  for i, t in enumerate(tags)},
+  }
+
+
+def _finite_or_none(x: float) -> float | None:
+  return float(x) if np.isfinite(x) else None
+
+
+def build_multilabel_report(probs: np.ndarray, labels: np.ndarray, song_index: np.ndarray,
+                            song_keys: list[str], tags: list[str],
+                            threshold: float) -> dict[str, Any]:
+  """The multi-label report from raw predictions (pure; no I/O).
+
+  ``probs`` [N, K] segment sigmoid probabilities, ``labels`` [N, K] multi-hot;
+  a song's scores are the mean of its segments'. Tags present in all or none
+  of the evaluated songs (segments) are null and left out of the macro means.
+  """
+  summary = metrics_lib.multilabel_summary(probs, labels, song_index, len(song_keys))
+  songs = []
+  for k, sid in enumerate(summary['song_ids']):
+    p, y = summary['song_probs'][k], summary['song_labels'][k]
+    order = np.argsort(-p, kind='stable')
+    songs.append({'key': song_keys[sid],
+                  'tags': [tags[i] for i in np.flatnonzero(y > 0.5)],
+                  'predicted': [tags[i] for i in order if p[i] >= threshold],
+                  'top': [{'tag': tags[i], 'probability': float(p[i])} for i in order[:5]],
+                  'segments': int(np.sum(song_index == sid))})
+  return {
+      'task': 'multilabel',
+      'genres': list(tags),
+      'num_songs': summary['num_songs'],
+      'num_segments': summary['num_segments'],
+      'loss': summary['loss'],
+      'threshold': float(threshold),
+      'segment': _level_tags(summary['segment'], tags),
+      'song': _level_tags(summary['song'], tags),
       'songs': songs,
   }
 
@@ -252,6 +310,71 @@ def format_table(report: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+def _auc(x: float | None) -> str:
+  return '  n/a' if x is None else f'{x:.3f}'
+
+
+def format_multilabel_table(report: dict[str, Any]) -> str:
+  """The stdout summary of a multi-label report: macro AUCs, then per-tag song scores."""
+  s, g = report['song'], report['segment']
+  lines = [
+      f"{report['split']} split, checkpoint step {report['checkpoint']['step']}: "
+      f"{report['num_songs']} songs, {report['num_segments']} segments, "
+      f"{len(report['genres'])} tags",
+      f"  song ROC-AUC      {_auc(s['roc_auc_macro'])}   PR-AUC {_auc(s['pr_auc_macro'])}   "
+      f"(macro over {s['num_scored_tags']} tags)",
+      f"  segment ROC-AUC   {_auc(g['roc_auc_macro'])}   PR-AUC {_auc(g['pr_auc_macro'])}",
+      '',
+      f"  {'tag':<14}{'ROC-AUC':>9}{'PR-AUC':>8}{'songs':>7}",
+  ]
+  for tag, sc in s['per_tag'].items():
+    lines.append(f"  {tag:<14}{_auc(sc['roc_auc']):>9}{_auc(sc['pr_auc']):>8}"
+                 f"{sc['positives']:>7d}")
+  for w in report['warnings']:
+    lines.append(f'  WARNING: {w}')
+  return '\n'.join(lines)
+
+
+def format_multilabel_markdown(report: dict[str, Any]) -> str:
+  """``report.md`` of a multi-label run: what was evaluated, macro and per-tag AUCs."""
+  s, g = report['song'], report['segment']
+  ck = report['checkpoint']
+  out = [
+      f"# Evaluation of `{report['workdir']}` (multi-label tags)", '',
+      f"- split: **{report['split']}** ({report['num_songs']} songs, "
+      f"{report['num_segments']} segments, {len(report['genres'])} tags)",
+      f"- checkpoint: step {ck['step']}" + (' (best by validation song ROC-AUC)'
+                                            if ck['is_best'] else
+                                            f" (best is {ck['best_step']})"),
+      f"- predicted tags: song probability >= {report['threshold']:g}", '',
+  ]
+  for w in report['warnings']:
+    out += [f'> **Warning:** {w}', '']
+  out += [
+      '| level | ROC-AUC (macro) | PR-AUC (macro) | tags scored |', '|---|---|---|---|',
+      f"| song (mean of segment probabilities) | {_auc(s['roc_auc_macro'])} | "
+      f"{_auc(s['pr_auc_macro'])} | {s['num_scored_tags']} |",
+      f"| segment | {_auc(g['roc_auc_macro'])} | {_auc(g['pr_auc_macro'])} | "
+      f"{g['num_scored_tags']} |", '',
+      f"Mean binary cross-entropy per segment and tag: {report['loss']:.4f}", '',
+      'A tag present in every evaluated song or in none cannot be ranked: it shows n/a '
+      'and is left out of the macro means.', '',
+      '## Per tag', '',
+      '| tag | song ROC-AUC | song PR-AUC | segment ROC-AUC | segment PR-AUC | songs |',
+      '|---|---|---|---|---|---|',
+  ]
+  for tag, sc in s['per_tag'].items():
+    sg = g['per_tag'][tag]
+    out.append(f"| {tag} | {_auc(sc['roc_auc'])} | {_auc(sc['pr_auc'])} | "
+               f"{_auc(sg['roc_auc'])} | {_auc(sg['pr_auc'])} | {sc['positives']} |")
+  out += ['', '## Songs', '', '| song | tags | predicted |', '|---|---|---|']
+  out += [f"| {x['key']} | {', '.join(x['tags'])} | {', '.join(x['predicted']) or '-'} |"
+          for x in report['songs']]
+  out += ['', 'Raw segment probabilities: `predictions.npz` (segment_probs, labels '
+          '[multi-hot], song_index, song_keys, genres [the tags]).', '']
+  return '\n'.join(out)
+
+
 def _calibration_line(c: dict[str, Any] | None) -> str:
   if not c:
     return '  calibration       none'
@@ -356,6 +479,9 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
     warnings.append(f'split {config.data.split!r} is segment-level: segments of one '
                     'song are in several splits, so these numbers are inflated.')
   segments = checked_split(dataset, workdir, split_name)
+  if model.multilabel:
+    return _evaluate_multilabel(config, workdir, model, segments, split_name, leaky,
+                                warnings)
   temperature, entry = _step_calibration(model, dataset, workdir)
 
   probs = model.predict(segments.inputs)
@@ -396,6 +522,33 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
         temperature, os.path.join(out_dir, 'reliability.png'),
         title=f'{split_name} split, step {model.step}')
     print(format_table(report))  # CLI output
+    print(f'Report: {os.path.join(out_dir, "report.md")}')
+    logging.info('Evaluation written to %s.', out_dir)
+  return report
+
+
+def _evaluate_multilabel(config: ml_collections.ConfigDict, workdir: str, model,
+                         segments: input_pipeline.SegmentSet, split_name: str, leaky: bool,
+                         warnings: list[str]) -> dict[str, Any]:
+  """``evaluate_workdir`` for a multi-label run: tag AUCs, no calibration or confusions."""
+  probs = model.predict(segments.inputs)
+  labels = np.asarray(segments.labels)
+  song_index = np.asarray(segments.song_index)
+  song_keys = [s.key for s in segments.songs]
+  report = build_multilabel_report(probs, labels, song_index, song_keys, model.genres,
+                                   float(config.multilabel.threshold))
+  report.update(workdir=workdir, split=split_name, leaky_split=leaky,
+                warnings=warnings, checkpoint=_checkpoint_info(workdir, model.step))
+  if jax.process_index() == 0:
+    out_dir = os.path.join(workdir, EVAL_DIR)
+    os.makedirs(out_dir, exist_ok=True)
+    save_predictions(os.path.join(out_dir, 'predictions.npz'), probs, labels,
+                     song_index, song_keys, model.genres, model.step)
+    with open(os.path.join(out_dir, 'report.json'), 'w') as f:
+      json.dump(report, f, indent=1)
+    with open(os.path.join(out_dir, 'report.md'), 'w') as f:
+      f.write(format_multilabel_markdown(report))
+    print(format_multilabel_table(report))  # CLI output
     print(f'Report: {os.path.join(out_dir, "report.md")}')
     logging.info('Evaluation written to %s.', out_dir)
   return report

@@ -5,6 +5,8 @@
   * ``model.stablehlo`` - ``jax.export.Exported.serialize()`` bytes: the
     StableHLO module plus JAX's calling convention (a flatbuffer; read it back
     with ``jax.export.deserialize``, no Python model code needed);
+  * ``embed.stablehlo`` - the same for ``segments -> embeddings [b, D]``, the
+    classifier head's input (see modes/embed.py); ``load_exported(d, 'embed')``;
   * ``contract.json`` - what the function expects and returns (sample rate,
     segment length and hop, genre names, shapes/dtypes, platforms, JAX
     version, checkpoint step) and ``calibration``: the song-level temperature
@@ -39,6 +41,7 @@ the training code.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -47,27 +50,46 @@ from typing import Any
 
 EXPORT_DIR = 'export'
 MODEL_FILE = 'model.stablehlo'
+EMBED_FILE = 'embed.stablehlo'
 CONTRACT_FILE = 'contract.json'
-CONTRACT_VERSION = 1
+# 2: adds ``functions`` (predict and embed, each with its file and output).
+CONTRACT_VERSION = 2
+FUNCTIONS = ('predict', 'embed')
 
 
 # ----------------------------------------------------------------------------
 # Consumer side: jax + numpy + json only.
 
 
-def load_exported(export_dir: str) -> tuple[Callable[[Any], Any], dict[str, Any]]:
-  """Returns ``(predict, contract)`` for an export folder.
+def load_exported(export_dir: str, function: str = 'predict'
+                  ) -> tuple[Callable[[Any], Any], dict[str, Any]]:
+  """Returns ``(fn, contract)`` for an export folder.
 
-  ``predict(waves)`` takes float32 ``[b, segment_samples]`` (numpy or jax) and
-  returns numpy probabilities ``[b, len(contract['genres'])]``. Uses only jax,
-  numpy and json, so it runs without this package's training code.
+  ``function='predict'``: ``fn(waves)`` takes float32 ``[b, segment_samples]``
+  (numpy or jax) and returns numpy probabilities ``[b, len(contract['genres'])]``.
+  ``function='embed'``: the same inputs to embeddings ``[b, D]``
+  (``contract['functions']['embed']['dim']``; the mean of a song's rows is its
+  embedding). Uses only jax, numpy and json, so it runs without this
+  package's training code.
+
+  Raises:
+    ValueError: an unknown ``function``, or ``'embed'`` from an export made
+      before embeddings were exported (export the workdir again).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
+  if function not in FUNCTIONS:
+    raise ValueError(f'function={function!r}: allowed values are {", ".join(FUNCTIONS)}.')
   with open(os.path.join(export_dir, CONTRACT_FILE)) as f:
     contract = json.load(f)
-  with open(os.path.join(export_dir, MODEL_FILE), 'rb') as f:
+  entry = contract.get('functions', {}).get(function)
+  if entry is None and function != 'predict':
+    raise ValueError(
+        f'{export_dir} has no {function!r} function: it was exported before embeddings '
+        f"were (contract_version {contract.get('contract_version')}). Export the workdir "
+        'again (python main.py --workdir WORKDIR --mode export); prediction still loads.')
+  with open(os.path.join(export_dir, entry['file'] if entry else MODEL_FILE), 'rb') as f:
     exported = jax.export.deserialize(bytearray(f.read()))
   want = tuple(contract['input']['shape'][1:])
 
@@ -96,6 +118,8 @@ def song_probabilities(segment_probs: Any, contract: dict[str, Any]) -> Any:
 
   temperature = float(contract.get('calibration', {}).get('temperature', 1.0))
   mean = np.asarray(segment_probs, np.float64).reshape(-1, len(contract['genres'])).mean(axis=0)
+  if contract.get('task') == 'multilabel':
+    return mean  # per-tag sigmoid probabilities, not calibrated
   logits = np.log(np.clip(mean, 1e-12, 1.0)) / temperature
   e = np.exp(logits - logits.max())
   return e / e.sum()
@@ -105,8 +129,9 @@ def song_probabilities(segment_probs: Any, contract: dict[str, Any]) -> Any:
 # Producer side.
 
 
-def _inference_function(model) -> tuple[Callable, tuple[int, ...], str]:
-  """A single-device ``inputs -> probabilities`` with the weights as constants."""
+def _inference_function(model, function: str = 'predict'
+                        ) -> tuple[Callable, tuple[int, ...], str]:
+  """A single-device ``inputs -> probabilities`` (or ``-> embeddings``), weights as constants."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -119,20 +144,29 @@ def _inference_function(model) -> tuple[Callable, tuple[int, ...], str]:
   apply_fn = model.apply_fn
   preprocess = model.spec.device_preprocess()
 
-  def probabilities(inputs: jax.Array) -> jax.Array:
+  def features(inputs: jax.Array) -> jax.Array:
     # One clip at a time, as the CPU training path does: the front end
     # compares its clip count with the batch, which a symbolic batch cannot.
-    spec = jax.lax.map(lambda x: preprocess(x[None], mean, std)[0], inputs)
-    logits = apply_fn(variables, spec, train=False)
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return jax.lax.map(lambda x: preprocess(x[None], mean, std)[0], inputs)
+
+  activation = jax.nn.sigmoid if model.multilabel else functools.partial(jax.nn.softmax, axis=-1)
+
+  def probabilities(inputs: jax.Array) -> jax.Array:
+    logits = apply_fn(variables, features(inputs), train=False)
+    return activation(logits.astype(jnp.float32))
+
+  def embeddings(inputs: jax.Array) -> jax.Array:
+    _, h = apply_fn(variables, features(inputs), train=False, return_embedding=True)
+    return h.astype(jnp.float32)
 
   kind = 'waveform' if model.spec.takes_waves else 'log_mel'
-  return probabilities, model.spec.input_shape, kind
+  fn = embeddings if function == 'embed' else probabilities
+  return fn, model.spec.input_shape, kind
 
 
-def export_model(model, platforms: tuple[str, ...] = ('cpu', 'cuda')
-                 ) -> tuple[Any, dict[str, Any]]:
-  """``jax.export`` of the model's inference function, symbolic batch.
+def export_model(model, platforms: tuple[str, ...] = ('cpu', 'cuda'),
+                 function: str = 'predict') -> tuple[Any, dict[str, Any]]:
+  """``jax.export`` of the model's inference function (or ``'embed'``), symbolic batch.
 
   Tries ``platforms``; if lowering for one of them fails, falls back to the
   ones that work (``cpu`` at least) and says why in the returned info.
@@ -140,7 +174,7 @@ def export_model(model, platforms: tuple[str, ...] = ('cpu', 'cuda')
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  fn, shape, kind = _inference_function(model)
+  fn, shape, kind = _inference_function(model, function)
   (b,) = jax.export.symbolic_shape('b')
   arg = jax.ShapeDtypeStruct((b,) + tuple(shape), jnp.float32)
   info: dict[str, Any] = {'requested_platforms': list(platforms), 'input_kind': kind,
@@ -186,11 +220,16 @@ def _contract(model, exported, info: dict[str, Any],
   else:
     description = ('librosa log-mel [frames, n_mels] per segment (config.features; '
                    'melgenre_jax.data.features.librosa_log_mel)')
+  output_description = ('probability of each tag (independent sigmoids)' if model.multilabel
+                        else 'probabilities over genres (rows sum to 1)')
   return {
       'contract_version': CONTRACT_VERSION,
       'format': 'jax.export serialized Exported (StableHLO inside); load with '
                 'jax.export.deserialize(bytes).call(x)',
-      'function': 'segments -> genre probabilities (softmax), inference mode',
+      'task': 'multilabel' if model.multilabel else 'genre',
+      'function': ('segments -> tag probabilities (one sigmoid per tag), inference mode'
+                   if model.multilabel else
+                   'segments -> genre probabilities (softmax), inference mode'),
       'parameters': 'baked into the module as constants',
       'sample_rate': sr,
       'segment_samples': segment,
@@ -204,7 +243,17 @@ def _contract(model, exported, info: dict[str, Any],
       'input': {'kind': info['input_kind'], 'shape': ['b'] + shape,
                 'dtype': 'float32', 'description': description},
       'output': {'shape': ['b', len(model.genres)], 'dtype': 'float32',
-                 'description': 'probabilities over genres (rows sum to 1)'},
+                 'description': output_description},
+      'functions': {
+          'predict': {'file': MODEL_FILE, 'output': {
+              'shape': ['b', len(model.genres)], 'dtype': 'float32',
+              'description': output_description}},
+          'embed': {'file': EMBED_FILE, 'dim': int(model.embedding_dim), 'output': {
+              'shape': ['b', int(model.embedding_dim)], 'dtype': 'float32',
+              'description': "the classifier head's input (both branch summaries "
+                             "concatenated), per segment; a song's embedding is the "
+                             'mean of its segments\''}},
+      },
       'features': config.features.to_dict(),
       'platforms': list(exported.platforms),
       'requested_platforms': info['requested_platforms'],
@@ -232,15 +281,18 @@ def export_workdir(config, workdir: str, step: int | None = None,
   config_checks.check_workdir_compatible(config, workdir)
   model = inference.load_for_inference(config, workdir, step)
   exported, info = export_model(model, platforms)
+  # The platforms prediction lowered for: the two functions share the contract's.
+  embedded, _ = export_model(model, tuple(exported.platforms), function='embed')
   contract = _contract(model, exported, info, calibration.entry_for(workdir, model.step))
   out_dir = os.path.join(workdir, EXPORT_DIR)
   os.makedirs(out_dir, exist_ok=True)
   blob = exported.serialize()
-  tmp = os.path.join(out_dir, MODEL_FILE + '.tmp')
-  with open(tmp, 'wb') as f:
-    f.write(blob)
-  os.replace(tmp, os.path.join(out_dir, MODEL_FILE))
-  with open(os.path.join(out_dir, CONTRACT_FILE), 'w') as f:
+  for name, data in ((MODEL_FILE, blob), (EMBED_FILE, embedded.serialize())):
+    tmp = os.path.join(out_dir, name + '.tmp')
+    with open(tmp, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, os.path.join(out_dir, name))
+  with open(os.path.join(out_dir, CONTRACT_FILE), 'w') as f:  # last: it lists both files
     json.dump(contract, f, indent=1)
   print(f'Exported step {model.step} for {", ".join(contract["platforms"])} '  # CLI output
         f'({len(blob) / 1e6:.2f} MB, song temperature {model.temperature:.4g}) to {out_dir}')

@@ -27,6 +27,8 @@ list and keys, style dispatch, arrangement and mixdown). Only the names below
 are used outside the package.
 """
 
-from melgenre_jax.data.synthetic.render import GENRES, list_synthetic_songs, synthesize_song, synthesize_style
+from melgenre_jax.data.synthetic.render import (
+    GENRES, SWUNG, list_synthetic_songs, song_tags_for_key, synthesize_song, synthesize_style)
 
-__all__ = ['GENRES', 'list_synthetic_songs', 'synthesize_song', 'synthesize_style']
+__all__ = ['GENRES', 'SWUNG', 'list_synthetic_songs', 'song_tags_for_key', 'synthesize_song',
+           'synthesize_style']

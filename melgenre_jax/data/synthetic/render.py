@@ -21,6 +21,11 @@ GENRES: tuple[str, ...] = (
     'hiphop', 'jazz', 'metal', 'reggae', 'rock',
 )
 
+# Styles on a swung or triplet grid (styles_swung); the others play straight.
+SWUNG: tuple[str, ...] = ('blues', 'funk', 'hiphop', 'jazz', 'reggae')
+# Brightness factor above which a synthetic song is tagged 'bright' (draws are uniform in 0.6..1.6).
+BRIGHT_ABOVE = 1.1
+
 _KEY_RE = re.compile(r'^synthetic/([a-z]+)/(\d+)$')
 
 
@@ -28,19 +33,65 @@ _KEY_RE = re.compile(r'^synthetic/([a-z]+)/(\d+)$')
 # Song list and key handling.
 
 
-def list_synthetic_songs(songs_per_genre: int, num_genres: int = 10) -> list[Song]:
-  """Songs of the built-in set: ``synthetic/<genre>/<index:04d>`` for the first ``num_genres`` styles."""
-  if isinstance(num_genres, bool) or not isinstance(num_genres, int) or not 2 <= num_genres <= len(GENRES):
-    raise errors.ConfigError(
-        f'config.data.synthetic.num_genres must be an integer in 2..{len(GENRES)}, got {num_genres!r}.')
+def list_synthetic_songs(songs_per_genre: int, num_genres: int = 10,
+                         genres: tuple[str, ...] | list[str] = (),
+                         tagged: bool = False) -> list[Song]:
+  """Songs of the built-in set: ``synthetic/<genre>/<index:04d>``.
+
+  Styles: ``genres`` by name (in the canonical order), or the first
+  ``num_genres`` when empty. ``tagged`` gives each song its tags for
+  multi-label runs (``song_tags_for_key``); the audio is the same either way.
+  """
   if isinstance(songs_per_genre, bool) or not isinstance(songs_per_genre, int) or songs_per_genre < 1:
     raise errors.ConfigError(
         f'config.data.synthetic.songs_per_genre must be an integer >= 1, got {songs_per_genre!r}.')
+  chosen = _chosen_genres(num_genres, genres)
   return [
-      Song(key=f'synthetic/{genre}/{index:04d}', path='', genre=genre, group=None, split=None)
-      for genre in GENRES[:num_genres]
-      for index in range(songs_per_genre)
+      Song(key=key, path='', genre=genre, group=None, split=None,
+           tags=song_tags_for_key(key) if tagged else ())
+      for genre in chosen
+      for key in (f'synthetic/{genre}/{index:04d}' for index in range(songs_per_genre))
   ]
+
+
+def _chosen_genres(num_genres: int, genres: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+  """The styles of ``config.data.synthetic``: named ones (validated) or the first ``num_genres``."""
+  if isinstance(genres, str):
+    genres = (genres,)
+  if genres:
+    unknown = [g for g in genres if g not in GENRES]
+    if unknown:
+      raise errors.ConfigError(
+          f'config.data.synthetic.genres: unknown style(s) {unknown}; allowed: {", ".join(GENRES)}.')
+    if len(set(genres)) < 2:
+      raise errors.ConfigError(
+          f'config.data.synthetic.genres={tuple(genres)!r} must name at least 2 different '
+          "styles, e.g. --config.data.synthetic.genres=\"('jazz','rock')\" (or leave it () "
+          'and set num_genres).')
+    return tuple(g for g in GENRES if g in set(genres))
+  if isinstance(num_genres, bool) or not isinstance(num_genres, int) or not 2 <= num_genres <= len(GENRES):
+    raise errors.ConfigError(
+        f'config.data.synthetic.num_genres must be an integer in 2..{len(GENRES)}, got {num_genres!r}.')
+  return GENRES[:num_genres]
+
+
+def song_tags_for_key(key: str) -> tuple[str, ...]:
+  """Tags of a synthetic song, from its key alone (nothing is rendered).
+
+  Its genre; its rhythm family, ``swung`` or ``straight`` (the styles' grids);
+  and ``bright`` when its brightness factor on every filter cutoff exceeds
+  ``BRIGHT_ABOVE``: the very draw ``synthesize_song`` renders it with.
+  """
+  genre = _parse_key(key)
+  tags = (genre, 'swung' if genre in SWUNG else 'straight')
+  if _draw_brightness(_rng_for_key(key)) > BRIGHT_ABOVE:
+    tags += ('bright',)
+  return tags
+
+
+def _draw_brightness(rng: np.random.Generator) -> float:
+  """A song's brightness factor: the first draw of its generator (see synthesize_style)."""
+  return float(rng.uniform(0.6, 1.6))
 
 
 def _parse_key(key: str) -> str:
@@ -81,7 +132,8 @@ def synthesize_style(genre: str, rng: np.random.Generator, sample_rate: int,
   num_samples = int(round(float(seconds) * sample_rate))
   if num_samples < 1:
     raise ValueError(f'seconds={seconds!r} at {sample_rate} Hz gives no samples; ask for at least one.')
-  ctx = _Ctx(rng=rng, sr=sample_rate, num_samples=num_samples, bright=float(rng.uniform(0.6, 1.6)))
+  # The first draw: song_tags_for_key reads the same one to tag a song 'bright'.
+  ctx = _Ctx(rng=rng, sr=sample_rate, num_samples=num_samples, bright=_draw_brightness(rng))
   phrase = _STYLES[genre](ctx)
   return _mixdown(ctx, phrase)
 

@@ -271,18 +271,29 @@ def failure(job: FileJob, reason: str) -> dict[str, Any]:
 
 def song_result(job: FileJob, segment_probs: np.ndarray, num_samples: int, padded: bool,
                 silent: bool, genres: Sequence[str], temperature: float, options: Options,
-                sample_rate: int, hop_samples: int) -> dict[str, Any]:
+                sample_rate: int, hop_samples: int,
+                threshold: float | None = None) -> dict[str, Any]:
   """One song's answer from its raw segment probabilities ``[n, genres]``.
 
   Song probabilities are calibrated (``calibration.song_probabilities``), and
   so are the timeline's; ``segment_probabilities`` stay the model's raw
   outputs, from which every other number can be recomputed.
+
+  ``threshold`` (a multi-label model's ``config.multilabel.threshold``): the
+  outputs are independent tag probabilities, a song's the mean of its
+  segments' (not calibrated); ``tags`` lists those reaching the threshold,
+  ``top_k`` the highest tags and ``genre`` the top one.
   """
-  song = calibration.song_probabilities(segment_probs, temperature)
+  multilabel = threshold is not None
+  if multilabel:
+    song = np.asarray(segment_probs, np.float64).mean(axis=0)
+    segments = np.asarray(segment_probs, np.float64)
+  else:
+    song = calibration.song_probabilities(segment_probs, temperature)
+    segments = calibration.apply_temperature(segment_probs, temperature)
   order = np.argsort(-song, kind='stable')[:max(1, options.top_k)]
   best = float(song[order[0]])
-  certain = best >= options.min_confidence
-  segments = calibration.apply_temperature(segment_probs, temperature)
+  certain = multilabel or best >= options.min_confidence
   starts = [options.offset_seconds + i * hop_samples / sample_rate
             for i in range(len(segment_probs))]
   result = {
@@ -301,6 +312,10 @@ def song_result(job: FileJob, segment_probs: np.ndarray, num_samples: int, padde
       'padded': bool(padded),
       'size_bytes': job.stamp.size_bytes, 'mtime': job.stamp.mtime,
   }
+  if multilabel:
+    result['threshold'] = float(threshold)
+    result['tags'] = [genres[int(i)] for i in np.argsort(-song, kind='stable')
+                      if song[i] >= threshold]
   if silent:
     result['warning'] = SILENCE_WARNING
   return result
@@ -319,6 +334,7 @@ def iter_results(model: inference.InferenceModel, jobs: Iterable[FileJob],
   batch = inference.inference_batch_size(model.config.eval_batch_size)
   batcher = _Batcher(model.predict, batch)
   temperature = float(model.temperature)
+  threshold = float(model.config.multilabel.threshold) if model.multilabel else None
   waiting: collections.deque[_Song] = collections.deque()
 
   def events(job: FileJob) -> Iterator[tuple]:
@@ -334,7 +350,7 @@ def iter_results(model: inference.InferenceModel, jobs: Iterable[FileJob],
       else:
         yield song_result(song.job, np.asarray(song.probs, np.float32), song.num_samples,
                           song.padded, song.silent, model.genres, temperature, options,
-                          spec.sample_rate, hop)
+                          spec.sample_rate, hop, threshold)
 
   for job, file_events in in_order(jobs, events, decode_workers, decode_workers + 1):
     song = _Song(job)

@@ -48,6 +48,20 @@ def _check_flags(paths: list[str], output: str, output_file: str | None,
                       f"{', '.join(WRITE_TAGS)} (a bare --write_tags means dry_run).")
 
 
+def _check_multilabel_flags(min_confidence: float, write_tags: str) -> None:
+  """Refuses the genre-only flags for a multi-label model (one genre per song)."""
+  if write_tags != 'off':
+    raise ConfigError(
+        f'--write_tags={write_tags} writes one genre into each file, but this workdir is '
+        "a config.task='multilabel' tagger: drop --write_tags (the tags are in the "
+        'text, JSON and CSV output).')
+  if min_confidence > 0:
+    raise ConfigError(
+        f'--min_confidence={min_confidence:g} marks songs whose top genre is unsure, but '
+        "this workdir is a config.task='multilabel' tagger: drop it and set the tag "
+        'threshold with --config.multilabel.threshold instead.')
+
+
 def predict_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[str],
                   step: int | None = None, output: str = 'text', top_k: int = 3,
                   plot: bool = False, *, output_file: str | None = None,
@@ -74,6 +88,8 @@ def predict_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[s
                              offset_seconds=offset_seconds, max_seconds=max_seconds,
                              min_confidence=min_confidence)
   classify.check_options(options, config)
+  if config.get('task', 'genre') == 'multilabel':
+    _check_multilabel_flags(min_confidence, write_tags)
   workdir = os.path.abspath(workdir)
   config_checks.check_workdir_compatible(config, workdir)
   jobs = classify.file_jobs(paths)
@@ -179,9 +195,10 @@ def _tag(r: dict[str, Any], apply_writes: bool):
 def _plot(r: dict[str, Any], out_dir: str, used: set[str], model: inference.InferenceModel,
           config: ml_collections.ConfigDict) -> str:
   path = os.path.join(out_dir, out_lib.plot_name(r['path'], used))
+  probs = np.asarray(r['segment_probabilities'])
   reporting.plot_genre_timeline(
-      calibration.apply_temperature(np.asarray(r['segment_probabilities']),
-                                    float(model.temperature)),
+      probs if model.multilabel else calibration.apply_temperature(
+          probs, float(model.temperature)),
       [x['start_seconds'] for x in r['timeline']], float(config.audio.segment_seconds),
       model.genres, path, title=f"{os.path.basename(r['path'])}: {r['genre'] or 'uncertain'}")
   return path
@@ -197,4 +214,6 @@ def _json_header(workdir: str, model: inference.InferenceModel,
           'hop_seconds': options.hop(config), 'offset_seconds': options.offset_seconds,
           'max_seconds': options.max_seconds,
           'temperature': float(model.temperature),
-          'min_confidence': options.min_confidence}
+          'min_confidence': options.min_confidence,
+          'task': config.get('task', 'genre'),
+          **({'threshold': float(config.multilabel.threshold)} if model.multilabel else {})}

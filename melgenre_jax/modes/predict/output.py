@@ -50,6 +50,8 @@ def format_result(r: dict[str, Any]) -> str:
            f"{', padded' if r['padded'] else ''})"]
   if r['status'] == 'uncertain':
     lines.append(f"  UNCERTAIN: {r['reason']}")
+  if 'tags' in r:  # multi-label: every tag reaching the threshold, then the top scores
+    lines.append(f"  tags (p >= {r['threshold']:g}): {', '.join(r['tags']) or 'none'}")
   for rank, t in enumerate(r['top_k'], 1):
     lines.append(f"  {rank}. {t['genre']:<14} {t['probability']:.3f}")
   if r.get('timeline'):

@@ -18,6 +18,7 @@ from absl import logging
 
 from melgenre_jax import checkpointing
 from melgenre_jax import config_checks
+from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import DiskFullError
 from melgenre_jax.modes.tune import report
 from melgenre_jax.modes.tune import study as study_lib
@@ -45,6 +46,11 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, *,
   search or a training run on it is refused: runtime/workdir_lock.py); each
   trial's run locks its own folder under it.
   """
+  if config.get('task', 'genre') == 'multilabel':
+    raise ConfigError(
+        "--mode=tune maximises validation song accuracy, which a config.task='multilabel' "
+        'run does not report (it is scored by ROC-AUC): train with --mode=train, or drop '
+        '--config.task=multilabel.')
   with checkpointing.stop_on_full_disk(workdir), workdir_lock.hold(workdir, 'tune'):
     return _search(config, workdir, train_fn, config_path)
 

@@ -1,0 +1,439 @@
+"""``--mode=embed``: what the classifier sees, as vectors, for songs or a run's splits.
+
+A segment's embedding is the classifier head's input: the two branch
+summaries concatenated (``models.DualBranchCRNN(return_embedding=True)``),
+``D = 2 * config.model.lstm_sizes[-1]`` floats. A song's embedding is the mean
+of its segments' (as a song's probabilities are the mean of its segments').
+They feed similarity search, clustering and linear probes: a logistic
+regression fitted on ``embed_dataset_split`` of a run's train split and scored
+on its test split measures how much genre the representation holds.
+
+Files are read exactly as predict reads them (``modes/predict``: the same
+path expansion, streamed decoding a few files ahead, windows and flags), so
+memory stays bounded whatever a file's length; windows of consecutive files
+share batches. ``embed_paths`` (the mode) writes, to ``WORKDIR/embeddings/``
+(or ``--embed_dir``), each file replaced only once complete:
+
+  embeddings.npy          [songs, D] float32, one row per embedded song
+  embeddings.csv          path, duration (seconds read), segments, row
+  skipped.csv             path, reason: inputs that gave no embedding
+  segment_embeddings.npy  with --per_segment: [total segments, D] float32
+  segment_embeddings.csv  with --per_segment: path, segment, start_seconds, row
+  embeddings.json         checkpoint step, D, the window settings, counts
+
+All of it reloads with plain numpy and ``csv``.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from melgenre_jax import config_checks
+from melgenre_jax import inference
+from melgenre_jax import reporting
+from melgenre_jax.data import audio
+from melgenre_jax.data import input_pipeline
+from melgenre_jax.errors import ConfigError
+from melgenre_jax.errors import NothingClassifiedError
+from melgenre_jax.modes.predict import classify
+from melgenre_jax.modes.predict import inputs as inputs_lib
+
+EMBED_DIR = 'embeddings'
+EMBEDDINGS_NPY = 'embeddings.npy'
+EMBEDDINGS_CSV = 'embeddings.csv'
+SKIPPED_CSV = 'skipped.csv'
+SEGMENTS_NPY = 'segment_embeddings.npy'
+SEGMENTS_CSV = 'segment_embeddings.csv'
+INFO_JSON = 'embeddings.json'
+SONG_COLUMNS = ('path', 'duration', 'segments', 'row')
+SEGMENT_COLUMNS = ('path', 'segment', 'start_seconds', 'row')
+SKIPPED_COLUMNS = ('path', 'reason')
+
+
+# ----------------------------------------------------------------------------
+# A run's cached splits (for probes: fit on train, score on test).
+
+
+def song_means(segment_embeddings: np.ndarray, song_index: np.ndarray,
+               num_songs: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per-song mean of segment rows ``[num_songs, D]`` float32, and each song's segment count.
+
+  Songs without segments get a zero row and count 0.
+  """
+  x = np.asarray(segment_embeddings, np.float64)
+  idx = np.asarray(song_index, np.int64)
+  sums = np.zeros((num_songs, x.shape[1]), np.float64)
+  np.add.at(sums, idx, x)
+  counts = np.bincount(idx, minlength=num_songs)
+  means = sums / np.maximum(counts, 1)[:, None]
+  return means.astype(np.float32), counts
+
+
+def embed_dataset_split(model: inference.InferenceModel,
+                        segment_set: input_pipeline.SegmentSet,
+                        batch_size: int | None = None,
+                        progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Song embeddings ``[songs, D]`` float32 and their labels of one cached split.
+
+  Rows follow ``segment_set.songs``; a song without segments in the split
+  (only ``data.split=segment_random`` has those) is left out. A song's label
+  is its segments' label (``segment_set.labels`` row of its first segment, so
+  a multi-hot label stays multi-hot).
+  """
+  segments = model.embed(np.asarray(segment_set.inputs), batch_size, progress)
+  song_index = np.asarray(segment_set.song_index)
+  means, counts = song_means(segments, song_index, len(segment_set.songs))
+  keep = np.flatnonzero(counts)
+  first = np.zeros(len(segment_set.songs), np.int64)
+  first[song_index[::-1]] = np.arange(len(song_index))[::-1]  # first row of each song
+  labels = np.asarray(segment_set.labels)[first[keep]]
+  return means[keep], labels
+
+
+def embed_workdir_splits(config: ml_collections.ConfigDict, workdir: str,
+                         step: int | None = None
+                         ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """``{'train'|'validation'|'test': (song embeddings, labels)}`` of a run's own splits.
+
+  Rebuilds the split from the run's config and cache (as ``--mode eval``
+  does) and embeds it with the best checkpoint (or ``step``). A run without a
+  test split has no ``'test'`` entry.
+  """
+  workdir = os.path.abspath(workdir)
+  config_checks.check_workdir_compatible(config, workdir)
+  dataset = input_pipeline.load_dataset(config, workdir)
+  model = inference.load_for_inference(config, workdir, step)
+  show = bool(config.get('progress_bar', True))
+  out = {}
+  for name in ('train', 'validation', 'test'):
+    split = getattr(dataset, name)
+    if split is not None and len(split):
+      out[name] = embed_dataset_split(model, split,
+                                      progress=f'embed {name}' if show else None)
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Songs: files (streamed) or waves, embedded in batches shared across songs.
+
+
+@dataclasses.dataclass(eq=False)
+class _Song:
+  name: str  # the path, or '<array i>' for a wave given in memory
+  problem: str | None
+  total: np.ndarray | None = None  # float64 sum of the segment embeddings
+  segments: list[list[float]] = dataclasses.field(default_factory=list)
+  rows_in: int = 0
+  rows_out: int = 0
+  ended: bool = False
+  num_samples: int = 0
+  failure: str | None = None
+
+  @property
+  def done(self) -> bool:
+    return self.failure is not None or (self.ended and self.rows_out == self.rows_in)
+
+
+class _Batcher:
+  """Rows of consecutive songs, embedded a whole number of batches at a time.
+
+  Segment rows are kept as Python floats (as predict keeps probabilities),
+  not as long-lived small numpy slices in the never-trimmed heap.
+  """
+
+  def __init__(self, model: inference.InferenceModel, batch: int, keep_segments: bool):
+    self._model, self._batch, self._keep = model, batch, keep_segments
+    self._pending: list[tuple[_Song, np.ndarray]] = []
+    self._rows = 0
+
+  def add(self, song: _Song, rows: np.ndarray) -> None:
+    song.rows_in += len(rows)
+    self._pending.append((song, rows))
+    self._rows += len(rows)
+    if self._rows >= self._batch:
+      self.flush(final=False)
+
+  def flush(self, final: bool = True) -> None:
+    n = self._rows if final else self._rows // self._batch * self._batch
+    if not n:
+      return
+    rows = (self._pending[0][1] if len(self._pending) == 1
+            else np.concatenate([x for _, x in self._pending]))[:n]
+    emb = self._model.embed(rows, self._batch)
+    start, keep = 0, []
+    for song, x in self._pending:
+      take = min(len(x), n - start)
+      if take:
+        part = emb[start:start + take]
+        total = part.astype(np.float64).sum(axis=0)
+        song.total = total if song.total is None else song.total + total
+        if self._keep:
+          song.segments.extend(part.tolist())
+        song.rows_out += take
+      if take < len(x):
+        keep.append((song, x[take:]))
+      start += take
+    self._pending, self._rows = keep, self._rows - n
+
+
+def _wave_events(wave: np.ndarray, name: str, spec, hop: int,
+                 options: classify.Options) -> Iterator[tuple]:
+  """A wave in memory (at the model's sample rate) as a file's events."""
+  try:
+    sr = spec.sample_rate
+    start = int(round(options.offset_seconds * sr))
+    stop = None if options.max_seconds is None else start + int(round(options.max_seconds * sr))
+    wave = np.asarray(wave, np.float32)[start:stop]
+    segments = audio.segment_audio(wave, spec.segment_samples, hop, spec.min_samples,
+                                   path=name, short_clip=spec.short_clip)
+    yield 'chunk', spec.host_inputs(segments)
+    yield 'end', int(wave.shape[0])
+  except audio.AudioError as e:
+    yield 'fail', e.reason
+  except ValueError as e:  # not a mono wave
+    yield 'fail', f'not usable as a mono wave: {e}'
+
+
+def _file_events(path: str, spec, hop: int, options: classify.Options,
+                 max_rows: int) -> Iterator[tuple]:
+  """A file's events: ('chunk', inputs) ..., then ('end', samples) or ('fail', reason)."""
+  try:
+    stream = audio.stream_segments(
+        path, spec.sample_rate, spec.segment_samples, hop, spec.min_samples,
+        offset_seconds=options.offset_seconds, max_seconds=options.max_seconds,
+        max_rows=max_rows, short_clip=spec.short_clip)
+    for chunk in stream:
+      yield 'chunk', spec.host_inputs(chunk)
+    yield 'end', int(stream.num_samples)
+  except audio.AudioError as e:
+    yield 'fail', e.reason
+  except Exception as e:  # pylint: disable=broad-except
+    # One odd file (a decoder crash) must not cost the others their embeddings.
+    yield 'fail', f'failed to decode: {type(e).__name__}: {e}'
+
+
+def _result(song: _Song, sample_rate: int, hop: int, options: classify.Options,
+            per_segment: bool) -> dict[str, Any]:
+  if song.failure is not None:
+    return {'path': song.name, 'ok': False, 'reason': song.failure}
+  out = {'path': song.name, 'ok': True, 'reason': None,
+         'duration': song.num_samples / sample_rate, 'segments': song.rows_out,
+         'embedding': (song.total / song.rows_out).astype(np.float32)}
+  if per_segment:
+    out['segment_embeddings'] = np.asarray(song.segments, np.float32)
+    out['start_seconds'] = [options.offset_seconds + i * hop / sample_rate
+                            for i in range(song.rows_out)]
+  return out
+
+
+def iter_embeddings(model: inference.InferenceModel, items: Iterable[Any],
+                    options: classify.Options = classify.Options(),
+                    per_segment: bool = False,
+                    decode_workers: int = classify.DEFAULT_DECODE_WORKERS
+                    ) -> Iterator[dict[str, Any]]:
+  """Each item's result as soon as it is complete, in input order.
+
+  ``items``: ``(path, problem)`` pairs as ``predict.expand_paths`` gives them,
+  or 1-D waves at the model's sample rate. A result holds ``path``, ``ok``,
+  ``reason`` (why it was skipped), and when ok ``duration`` (seconds read),
+  ``segments``, ``embedding`` ``[D]`` (the mean of its segments') and, with
+  ``per_segment``, ``segment_embeddings`` ``[segments, D]`` and
+  ``start_seconds``. Every process of a multi-host run must call it with the
+  same items (the model's batches are collective).
+  """
+  spec = model.spec
+  hop = options.hop_samples(spec, model.config)
+  batch = inference.inference_batch_size(model.config.eval_batch_size)
+  batcher = _Batcher(model, batch, per_segment)
+  waiting: collections.deque[_Song] = collections.deque()
+
+  def song_of(i: int, item: Any) -> _Song:
+    if isinstance(item, np.ndarray):
+      return _Song(f'<array {i}>', None)
+    path, problem = item
+    return _Song(path, problem)
+
+  def events(pair: tuple[_Song, Any]) -> Iterator[tuple]:
+    song, item = pair
+    if song.problem is not None:
+      return iter([('fail', song.problem)])
+    if isinstance(item, np.ndarray):
+      return _wave_events(item, song.name, spec, hop, options)
+    return _file_events(song.name, spec, hop, options, max_rows=batch)
+
+  def finished() -> Iterator[dict[str, Any]]:
+    while waiting and waiting[0].done:
+      yield _result(waiting.popleft(), spec.sample_rate, hop, options, per_segment)
+
+  pairs = ((song_of(i, item), item) for i, item in enumerate(items))
+  for (song, _), song_events in classify.in_order(pairs, events, decode_workers,
+                                                  decode_workers + 1):
+    waiting.append(song)
+    for event in song_events:
+      if event[0] == 'chunk':
+        batcher.add(song, event[1])
+      elif event[0] == 'end':
+        song.ended, song.num_samples = True, event[1]
+        if not song.rows_in:
+          song.failure = 'no segments'
+      else:
+        song.failure = event[1]
+    yield from finished()
+  batcher.flush()
+  yield from finished()
+
+
+def embed_songs(model: inference.InferenceModel, songs_or_paths: Sequence[Any],
+                options: classify.Options = classify.Options(), per_segment: bool = False,
+                decode_workers: int = classify.DEFAULT_DECODE_WORKERS
+                ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+  """``(embeddings [embedded songs, D] float32, rows)`` for files, folders or waves.
+
+  ``songs_or_paths``: paths (files, folders searched recursively, wildcards;
+  as predict takes them) and/or 1-D float waves at ``model.spec.sample_rate``.
+  ``rows`` has one dict per input file (see ``iter_embeddings``), the
+  ``embedding`` moved into the returned array: ``row`` is its index there,
+  None for a skipped input (``reason`` says why).
+  """
+  items: list[Any] = []
+  seen: set[str] = set()
+  for s in songs_or_paths:
+    if isinstance(s, np.ndarray):
+      items.append(s)
+      continue
+    for path, problem in inputs_lib.expand_paths([os.fspath(s)]):  # a folder: its files
+      if path not in seen:
+        seen.add(path)
+        items.append((path, problem))
+  rows, vectors = [], []
+  for r in iter_embeddings(model, items, options, per_segment, decode_workers):
+    r['row'] = len(vectors) if r['ok'] else None
+    if r['ok']:
+      vectors.append(r.pop('embedding'))
+    rows.append(r)
+  embeddings = (np.stack(vectors).astype(np.float32) if vectors
+                else np.zeros((0, model.embedding_dim), np.float32))
+  return embeddings, rows
+
+
+# ----------------------------------------------------------------------------
+# The mode: files in, .npy and .csv out.
+
+
+def default_embed_dir(workdir: str) -> str:
+  return os.path.join(workdir, EMBED_DIR)
+
+
+def _write_csv(path: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+  with reporting.replaced_when_written(path, newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(columns)
+    writer.writerows(rows)
+
+
+def _write_npy(path: str, array: np.ndarray) -> None:
+  with reporting.replaced_when_written(path, 'wb') as f:
+    np.save(f, np.asarray(array, np.float32))
+
+
+def write_outputs(out_dir: str, results: list[dict[str, Any]], dim: int, per_segment: bool,
+                  info: dict[str, Any]) -> None:
+  """Writes the embedding files of ``results`` (``iter_embeddings``'s) into ``out_dir``."""
+  os.makedirs(out_dir, exist_ok=True)
+  ok = [r for r in results if r['ok']]
+  songs = (np.stack([r['embedding'] for r in ok]) if ok else np.zeros((0, dim), np.float32))
+  _write_npy(os.path.join(out_dir, EMBEDDINGS_NPY), songs)
+  _write_csv(os.path.join(out_dir, EMBEDDINGS_CSV), SONG_COLUMNS,
+             [(r['path'], f"{r['duration']:.6f}", r['segments'], i) for i, r in enumerate(ok)])
+  _write_csv(os.path.join(out_dir, SKIPPED_CSV), SKIPPED_COLUMNS,
+             [(r['path'], r['reason']) for r in results if not r['ok']])
+  segment_files = [os.path.join(out_dir, n) for n in (SEGMENTS_NPY, SEGMENTS_CSV)]
+  if per_segment:
+    blocks = [r['segment_embeddings'] for r in ok]
+    _write_npy(segment_files[0], np.concatenate(blocks) if blocks
+               else np.zeros((0, dim), np.float32))
+    table, row = [], 0
+    for r in ok:
+      for i, start in enumerate(r['start_seconds']):
+        table.append((r['path'], i, f'{start:.6f}', row))
+        row += 1
+    _write_csv(segment_files[1], SEGMENT_COLUMNS, table)
+  else:
+    for path in segment_files:  # an earlier --per_segment run's: no longer these songs'
+      if os.path.exists(path):
+        os.remove(path)
+  with reporting.replaced_when_written(os.path.join(out_dir, INFO_JSON)) as f:
+    json.dump({**info, 'dim': int(dim), 'songs': len(ok), 'skipped': len(results) - len(ok),
+               'per_segment': bool(per_segment)}, f, indent=1)
+
+
+def embed_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[str],
+                step: int | None = None, *, per_segment: bool = False,
+                embed_dir: str | None = None, offset_seconds: float = 0.0,
+                max_seconds: float | None = None, hop_seconds: float | None = None,
+                decode_workers: int = classify.DEFAULT_DECODE_WORKERS) -> dict[str, Any]:
+  """``--mode=embed``: embeds files/folders with the best checkpoint (or ``step``).
+
+  Writes the files listed in the module docstring to ``embed_dir`` (default
+  ``WORKDIR/embeddings``). ``offset_seconds``, ``max_seconds`` and
+  ``hop_seconds`` are predict's flags of the same names. Returns
+  ``{'dir', 'checkpoint_step', 'embeddings', 'results'}``.
+
+  Raises:
+    NothingClassifiedError: no input gave an embedding (each reason listed).
+  """
+  if not paths:
+    raise ConfigError('--mode=embed needs audio files or folders: give them after the '
+                      'flags (main.py --workdir W --mode embed song.mp3 my_folder/) or '
+                      'with --audio (repeated or comma-separated).')
+  options = classify.Options(hop_seconds=hop_seconds, offset_seconds=offset_seconds,
+                             max_seconds=max_seconds)
+  classify.check_options(options, config)
+  workdir = os.path.abspath(workdir)
+  config_checks.check_workdir_compatible(config, workdir)
+  jobs = [(os.path.abspath(p) if problem is None else p, problem)
+          for p, problem in inputs_lib.expand_paths(paths)]
+  model = inference.load_for_inference(config, workdir, step)
+  out_dir = os.path.abspath(embed_dir or default_embed_dir(workdir))
+
+  start = time.monotonic()
+  results = []
+  stream = iter_embeddings(model, jobs, options, per_segment, decode_workers)
+  for r in reporting.progress_bar(stream, total=len(jobs), desc='embed (files)',
+                                  enabled=bool(config.get('progress_bar', True))):
+    results.append(r)
+  seconds = time.monotonic() - start
+  failed = [r for r in results if not r['ok']]
+  for r in failed:
+    logging.warning('Skipped %s: %s', r['path'], r['reason'])
+  logging.info('Embedded %d file(s) in %.1f s (D=%d): %d skipped.',
+               len(results) - len(failed), seconds, model.embedding_dim, len(failed))
+  info = {'workdir': workdir, 'checkpoint_step': int(model.step),
+          'sample_rate': int(model.spec.sample_rate),
+          'segment_seconds': float(config.audio.segment_seconds),
+          'hop_seconds': options.hop(config), 'offset_seconds': float(offset_seconds),
+          'max_seconds': max_seconds,
+          'embedding': 'mean over the song of the classifier head input '
+                       '(concatenated branch summaries)'}
+  if jax.process_index() == 0:
+    write_outputs(out_dir, results, model.embedding_dim, per_segment, info)
+    print(out_dir)  # CLI output
+  if len(failed) == len(results):
+    raise NothingClassifiedError(
+        'No file could be embedded:\n  ' + '\n  '.join(
+            f"{r['path']}: {r['reason']}" for r in failed))
+  ok = [r for r in results if r['ok']]
+  return {'dir': out_dir, 'checkpoint_step': int(model.step),
+          'embeddings': np.stack([r['embedding'] for r in ok]), 'results': results}

@@ -132,7 +132,7 @@ def test_batcher_sends_whole_batches_and_returns_every_song_its_rows():
     calls.append(len(rows))
     return np.stack([rows[:, 0], -rows[:, 0]], axis=1)  # one row per input, traceable
 
-  batcher = classify._Batcher(fake_predict, batch=4)
+  batcher = classify.RowBatcher(fake_predict, 4, classify.keep_probabilities)
   songs = [classify._Song(None) for _ in range(4)]
   sizes = [3, 1, 6, 2]
   for i, (song, n) in enumerate(zip(songs, sizes)):

@@ -32,7 +32,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -146,46 +146,16 @@ class _Song:
     return self.failure is not None or (self.ended and self.rows_out == self.rows_in)
 
 
-class _Batcher:
-  """Rows of consecutive songs, embedded a whole number of batches at a time.
+def _sum_embeddings(keep_segments: bool) -> Callable[[_Song, np.ndarray], None]:
+  """embed's ``classify.RowBatcher`` consumer: a running float64 sum, segments as floats."""
 
-  Segment rows are kept as Python floats (as predict keeps probabilities),
-  not as long-lived small numpy slices in the never-trimmed heap.
-  """
+  def consume(song: _Song, part: np.ndarray) -> None:
+    total = part.astype(np.float64).sum(axis=0)
+    song.total = total if song.total is None else song.total + total
+    if keep_segments:
+      song.segments.extend(part.tolist())
 
-  def __init__(self, model: inference.InferenceModel, batch: int, keep_segments: bool):
-    self._model, self._batch, self._keep = model, batch, keep_segments
-    self._pending: list[tuple[_Song, np.ndarray]] = []
-    self._rows = 0
-
-  def add(self, song: _Song, rows: np.ndarray) -> None:
-    song.rows_in += len(rows)
-    self._pending.append((song, rows))
-    self._rows += len(rows)
-    if self._rows >= self._batch:
-      self.flush(final=False)
-
-  def flush(self, final: bool = True) -> None:
-    n = self._rows if final else self._rows // self._batch * self._batch
-    if not n:
-      return
-    rows = (self._pending[0][1] if len(self._pending) == 1
-            else np.concatenate([x for _, x in self._pending]))[:n]
-    emb = self._model.embed(rows, self._batch)
-    start, keep = 0, []
-    for song, x in self._pending:
-      take = min(len(x), n - start)
-      if take:
-        part = emb[start:start + take]
-        total = part.astype(np.float64).sum(axis=0)
-        song.total = total if song.total is None else song.total + total
-        if self._keep:
-          song.segments.extend(part.tolist())
-        song.rows_out += take
-      if take < len(x):
-        keep.append((song, x[take:]))
-      start += take
-    self._pending, self._rows = keep, self._rows - n
+  return consume
 
 
 def _wave_events(wave: np.ndarray, name: str, spec, hop: int,
@@ -256,7 +226,8 @@ def iter_embeddings(model: inference.InferenceModel, items: Iterable[Any],
   spec = model.spec
   hop = options.hop_samples(spec, model.config)
   batch = inference.inference_batch_size(model.config.eval_batch_size)
-  batcher = _Batcher(model, batch, per_segment)
+  batcher = classify.RowBatcher(lambda rows: model.embed(rows, batch), batch,
+                                _sum_embeddings(per_segment))
   waiting: collections.deque[_Song] = collections.deque()
 
   def song_of(i: int, item: Any) -> _Song:

@@ -200,7 +200,7 @@ def in_order(items: Iterable[Any], events: Callable[[Any], Iterator[tuple]], wor
 @dataclasses.dataclass(eq=False)
 class _Song:
   job: FileJob
-  probs: list[list[float]] = dataclasses.field(default_factory=list)  # see _Batcher.flush
+  probs: list[list[float]] = dataclasses.field(default_factory=list)  # see RowBatcher
   rows_in: int = 0
   rows_out: int = 0
   silent: bool = True
@@ -214,26 +214,36 @@ class _Song:
     return self.failure is not None or (self.ended and self.rows_out == self.rows_in)
 
 
-class _Batcher:
-  """Rows of consecutive songs, sent to the model a whole number of batches at a time.
+def keep_probabilities(song: _Song, outputs: np.ndarray) -> None:
+  """predict's ``RowBatcher`` consumer: a song's outputs kept as Python floats."""
+  song.probs.extend(outputs.tolist())
+
+
+class RowBatcher:
+  """Rows of consecutive songs, sent to ``fn`` a whole number of batches at a time.
 
   Partial batches are padded by the model, so holding the remainder back until
-  the next song's rows arrive keeps padding to the very last call.
+  the next song's rows arrive keeps padding to the very last call. Each
+  song's slice of an output goes to ``consume(song, outputs)`` (predict keeps
+  probabilities, embed sums embeddings); ``song`` needs ``rows_in`` and
+  ``rows_out`` counters, which the batcher keeps.
 
-  A song's probabilities are kept as Python floats, not as slices of each
-  call's output: small numpy arrays that live as long as a long file sit
-  between the model's large temporaries in the heap, which is never trimmed
-  (runtime/hostmem.py), and the heap then grows with the file's length.
-  Python's own allocator keeps its objects apart from that heap.
+  Consumers keep what they need as Python floats or a small running sum, not
+  as slices of each call's output: small numpy arrays that live as long as a
+  long file sit between the model's large temporaries in the heap, which is
+  never trimmed (runtime/hostmem.py), and the heap then grows with the file's
+  length. Python's own allocator keeps its objects apart from that heap.
   """
 
-  def __init__(self, predict: Callable[[np.ndarray], np.ndarray], batch: int):
-    self._predict = predict
+  def __init__(self, fn: Callable[[np.ndarray], np.ndarray], batch: int,
+               consume: Callable[[Any, np.ndarray], None]):
+    self._fn = fn
     self._batch = batch
-    self._pending: list[tuple[_Song, np.ndarray]] = []
+    self._consume = consume
+    self._pending: list[tuple[Any, np.ndarray]] = []
     self._rows = 0
 
-  def add(self, song: _Song, rows: np.ndarray) -> None:
+  def add(self, song: Any, rows: np.ndarray) -> None:
     song.rows_in += len(rows)
     self._pending.append((song, rows))
     self._rows += len(rows)
@@ -246,12 +256,12 @@ class _Batcher:
       return
     rows = (self._pending[0][1] if len(self._pending) == 1  # a long file's full chunk: no copy
             else np.concatenate([x for _, x in self._pending]))[:n]
-    probs = self._predict(rows)
+    outputs = self._fn(rows)
     start, keep = 0, []
     for song, x in self._pending:
       take = min(len(x), n - start)
       if take:
-        song.probs.extend(probs[start:start + take].tolist())
+        self._consume(song, outputs[start:start + take])
         song.rows_out += take
       if take < len(x):
         keep.append((song, x[take:]))
@@ -332,7 +342,7 @@ def iter_results(model: inference.InferenceModel, jobs: Iterable[FileJob],
   spec = model.spec
   hop = options.hop_samples(spec, model.config)
   batch = inference.inference_batch_size(model.config.eval_batch_size)
-  batcher = _Batcher(model.predict, batch)
+  batcher = RowBatcher(model.predict, batch, keep_probabilities)
   temperature = float(model.temperature)
   threshold = float(model.config.multilabel.threshold) if model.multilabel else None
   waiting: collections.deque[_Song] = collections.deque()

@@ -498,14 +498,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
                 warnings=warnings, checkpoint=_checkpoint_info(workdir, model.step))
 
   if jax.process_index() == 0:
-    out_dir = os.path.join(workdir, EVAL_DIR)
-    os.makedirs(out_dir, exist_ok=True)
-    save_predictions(os.path.join(out_dir, 'predictions.npz'), probs, labels,
-                     song_index, song_keys, model.genres, model.step)
-    with open(os.path.join(out_dir, 'report.json'), 'w') as f:
-      json.dump(report, f, indent=1)
-    with open(os.path.join(out_dir, 'report.md'), 'w') as f:
-      f.write(format_markdown(report))
+    out_dir = _write_report_files(workdir, report, format_markdown(report), probs, labels,
+                                  song_index, song_keys, model)
     reporting.plot_confusion_matrix(
         np.asarray(report['song']['confusion_matrix']), model.genres,
         os.path.join(out_dir, 'confusion_matrix.png'),
@@ -521,9 +515,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
           calibration.apply_temperature(probs, temperature))],
         temperature, os.path.join(out_dir, 'reliability.png'),
         title=f'{split_name} split, step {model.step}')
-    print(format_table(report))  # CLI output
-    print(f'Report: {os.path.join(out_dir, "report.md")}')
-    logging.info('Evaluation written to %s.', out_dir)
+    _announce(format_table(report), out_dir)
   return report
 
 
@@ -540,15 +532,28 @@ def _evaluate_multilabel(config: ml_collections.ConfigDict, workdir: str, model,
   report.update(workdir=workdir, split=split_name, leaky_split=leaky,
                 warnings=warnings, checkpoint=_checkpoint_info(workdir, model.step))
   if jax.process_index() == 0:
-    out_dir = os.path.join(workdir, EVAL_DIR)
-    os.makedirs(out_dir, exist_ok=True)
-    save_predictions(os.path.join(out_dir, 'predictions.npz'), probs, labels,
-                     song_index, song_keys, model.genres, model.step)
-    with open(os.path.join(out_dir, 'report.json'), 'w') as f:
-      json.dump(report, f, indent=1)
-    with open(os.path.join(out_dir, 'report.md'), 'w') as f:
-      f.write(format_multilabel_markdown(report))
-    print(format_multilabel_table(report))  # CLI output
-    print(f'Report: {os.path.join(out_dir, "report.md")}')
-    logging.info('Evaluation written to %s.', out_dir)
+    out_dir = _write_report_files(workdir, report, format_multilabel_markdown(report), probs,
+                                  labels, song_index, song_keys, model)
+    _announce(format_multilabel_table(report), out_dir)
   return report
+
+
+def _write_report_files(workdir: str, report: dict[str, Any], markdown: str, probs: np.ndarray,
+                        labels: np.ndarray, song_index: np.ndarray, song_keys: list[str],
+                        model) -> str:
+  """WORKDIR/eval/: predictions.npz, report.json and report.md (the reports replaced when complete)."""
+  out_dir = os.path.join(workdir, EVAL_DIR)
+  os.makedirs(out_dir, exist_ok=True)
+  save_predictions(os.path.join(out_dir, 'predictions.npz'), probs, labels,
+                   song_index, song_keys, model.genres, model.step)
+  with reporting.replaced_when_written(os.path.join(out_dir, 'report.json')) as f:
+    json.dump(report, f, indent=1)
+  with reporting.replaced_when_written(os.path.join(out_dir, 'report.md')) as f:
+    f.write(markdown)
+  return out_dir
+
+
+def _announce(table: str, out_dir: str) -> None:
+  print(table)  # CLI output
+  print(f'Report: {os.path.join(out_dir, "report.md")}')
+  logging.info('Evaluation written to %s.', out_dir)

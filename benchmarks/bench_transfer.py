@@ -2,7 +2,10 @@
 
   python benchmarks/bench_transfer.py --source=synthetic --workdir=/tmp/transfer_synthetic
   python benchmarks/bench_transfer.py --source=manifest --workdir=/tmp/transfer_real \
-      --manifest=/path/to/manifest.csv
+      --manifest=/path/to/manifest.csv --folds=2
+
+(``--folds``: each genre of the target half needs at least that many artists;
+409 GTZAN excerpts halved by artist leave two blues artists a side.)
 
 Protocol (both sources):
   1. split the labelled material in two disjoint parts: a *pretraining* part
@@ -59,7 +62,10 @@ flags.DEFINE_string('workdir', None, 'Where every run of the study lives.')
 flags.DEFINE_string('manifest', '', 'source=manifest: CSV path,label,group (groups required).')
 flags.DEFINE_integer('folds', 5, 'Cross-validation folds on the target part.')
 flags.DEFINE_integer('seeds', 3, 'Repeats of the cross-validation (seed + r).')
-flags.DEFINE_integer('target_songs', 10, 'source=synthetic: songs per target genre.')
+flags.DEFINE_integer('target_songs', 5, 'source=synthetic: songs per target genre.')
+flags.DEFINE_float('target_seconds', 6.0, 'source=synthetic: length of each target song.')
+flags.DEFINE_integer('target_batch', 0, 'Target runs\' batch size (0: 8 for synthetic, 16 for a '
+                     'manifest; small sets: a few steps an epoch).')
 flags.DEFINE_integer('pretrain_songs', 40, 'source=synthetic: songs per pretraining genre.')
 flags.DEFINE_integer('epochs', 0, 'Target runs\' epochs (0: the study\'s default).')
 flags.DEFINE_list('arms', ['scratch', 'finetuned', 'frozen_embeddings'], 'Arms to run.')
@@ -83,6 +89,7 @@ def synthetic_configs() -> tuple[ml_collections.ConfigDict, ml_collections.Confi
   pretrain.data.synthetic.songs_per_genre = FLAGS.pretrain_songs
   target.data.synthetic.genres = tuple(synthetic.GENRES[5:])
   target.data.synthetic.songs_per_genre = FLAGS.target_songs
+  target.data.synthetic.song_seconds = FLAGS.target_seconds
   compressed_schedule(target, FLAGS.epochs or 10)
   return pretrain, target
 
@@ -184,6 +191,7 @@ def main(argv):
   else:
     pretrain, target = manifest_configs(workdir)
   pretrain.data.test_fraction = 0.0  # every pretraining song trains or validates
+  target.batch_size = FLAGS.target_batch or (8 if FLAGS.source == 'synthetic' else 16)
   for config in (pretrain, target):
     config.progress_bar = False
     config.cv.num_folds = FLAGS.folds

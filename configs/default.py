@@ -57,6 +57,11 @@ def get_config() -> ml_collections.ConfigDict:
   # A clip shorter than one segment (but >= data.min_song_seconds) becomes one
   # segment: 'pad' with silence, or 'repeat' the clip until it is full.
   config.audio.short_clip = 'pad'
+  # Training windows: 'grid' (always the cached segments) or 'random' (each
+  # epoch every window moves by a fresh shift in [-hop/2, hop/2) within its
+  # song, so a song is not always cut at 0, 3, 6 s; needs features.where='device'
+  # and hop <= segment). Evaluation and predict always read the grid.
+  config.audio.train_offsets = 'grid'
 
   # --- Log-mel front end (librosa conventions).
   config.features = ml_collections.ConfigDict()
@@ -130,6 +135,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.b2 = 0.999
   config.optim.eps = 1e-7
   config.optim.l2 = 1e-4  # L2 penalty l2 * sum(W^2) on kernels (Keras' l2(...)), coupled into Adam
+  # > 0: keep a moving average of the weights (e.g. 0.99 with ~15 steps an
+  # epoch); evaluation, the best checkpoint and inference use the average.
+  config.ema_decay = 0.0
+  config.optim.label_smoothing = 0.0  # genre task: targets (1 - s) one-hot + s / num_genres
 
   # Multi-stage learning rate, in epochs (1-based: the first stage covers epochs
   # 1..stage_ends[0]). A stage is linear from its start to its end value, so

@@ -104,6 +104,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
   short_clip = config.audio.get('short_clip', 'pad')
   _require(short_clip in audio.SHORT_CLIP_RULES, 'audio.short_clip', short_clip,
            'allowed values are ' + ', '.join(audio.SHORT_CLIP_RULES))
+  offsets = config.audio.get('train_offsets', 'grid')
+  _require(offsets in ('grid', 'random'), 'audio.train_offsets', offsets,
+           'allowed values are grid, random')
+  if offsets == 'random':
+    _require(config.features.where == 'device', 'audio.train_offsets', offsets,
+             "random training offsets shift waveforms: needs --config.features.where=device")
+    _require(config.audio.segment_hop_seconds <= config.audio.segment_seconds,
+             'audio.train_offsets', offsets,
+             'random offsets need audio.segment_hop_seconds <= audio.segment_seconds '
+             '(segments that touch or overlap)')
+    _require(config.data.split != 'segment_random', 'audio.train_offsets', offsets,
+             "split='segment_random' scatters a song's segments: use train_offsets=grid")
+  smoothing = config.optim.get('label_smoothing', 0.0)
+  _require(isinstance(smoothing, (int, float)) and 0 <= smoothing < 1,
+           'optim.label_smoothing', smoothing, 'must be in [0, 1)')
+  _require(smoothing == 0 or config.get('task', 'genre') == 'genre',
+           'optim.label_smoothing', smoothing, "applies to task='genre' only: set it to 0")
+  ema = config.get('ema_decay', 0.0)
+  _require(isinstance(ema, (int, float)) and 0 <= ema < 1, 'ema_decay', ema,
+           'must be in [0, 1) (0: no weight averaging)')
   recompute = config.get('bn_recompute_batches', 0)
   _require(isinstance(recompute, int) and not isinstance(recompute, bool) and recompute >= 0,
            'bn_recompute_batches', recompute,

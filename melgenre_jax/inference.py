@@ -212,7 +212,12 @@ def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
     abstract = {f.name: jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
         getattr(fresh, f.name)) for f in dataclasses.fields(fresh)}
-    variables = steps.ModelVariables(**checkpointing.restore_parts(manager, step, abstract))
+    if config.get('ema_decay', 0.0) > 0:  # the averaged weights are the model
+      abstract['ema_params'] = abstract.pop('params')
+    parts = checkpointing.restore_parts(manager, step, abstract)
+    if 'ema_params' in parts:
+      parts['params'] = parts.pop('ema_params')
+    variables = steps.ModelVariables(**parts)
   finally:
     manager.close()
   return make_inference_model(config, genres, variables, mesh, step,

@@ -50,15 +50,20 @@ class TrainState(FlaxTrainState):
 
   ``rng`` is the run's base key: the step's key is derived from it and the
   step number, so restoring (rng, step) reproduces every later random draw.
+  ``ema_params`` is the moving average of the weights (``config.ema_decay`` >
+  0), or None: when present it is what evaluation, checkpoint selection and
+  inference use, as the averaged weights are the ones worth keeping.
   """
 
   batch_stats: Any
   rng: jax.Array
   feature_mean: jax.Array
   feature_std: jax.Array
+  ema_params: Any = None
 
   def variables(self) -> ModelVariables:
-    return ModelVariables(params=self.params, batch_stats=self.batch_stats,
+    params = self.params if self.ema_params is None else self.ema_params
+    return ModelVariables(params=params, batch_stats=self.batch_stats,
                           feature_mean=self.feature_mean, feature_std=self.feature_std)
 
 
@@ -151,20 +156,35 @@ def init_variables(spec: InputSpec, model: models.DualBranchCRNN,
 
 
 def _initial_state(spec: InputSpec, model: models.DualBranchCRNN,
-                   tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+                   tx: optax.GradientTransformation, rng: jax.Array,
+                   ema: bool = False) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
   v = init_variables(spec, model, init_rng)
   return TrainState.create(apply_fn=model.apply, params=v.params, tx=tx,
                            batch_stats=v.batch_stats, rng=state_rng,
-                           feature_mean=v.feature_mean, feature_std=v.feature_std)
+                           feature_mean=v.feature_mean, feature_std=v.feature_std,
+                           ema_params=v.params if ema else None)
 
 
 def build_state(config: ml_collections.ConfigDict, num_classes: int, mesh,
                 tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
   """The initial train state of a run, replicated over ``mesh``'s devices."""
   init = functools.partial(_initial_state, InputSpec.from_config(config),
-                           create_model(config, num_classes), tx)
+                           create_model(config, num_classes), tx,
+                           ema=config.get('ema_decay', 0.0) > 0)
   return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
+
+
+def update_ema(ema: Any, params: Any, decay: float, step: jax.Array) -> Any:
+  """One step of the weights' moving average, its decay warmed up.
+
+  The effective decay is ``min(decay, (1 + step) / (10 + step))``: early on
+  the average follows the weights closely, so it is not stuck near the random
+  initialisation when a short run ends (TensorFlow's ``num_updates`` rule).
+  """
+  step = step.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
 
 
 # ----------------------------------------------------------------------------
@@ -201,6 +221,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
     targets = batch['label'].astype(jnp.float32)
   else:
     targets = jax.nn.one_hot(batch['label'], num_classes)
+    smoothing = config.optim.get('label_smoothing', 0.0)
+    if smoothing > 0:
+      targets = optax.smooth_labels(targets, smoothing)
   if config.augment.mixup_alpha > 0:
     spec, targets = augment.mixup(k_mix, spec, targets, config.augment.mixup_alpha)
 
@@ -226,6 +249,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
       [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if state.ema_params is not None:
+    new_state = new_state.replace(ema_params=update_ema(
+        state.ema_params, new_state.params, config.ema_decay, state.step))
   # NaN guard: a non-finite step leaves the state as it was (host stops the run).
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                            new_state, state)

@@ -90,7 +90,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   loader = input_pipeline.create_train_loader(
       dataset.train, global_batch_size=config.batch_size, seed=config.seed,
       worker_count=config.data.worker_count,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      shift_hop=spec.hop_samples if config.audio.get('train_offsets') == 'random' else 0)
   data_iter = iter(loader)
 
   parallel.barrier('before_checkpoint_manager')

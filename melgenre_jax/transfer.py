@@ -184,6 +184,8 @@ def initialize_from(config: ml_collections.ConfigDict, state: steps.TrainState,
   if source.config.features.normalize:
     updates['feature_mean'] = jax.device_put(np.asarray(model.variables.feature_mean), replicated)
     updates['feature_std'] = jax.device_put(np.asarray(model.variables.feature_std), replicated)
+  if state.ema_params is not None:  # the average starts from the loaded weights
+    updates['ema_params'] = updates['params']
   state = state.replace(**updates)
 
   head = ('kept' if permutation is not None and list(model.genres) == list(labels) else

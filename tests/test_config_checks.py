@@ -35,6 +35,9 @@ def test_reference_and_tiny_configs_are_valid():
     ('features.where', 'gpu', 'allowed values are device, host'),
     ('model.dtype', 'float16', 'allowed values are float32, bfloat16'),
     ('audio.short_clip', 'loop', 'config.audio.short_clip=.loop. is invalid: allowed values are pad, repeat'),
+    ('audio.train_offsets', 'jitter', 'allowed values are grid, random'),
+    ('optim.label_smoothing', 1.0, r'config.optim.label_smoothing=1.0 is invalid: must be in \[0, 1\)'),
+    ('ema_decay', 1.0, r'config.ema_decay=1.0 is invalid: must be in \[0, 1\)'),
     ('bn_recompute_batches', -1, 'config.bn_recompute_batches=-1'),
     ('eval_microbatch', -2, 'config.eval_microbatch=-2'),
     ('prefetch_batches', -1, 'config.prefetch_batches=-1'),
@@ -54,6 +57,32 @@ def test_bad_value_names_field(key, value, message):
   config = _set(default.get_config(), key, value)
   with pytest.raises(config_checks.ConfigError, match=message):
     config_checks.validate(config)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'features.where': 'host'}, 'needs --config.features.where=device'),
+    ({'audio.segment_hop_seconds': 4.0}, 'segment_hop_seconds <= audio.segment_seconds'),
+    ({'data.split': 'segment_random'}, 'use train_offsets=grid'),
+])
+def test_random_offsets_refuse_what_they_cannot_shift(overrides, message):
+  config = _set(default.get_config(), 'audio.train_offsets', 'random')
+  for k, v in overrides.items():
+    config = _set(config, k, v)
+  with pytest.raises(config_checks.ConfigError, match=message):
+    config_checks.validate(config)
+
+
+def test_label_smoothing_is_for_genres_only():
+  config = _set(_set(default.get_config(), 'optim.label_smoothing', 0.1), 'task', 'multilabel')
+  with pytest.raises(config_checks.ConfigError, match="task='genre' only"):
+    config_checks.validate(config)
+
+
+def test_small_data_config_is_valid():
+  from configs import small_data  # pylint: disable=g-import-not-at-top
+  config = small_data.get_config()
+  config.data.root = '/tmp'
+  config_checks.validate(config)
 
 
 def test_missing_data_root_says_what_to_pass(tmp_path):

@@ -309,3 +309,67 @@ def test_steps_per_epoch():
   assert ip.steps_per_epoch(32, 32) == 1
   with pytest.raises(ValueError, match='fewer than one batch'):
     ip.steps_per_epoch(31, 32)
+
+
+def _song_rows(lengths, seg, hop):
+  """Songs 0..n-1 as ramps (value = song * 1e4 + sample), cut into grid rows."""
+  rows, songs, audio = [], [], []
+  for s, n in enumerate(lengths):
+    wave = (s * 1e4 + np.arange(n)).astype(np.float32)
+    audio.append(wave)
+    for p in range(1 + (n - seg) // hop):
+      rows.append(wave[p * hop:p * hop + seg])
+      songs.append(s)
+  return np.stack(rows), np.array(songs, np.int32), audio
+
+
+@pytest.mark.parametrize('seg,hop', [(10, 10), (10, 4)])
+def test_shifted_windows_are_real_audio_of_the_same_song(seg, hop):
+  rows, songs, audio = _song_rows([37, 10, 25], seg, hop)
+  position, count = ip.song_positions(songs)
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    shifts = rng.integers(-(hop // 2), hop - hop // 2, size=len(rows))
+    idx = rng.permutation(len(rows))[:6]
+    out = ip.shifted_windows(rows, idx, shifts, position, count, hop)
+    for o, i in zip(out, idx):
+      s = songs[i]
+      start = int(o[0] - s * 1e4)
+      np.testing.assert_array_equal(o, audio[s][start:start + seg])  # contiguous, same song
+      assert 0 <= start <= (count[i] - 1) * hop
+      assert abs(start - position[i] * hop) <= hop // 2 or start in (0, (count[i] - 1) * hop)
+
+
+def test_random_offsets_move_each_epoch_and_resume_exactly():
+  rows, songs, audio = _song_rows([90, 60, 120, 45], 10, 10)
+  toy = ip.SegmentSet(inputs=rows, labels=(songs % 2).astype(np.int32),
+                      song_index=songs, songs=[])
+  make = lambda: iter(ip.create_train_loader(  # noqa: E731
+      toy, global_batch_size=4, seed=1, worker_count=0, shift_hop=10))
+  it = make()
+  steps = ip.steps_per_epoch(len(toy), 4)
+  epochs = [[next(it) for _ in range(steps)] for _ in range(2)]
+  starts = [{int(r[0]) for b in e for r in b['inputs']} for e in epochs]
+  assert len(starts[0] - {int(r[0]) for r in rows}) > 0  # off the grid
+  assert starts[0] != starts[1]  # fresh shifts each epoch
+  for b in epochs[0]:  # labels and songs still match the windows' songs
+    np.testing.assert_array_equal(b['song'], (b['inputs'][:, 0] // 1e4).astype(np.int32))
+  it = make()
+  for _ in range(steps - 2):
+    next(it)
+  state = it.get_state()
+  expected = [next(it)['inputs'] for _ in range(4)]
+  fresh = make()
+  fresh.set_state(state)
+  for e in expected:
+    np.testing.assert_array_equal(next(fresh)['inputs'], e)
+  grid = iter(ip.create_train_loader(toy, global_batch_size=4, seed=1, worker_count=0))
+  with pytest.raises(Exception):  # a grid loader refuses a shifted loader's state
+    grid.set_state(state)
+
+
+def test_random_offsets_refuse_feature_rows():
+  toy = ip.SegmentSet(inputs=np.zeros((8, 5, 3), np.float32), labels=np.zeros(8, np.int32),
+                      song_index=np.zeros(8, np.int32), songs=[])
+  with pytest.raises(ValueError, match='features.where=device'):
+    ip.create_train_loader(toy, global_batch_size=4, seed=0, worker_count=0, shift_hop=5)

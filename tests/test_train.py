@@ -236,3 +236,79 @@ def test_pooled_batch_statistics_are_those_of_all_rows():
   both = np.concatenate(rows)
   np.testing.assert_allclose(pooled['mean'], both.mean(0), rtol=1e-5)
   np.testing.assert_allclose(pooled['var'], both.var(0), rtol=1e-5)
+
+
+def test_ema_follows_the_weights_and_is_what_variables_give():
+  config = _config(**{'model.dropout': 0.0, 'ema_decay': 0.9})
+  mesh = parallel.create_mesh()
+  state, step = _state_and_step(config, mesh, tx=optax.sgd(0.05))
+  start = jax.tree.map(np.asarray, state.params)
+  jax.tree.map(np.testing.assert_array_equal, start, jax.device_get(state.ema_params))
+  ema = start
+  for i in range(3):
+    d = min(0.9, (1 + i) / (10 + i))
+    state, _ = step(state, parallel.global_batch(_batch(config, seed=i), mesh))
+    ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema,  # noqa: B023
+                       jax.device_get(state.params))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               jax.device_get(state.ema_params), ema)
+  assert not np.allclose(jax.tree.leaves(ema)[0], jax.tree.leaves(jax.device_get(state.params))[0])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.variables().params),
+               jax.device_get(state.ema_params))
+  plain, _ = _state_and_step(_config(), mesh)
+  assert plain.ema_params is None
+
+
+def test_ema_one_and_two_devices_give_the_same_average():
+  config = _config(**{'model.dropout': 0.0, 'ema_decay': 0.5})
+  out = []
+  for devices in (jax.devices()[:1], jax.devices()[:2]):
+    mesh = parallel.create_mesh(devices)
+    state, step = _state_and_step(config, mesh, tx=optax.sgd(0.05))
+    for i in range(2):
+      state, _ = step(state, parallel.global_batch(_batch(config, seed=i), mesh))
+    out.append(jax.tree.leaves(jax.device_get(state.ema_params)))
+  for a, b in zip(*out):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('smoothing', [0.0, 0.2])
+def test_label_smoothing_gives_the_smoothed_cross_entropy(smoothing):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from melgenre_jax import models  # pylint: disable=g-import-not-at-top
+  from melgenre_jax.input_spec import InputSpec  # pylint: disable=g-import-not-at-top
+  config = _config(**{'model.dropout': 0.0, 'optim.label_smoothing': smoothing})
+  mesh = parallel.create_mesh(jax.devices()[:1])
+  state, step = _state_and_step(config, mesh, tx=optax.sgd(0.0))
+  batch = _batch(config)
+  spec = InputSpec.from_config(config).device_preprocess()(
+      jnp.asarray(batch['inputs']), state.feature_mean, state.feature_std)
+  logits, _ = models.create_model(config.model, NUM_CLASSES).apply(
+      {'params': state.params, 'batch_stats': state.batch_stats}, spec, train=True,
+      mutable=['batch_stats'])
+  logp = np.asarray(jax.nn.log_softmax(logits, -1), np.float64)
+  hit = logp[np.arange(len(logp)), batch['label']]
+  expected = -np.mean((1 - smoothing) * hit + smoothing * logp.mean(-1))
+  _, m = step(state, parallel.global_batch(batch, mesh))  # donates state
+  np.testing.assert_allclose(float(m['loss']), expected, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_ema_run_restores_the_average_for_inference(tmp_path):
+  config = _config(**{'ema_decay': 0.8})
+  workdir = str(tmp_path)
+  train.train_and_evaluate(config, workdir)
+  model = inference.load_for_inference(config, workdir)
+  from melgenre_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  manager = checkpointing.create_manager(workdir, read_only=True)
+  step = inference.checkpoint_step(workdir)
+  saved = checkpointing.restore_parts(manager, step, {
+      'params': jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                             model.variables.params),
+      'ema_params': jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                 model.variables.params)})
+  manager.close()
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(model.variables.params),
+               saved['ema_params'])
+  assert not all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(saved['params']), jax.tree.leaves(saved['ema_params'])))

@@ -297,6 +297,56 @@ def _epoch_permutation(num_records: int, seed: int, epoch: int) -> np.ndarray:
   return perm
 
 
+@functools.lru_cache(maxsize=8)
+def _epoch_shifts(num_records: int, hop: int, seed: int, epoch: int) -> np.ndarray:
+  """Each segment's window shift this epoch, uniform in ``[-hop/2, hop/2)`` samples."""
+  shifts = np.random.default_rng([seed, epoch, 1]).integers(
+      -(hop // 2), hop - hop // 2, size=num_records)
+  shifts.setflags(write=False)
+  return shifts
+
+
+def song_positions(song_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Each row's position in its song and its song's row count.
+
+  Rows of one song must be consecutive and in order (as ``load_dataset``
+  lays them out).
+  """
+  song_index = np.asarray(song_index)
+  n = len(song_index)
+  starts = np.flatnonzero(np.r_[True, song_index[1:] != song_index[:-1]]) if n else \
+      np.zeros(0, np.int64)
+  counts = np.diff(np.r_[starts, n])
+  return np.arange(n) - np.repeat(starts, counts), np.repeat(counts, counts)
+
+
+def shifted_windows(rows: np.ndarray, idx: np.ndarray, shifts: np.ndarray,
+                    position: np.ndarray, count: np.ndarray, hop: int) -> np.ndarray:
+  """Song windows starting ``shifts`` samples after rows ``idx``'s own starts.
+
+  ``rows[i]`` is the song audio ``[p*hop, p*hop + L)`` for row ``i`` at
+  position ``p`` of its song, so any start between 0 and the last row's is
+  real audio of the same song: the tail of one row and the head of the next
+  (at ``L - hop`` into it, which covers the overlap when ``hop < L``).
+  Starts are clipped to the song, so a one-row song keeps its one window.
+  """
+  length = rows.shape[1]
+  idx = np.asarray(idx, np.int64)
+  start = np.clip(position[idx] * hop + shifts[idx], 0, (count[idx] - 1) * hop)
+  first = idx - position[idx] + start // hop  # row holding the window's start
+  cut = start % hop  # samples into that row
+  out = np.empty((len(idx), length), np.float32)
+  order = np.argsort(first)  # ascending reads from a memmap
+  heads = rows[first[order]]
+  nexts = rows[np.minimum(first[order] + 1, len(rows) - 1)]
+  for k, o in enumerate(order):
+    c = int(cut[o])
+    out[o, :length - c] = heads[k, c:]
+    if c:
+      out[o, length - c:] = nexts[k, length - hop:length - hop + c]
+  return out
+
+
 class BatchSource:
   """grain random-access source whose record ``k`` is local train batch ``k``.
 
@@ -311,7 +361,7 @@ class BatchSource:
   """
 
   def __init__(self, segments: SegmentSet, global_batch_size: int, seed: int,
-               process_index: int, process_count: int):
+               process_index: int, process_count: int, shift_hop: int = 0):
     x = segments.inputs
     self._filename = None
     if isinstance(x, np.memmap) and x.filename:
@@ -333,13 +383,25 @@ class BatchSource:
     self._offset = process_index * self._local_batch
     self._seed = int(seed)
     self._steps = steps_per_epoch(self._num, self._global_batch)
+    # shift_hop > 0: every epoch moves each training window by a fresh random
+    # shift within its song (audio.train_offsets='random'), so a song is not
+    # always cut at the same points. Windows must be waveform rows.
+    self._shift_hop = int(shift_hop)
+    if self._shift_hop:
+      if x.ndim != 2:
+        raise ConfigError("audio.train_offsets='random' needs waveform rows "
+                          "(features.where='device'); got rows of shape "
+                          f'{tuple(x.shape[1:])}: use --config.features.where=device '
+                          "or --config.audio.train_offsets=grid")
+      self._position, self._count = song_positions(self._songs)
     crc = zlib.crc32(self._labels.tobytes())
     crc = zlib.crc32(self._songs.tobytes(), crc)
     # grain checks repr() on restore: a different split or batch is refused.
     self._repr = (f'BatchSource(shape={tuple(x.shape)}, crc={crc:08x}, '
                   f'global_batch_size={self._global_batch}, '
                   f'local_batch={self._local_batch}, offset={self._offset}, '
-                  f'seed={self._seed})')
+                  f'seed={self._seed}'
+                  + (f', shift_hop={self._shift_hop})' if self._shift_hop else ')'))
 
   @property
   def steps_per_epoch(self) -> int:
@@ -363,9 +425,14 @@ class BatchSource:
 
   def __getitem__(self, batch: int) -> dict[str, np.ndarray]:
     idx = self.indices(batch)
-    order = np.argsort(idx)
-    inputs = np.empty((len(idx), *self._rows().shape[1:]), np.float32)
-    inputs[order] = self._rows()[idx[order]]  # ascending reads from the map
+    if self._shift_hop:
+      shifts = _epoch_shifts(self._num, self._shift_hop, self._seed, int(batch) // self._steps)
+      inputs = shifted_windows(self._rows(), idx, shifts, self._position, self._count,
+                               self._shift_hop)
+    else:
+      order = np.argsort(idx)
+      inputs = np.empty((len(idx), *self._rows().shape[1:]), np.float32)
+      inputs[order] = self._rows()[idx[order]]  # ascending reads from the map
     return {'inputs': inputs, 'label': self._labels[idx],
             'song': self._songs[idx]}
 
@@ -396,8 +463,12 @@ class _StreamSampler:
 
 def create_train_loader(segments: SegmentSet, *, global_batch_size: int,
                         seed: int, worker_count: int, process_index: int = 0,
-                        process_count: int = 1):
+                        process_count: int = 1, shift_hop: int = 0):
   """Infinite, per-epoch reshuffled, per-process sharded grain DataLoader.
+
+  ``shift_hop`` > 0 (the rows' hop in samples): each epoch, every window
+  starts at a fresh random shift in ``[-hop/2, hop/2)`` from its grid position,
+  within its song (``BatchSource``); 0 keeps the grid.
 
   Yields dict(inputs=[B_local, ...] float32, label=[B_local] int32 (multi-label:
   [B_local, num_tags] float32), song=[B_local] int32), ``B_local = global_batch_size // process_count``.
@@ -429,7 +500,7 @@ def create_train_loader(segments: SegmentSet, *, global_batch_size: int,
     # (tests, notebooks) nobody parsed them, so use their defaults.
     flags.FLAGS.mark_as_parsed()
   source = BatchSource(segments, global_batch_size, seed, process_index,
-                       process_count)
+                       process_count, shift_hop)
   return grain.DataLoader(
       data_source=source,
       sampler=_StreamSampler(),

@@ -260,6 +260,11 @@ def architecture_differences(saved: dict, config: ml_collections.ConfigDict
   before.setdefault('task', 'genre')  # saved before config.task existed: a genre run
   now.setdefault('task', 'genre')
   diffs = []
+  # The weights' moving average is part of the saved state only when it is on.
+  ema_before, ema_now = before.get('ema_decay', 0.0), now.get('ema_decay', 0.0)
+  if (ema_before > 0) != (ema_now > 0):
+    diffs.append(f'ema_decay: workdir has {ema_before!r}, config has {ema_now!r} '
+                 '(a moving average of the weights is saved only when ema_decay > 0)')
   for key in sorted(set(now) | set(before)):
     if any(key == f or key.startswith(f + '.') for f in ARCHITECTURE_FIELDS):
       if now.get(key) != before.get(key):

@@ -78,6 +78,16 @@ def test_label_smoothing_is_for_genres_only():
     config_checks.validate(config)
 
 
+def test_turning_weight_averaging_on_or_off_is_an_architecture_difference():
+  import json  # pylint: disable=g-import-not-at-top
+  saved = json.loads(default.get_config().to_json_best_effort())
+  assert config_checks.architecture_differences(saved, default.get_config()) == []
+  diffs = config_checks.architecture_differences(saved, _set(default.get_config(), 'ema_decay', 0.99))
+  assert len(diffs) == 1 and diffs[0].startswith('ema_decay')
+  saved['ema_decay'] = 0.9
+  assert config_checks.architecture_differences(saved, _set(default.get_config(), 'ema_decay', 0.99)) == []
+
+
 def test_small_data_config_is_valid():
   from configs import small_data  # pylint: disable=g-import-not-at-top
   config = small_data.get_config()

@@ -58,18 +58,25 @@ def test_loss_falls_on_a_fixed_batch():
   assert int(state.step) == 12
 
 
-def test_one_and_two_devices_give_the_same_update():
-  """Plain SGD, because Adam would hide a gradient scaled by the device count
-  (e.g. a pmean on top of shard_map's own psum): its update is scale-free."""
-  assert jax.device_count() >= 2, 'conftest forces 2 CPU devices'
-  config = _config(**{'model.dropout': 0.0})
-  params = []
+def _two_sgd_steps_on_one_and_two_devices(config):
+  """The state after the same two SGD steps on a 1-device and a 2-device mesh."""
+  out = []
   for devices in (jax.devices()[:1], jax.devices()[:2]):
     mesh = parallel.create_mesh(devices)
     state, step = _state_and_step(config, mesh, tx=optax.sgd(0.05))
     for i in range(2):
       state, _ = step(state, parallel.global_batch(_batch(config, seed=i), mesh))
-    params.append(jax.tree.map(np.asarray, (state.params, state.batch_stats)))
+    out.append(state)
+  return out
+
+
+def test_one_and_two_devices_give_the_same_update():
+  """Plain SGD, because Adam would hide a gradient scaled by the device count
+  (e.g. a pmean on top of shard_map's own psum): its update is scale-free."""
+  assert jax.device_count() >= 2, 'conftest forces 2 CPU devices'
+  config = _config(**{'model.dropout': 0.0})
+  params = [jax.tree.map(np.asarray, (state.params, state.batch_stats))
+            for state in _two_sgd_steps_on_one_and_two_devices(config)]
   flat1, flat2 = jax.tree.leaves(params[0]), jax.tree.leaves(params[1])
   for a, b in zip(flat1, flat2):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -261,13 +268,8 @@ def test_ema_follows_the_weights_and_is_what_variables_give():
 
 def test_ema_one_and_two_devices_give_the_same_average():
   config = _config(**{'model.dropout': 0.0, 'ema_decay': 0.5})
-  out = []
-  for devices in (jax.devices()[:1], jax.devices()[:2]):
-    mesh = parallel.create_mesh(devices)
-    state, step = _state_and_step(config, mesh, tx=optax.sgd(0.05))
-    for i in range(2):
-      state, _ = step(state, parallel.global_batch(_batch(config, seed=i), mesh))
-    out.append(jax.tree.leaves(jax.device_get(state.ema_params)))
+  out = [jax.tree.leaves(jax.device_get(state.ema_params))
+         for state in _two_sgd_steps_on_one_and_two_devices(config)]
   for a, b in zip(*out):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 

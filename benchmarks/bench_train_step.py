@@ -79,6 +79,15 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                     dict(kind='jax', env={'XLA_FLAGS': '--xla_cpu_use_xnnpack=true'})),
     'jax_eigen1': ('JAX, XLA_FLAGS=--xla_cpu_multi_thread_eigen=false',
                    dict(kind='jax', env={'XLA_FLAGS': '--xla_cpu_multi_thread_eigen=false'})),
+    'jax_1dev': ('JAX, config.cpu_devices=1 (one XLA device on all cores)',
+                 dict(kind='jax', overrides={'cpu_devices': 1})),
+    'jax_1dev_infer': ('JAX inference, config.cpu_devices=1',
+                       dict(kind='jax', infer=True, overrides={'cpu_devices': 1})),
+    'jax_no_dropout': ('JAX, model.dropout=0 (no dropout masks drawn)',
+                       dict(kind='jax', overrides={'model.dropout': 0.0})),
+    'jax_rbg': ('JAX, JAX_DEFAULT_PRNG_IMPL=rbg (XLA RngBitGenerator for dropout)',
+                dict(kind='jax', env={'JAX_DEFAULT_PRNG_IMPL': 'rbg'})),
+    'jax_4dev': ('JAX, config.cpu_devices=4', dict(kind='jax', overrides={'cpu_devices': 4})),
 }
 # The peer comparison of the README. Rows with a '+malloc' suffix (glibc tuned
 # by environment, as config.keep_host_memory does for our step) are extra:
@@ -233,7 +242,11 @@ class JaxRunner:
       from melgenre_jax.runtime import hostmem  # pylint: disable=g-import-not-at-top
       if not hostmem.keep_freed_memory():
         raise RuntimeError('glibc mallopt refused config.keep_host_memory')
-    mesh = parallel.create_mesh(jax.devices()[:1])
+    # What cli.run does before JAX starts (one device per core on a CPU):
+    # the mesh spans every device it leaves, as in training.
+    from melgenre_jax.runtime import cpu_devices  # pylint: disable=g-import-not-at-top
+    cpu_devices.configure(config.cpu_devices, BATCH)
+    mesh = parallel.create_mesh(jax.devices())
     tx = steps.create_optimizer(config, schedules.create_learning_rate_schedule(config.schedule, 313))
     state = steps.build_state(config, NUM_CLASSES, mesh, tx, jax.random.PRNGKey(0))
     if self.opts.get('donate', True):

@@ -129,6 +129,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Rows per pass through the model inside an eval/predict batch: -1 = auto (8 on
   # CPU, where a few rows' activations stay in cache; the whole batch on GPU/TPU).
   config.eval_microbatch = -1
+  # JAX devices on a CPU-only machine, the batch split over them like over
+  # GPUs: -1 = auto (2 single-threaded devices on 2 cores; see
+  # melgenre_jax/runtime/cpu_devices.py), 1 = one device on all cores.
+  config.cpu_devices = -1
   config.num_epochs = 50
   config.optim = ml_collections.ConfigDict()
   config.optim.b1 = 0.9

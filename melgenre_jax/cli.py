@@ -12,6 +12,7 @@ from absl import logging
 
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import WorkdirError
+from melgenre_jax.runtime import cpu_devices
 from melgenre_jax.runtime import hostmem
 from melgenre_jax.runtime import parallel
 
@@ -42,6 +43,13 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
         'point --workdir at an existing run.')
   with open(path) as f:
     return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def _workdir_config_or_none(workdir: str) -> ml_collections.ConfigDict | None:
+  try:
+    return load_workdir_config(workdir)
+  except (WorkdirError, OSError, ValueError):  # the mode itself says what is wrong
+    return None
 
 
 def _tuples(d: Any) -> Any:
@@ -88,8 +96,12 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str, *,
     # Before JAX starts its backend and thread pool: the setting then covers
     # every thread's allocations (train_and_evaluate repeats it for library use).
     hostmem.keep_freed_memory()
-  parallel.maybe_initialize_distributed(coordinator_address, num_processes, process_id,
-                                       peer_timeout_seconds)
+  distributed = parallel.maybe_initialize_distributed(coordinator_address, num_processes,
+                                                     process_id, peer_timeout_seconds)
+  if not distributed:  # also before the backend starts: one device per core (cpu_devices.py)
+    settings = config if config is not None else _workdir_config_or_none(workdir)
+    settings = settings if settings is not None else ml_collections.ConfigDict()
+    cpu_devices.configure(settings.get('cpu_devices', -1), settings.get('batch_size', 32))
   if mode == 'train':
     if config is None:
       config = load_workdir_config(workdir)

@@ -132,6 +132,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(isinstance(microbatch, int) and not isinstance(microbatch, bool)
            and microbatch >= -1, 'eval_microbatch', microbatch,
            'must be an integer >= -1 (-1: auto, 0: the whole batch at once)')
+  cpu = config.get('cpu_devices', -1)
+  _require(isinstance(cpu, int) and not isinstance(cpu, bool) and (cpu == -1 or cpu >= 1),
+           'cpu_devices', cpu, 'must be -1 (auto) or a device count >= 1')
   prefetch_batches = config.get('prefetch_batches', 2)
   _require(isinstance(prefetch_batches, int) and not isinstance(prefetch_batches, bool)
            and prefetch_batches >= 0, 'prefetch_batches', prefetch_batches,

@@ -41,6 +41,7 @@ def test_reference_and_tiny_configs_are_valid():
     ('bn_recompute_batches', -1, 'config.bn_recompute_batches=-1'),
     ('eval_microbatch', -2, 'config.eval_microbatch=-2'),
     ('prefetch_batches', -1, 'config.prefetch_batches=-1'),
+    ('cpu_devices', 0, r'config.cpu_devices=0 is invalid: must be -1 \(auto\)'),
     ('schedule.stage_ends', (5, 3, 46, 50), 'strictly increasing'),
     ('schedule.stage_ends', (5, 41, 46, 60), 'past config.num_epochs=50'),
     ('schedule.stage_start_lrs', (5e-5, 0.0, 2e-4, 2e-4), 'must all be > 0'),

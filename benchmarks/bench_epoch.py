@@ -35,6 +35,7 @@ from benchmarks import common  # noqa: E402
 from benchmarks.peers import harness  # noqa: E402
 from melgenre_jax import train  # noqa: E402
 from melgenre_jax.data import input_pipeline  # noqa: E402
+from melgenre_jax.runtime import cpu_devices  # noqa: E402
 from melgenre_jax.runtime import parallel  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/melgenre_bench_epoch', 'Run directory (replaced).')
@@ -71,6 +72,7 @@ def main(argv):
       # Epoch 1 of the reference schedule (its warm-up) as the whole schedule.
       schedule__stage_ends=(1,), schedule__stage_start_lrs=(5e-5,),
       schedule__stage_end_lrs=(1.55e-4,))
+  cpu_devices.configure(config.cpu_devices, config.batch_size)  # as cli.run does
 
   start = time.perf_counter()
   dataset = input_pipeline.load_dataset(config, os.path.join(workdir, 'cache_probe'))

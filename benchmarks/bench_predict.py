@@ -41,7 +41,7 @@ from benchmarks.peers import harness  # noqa: E402
 from melgenre_jax import inference  # noqa: E402
 from melgenre_jax.data import audio, synthetic  # noqa: E402
 from melgenre_jax.modes import predict  # noqa: E402
-from melgenre_jax.runtime import hostmem, parallel  # noqa: E402
+from melgenre_jax.runtime import cpu_devices, hostmem, parallel  # noqa: E402
 
 _SONGS = flags.DEFINE_integer('songs', 20, 'Songs per timed run.')
 _SECONDS = flags.DEFINE_float('song_seconds', 30.0, 'Song length.')
@@ -119,6 +119,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   hostmem.keep_freed_memory()  # as main.py: before JAX starts its backend
   config = common.reference_config()
+  cpu_devices.configure(config.cpu_devices, config.batch_size)  # as cli.run does
   mesh = parallel.create_mesh()
   model = inference_model(config, mesh)
   sr = config.audio.sample_rate

@@ -85,8 +85,27 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                        dict(kind='jax', infer=True, overrides={'cpu_devices': 1})),
     'jax_no_dropout': ('JAX, model.dropout=0 (no dropout masks drawn)',
                        dict(kind='jax', overrides={'model.dropout': 0.0})),
+    'jax_flax_dropout': ('JAX, flax nn.Dropout (a float32 uniform per element) instead of models.Dropout',
+                         dict(kind='jax', dropout='flax')),
     'jax_rbg': ('JAX, JAX_DEFAULT_PRNG_IMPL=rbg (XLA RngBitGenerator for dropout)',
                 dict(kind='jax', env={'JAX_DEFAULT_PRNG_IMPL': 'rbg'})),
+    'jax_vec512': ('JAX, XLA_FLAGS=--xla_cpu_prefer_vector_width=512',
+                   dict(kind='jax', env={'XLA_FLAGS': '--xla_cpu_prefer_vector_width=512'})),
+    'jax_fast_math': ('JAX, XLA_FLAGS=--xla_cpu_enable_fast_math=true',
+                      dict(kind='jax', env={'XLA_FLAGS': '--xla_cpu_enable_fast_math=true'})),
+    'jax_concurrency_sched': ('JAX, XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=true',
+                              dict(kind='jax', env={'XLA_FLAGS':
+                                                    '--xla_cpu_enable_concurrency_optimized_scheduler=true'})),
+    'jax_infer_mb4': ('JAX inference, config.eval_microbatch=4',
+                      dict(kind='jax', infer=True, overrides={'eval_microbatch': 4})),
+    'jax_infer_mb16': ('JAX inference, config.eval_microbatch=16 (the whole shard of 2 devices)',
+                       dict(kind='jax', infer=True, overrides={'eval_microbatch': 16})),
+    'jax_infer_vec512': ('JAX inference, XLA_FLAGS=--xla_cpu_prefer_vector_width=512',
+                         dict(kind='jax', infer=True,
+                              env={'XLA_FLAGS': '--xla_cpu_prefer_vector_width=512'})),
+    'jax_infer_fast_math': ('JAX inference, XLA_FLAGS=--xla_cpu_enable_fast_math=true',
+                            dict(kind='jax', infer=True,
+                                 env={'XLA_FLAGS': '--xla_cpu_enable_fast_math=true'})),
     'jax_4dev': ('JAX, config.cpu_devices=4', dict(kind='jax', overrides={'cpu_devices': 4})),
 }
 # The peer comparison of the README. Rows with a '+malloc' suffix (glibc tuned
@@ -204,9 +223,18 @@ class JaxRunner:
                            axis_name=self.bn_axis_name if train else None)(x)
           x = nn.leaky_relu(x, negative_slope=self.leaky_slope)
           x = models.max_pool(x, self.pool)
-          return nn.Dropout(self.dropout)(x, deterministic=not train)
+          return models.Dropout(self.dropout)(x, deterministic=not train)
 
       models.ConvBlock = ConvBlock
+    if o.get('dropout') == 'flax':
+      class FlaxDropout(nn.Module):  # what models.Dropout replaced
+        rate: float
+
+        @nn.compact
+        def __call__(self, x, deterministic):
+          return nn.Dropout(self.rate)(x, deterministic=deterministic)
+
+      models.Dropout = FlaxDropout
     if o.get('conv') == 'im2col':
       def im2col_conv(x, kernel):  # the kt*kf shifted views side by side, then one matmul
         kt, kf, cin, cout = kernel.shape

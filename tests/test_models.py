@@ -73,6 +73,34 @@ def test_train_mode_uses_dropout_and_updates_batch_stats():
   assert any(not np.allclose(a, b) for a, b in zip(before, after))
 
 
+@pytest.mark.parametrize('rate', [0.2, 0.5])
+def test_dropout_keeps_the_right_fraction_and_the_expectation(rate):
+  x = jnp.ones((64, 33, 32))  # odd element count per row: the last word is half used
+  drop = jax.jit(lambda k: models.Dropout(rate).apply({}, x, deterministic=False,
+                                                      rngs={'dropout': k}))
+  out = np.asarray(drop(jax.random.PRNGKey(0)))
+  kept = out != 0
+  n = kept.size
+  # Binomial sd of the kept fraction is ~0.002 here; 5 sd.
+  assert abs(kept.mean() - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / n)
+  np.testing.assert_allclose(out[kept], 1 / (1 - rate), rtol=1e-4)  # inverted scaling
+  assert abs(out.mean() - 1.0) < 5 * np.sqrt(rate / (1 - rate) / n)
+  assert not np.array_equal(out, np.asarray(drop(jax.random.PRNGKey(1))))  # fresh masks
+  np.testing.assert_array_equal(out, np.asarray(drop(jax.random.PRNGKey(0))))  # same key
+
+
+def test_dropout_is_identity_when_deterministic_and_handles_the_ends():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5))
+  rngs = {'dropout': jax.random.PRNGKey(1)}
+  np.testing.assert_array_equal(models.Dropout(0.5).apply({}, x, deterministic=True), x)
+  np.testing.assert_array_equal(
+      models.Dropout(0.0).apply({}, x, deterministic=False, rngs=rngs), x)
+  np.testing.assert_array_equal(
+      models.Dropout(1.0).apply({}, x, deterministic=False, rngs=rngs), np.zeros((3, 5)))
+  half = models.Dropout(0.5).apply({}, x.astype(jnp.bfloat16), deterministic=False, rngs=rngs)
+  assert half.dtype == jnp.bfloat16
+
+
 def test_kernels_are_he_normal_scaled():
   model = _reference_model()
   params = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(
@@ -94,7 +122,7 @@ class _PlainConvBlock(models.ConvBlock):
                      epsilon=1e-3)(x)
     x = nn.leaky_relu(x, negative_slope=self.leaky_slope)
     x = models.max_pool(x, self.pool)
-    return nn.Dropout(self.dropout)(x, deterministic=not train)
+    return models.Dropout(self.dropout)(x, deterministic=not train)
 
 
 @pytest.mark.parametrize('train', [True, False])

@@ -481,12 +481,13 @@ def main(argv: list[str]) -> None:
         flush=True)
   results = harness.run_round_robin(__file__, variants, rounds=f.rounds, units=f.steps,
                                     parallel_setup=f.parallel_setup,
+                                    warmup_rounds=f.warmup_rounds,
                                     log=lambda s: print(s, flush=True))
 
   print()
   print(f'Train step, reference model: log-mel {fl["frames"]} frames x {fl["mels"]} mels in, batch {BATCH}, '
         f'Adam + L2, dropout/BatchNorm in training mode; median of {f.rounds} interleaved rounds x '
-        f'{f.steps} step(s), warm-up excluded')
+        f'{f.steps} step(s) after {f.warmup_rounds} untimed warm-up round(s); compilation excluded')
   for line in harness.machine_lines():
     print(line)
   xla_flops = next((r.info.get('xla_flops_per_sample') for r in results
@@ -543,7 +544,8 @@ def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('variants', DEFAULT_VARIANTS,
                       'Comma-separated rows to time; known: ' + ', '.join(VARIANTS))
-  flags.DEFINE_integer('rounds', 3, 'Interleaved timed rounds; the median is reported.')
+  flags.DEFINE_integer('rounds', 5, 'Interleaved timed rounds; the median is reported.')
+  flags.DEFINE_integer('warmup_rounds', 1, 'Untimed interleaved rounds before the timed ones.')
   flags.DEFINE_integer('steps', 1, 'Train steps per variant per round.')
   flags.DEFINE_bool('parallel_setup', True,
                     'Build/compile all workers at once (faster; compile times then overlap).')

@@ -166,12 +166,15 @@ class _Worker:
 
 def run_round_robin(script: str, variants: Sequence[Variant], *, rounds: int, units: int,
                     extra_args: Sequence[str] = (), parallel_setup: bool = False,
-                    pause_s: float = 0.2, log=print) -> list[Result]:
+                    pause_s: float = 0.2, warmup_rounds: int = 0, log=print) -> list[Result]:
   """Sets every variant up, then times ``units`` of work per variant per round, in turn.
 
   ``parallel_setup`` builds/compiles all workers at once (less wall time; their
-  setup times then include each other's load). A failed variant is reported and
-  skipped; the others go on.
+  setup times then include each other's load). ``warmup_rounds`` untimed rounds
+  of every variant come first, in the same order: after a parallel setup the
+  first rounds still meet background work of the setups (compiler worker
+  processes, thread pools winding down) and would time the machine, not the
+  rows. A failed variant is reported and skipped; the others go on.
   """
   log_dir = tempfile.mkdtemp(prefix='melgenre_bench_')
   workers = [_Worker(script, v, extra_args, log_dir) for v in variants]
@@ -193,18 +196,22 @@ def run_round_robin(script: str, variants: Sequence[Variant], *, rounds: int, un
       else:
         r.error = reply.get('error', 'unknown error')
         log(f'  {w.variant.name} FAILED during setup: {r.error}')
-    for i in range(rounds):
+    for i in range(-warmup_rounds, rounds):
       for w in list(live):
         time.sleep(pause_s)  # lets the previous worker's spinning threads go to sleep
         w.send({'cmd': 'run', 'n': units})
         reply = w.receive()
         r = results[w.variant.name]
         if reply.get('ok'):
-          r.seconds.append(reply['seconds'] / units)
+          if i >= 0:
+            r.seconds.append(reply['seconds'] / units)
         else:
           r.error = reply.get('error', 'unknown error')
           live.remove(w)
           log(f'  {w.variant.name} FAILED in round {i + 1}: {r.error}')
+      if i < 0:
+        log(f'  warm-up round {warmup_rounds + i + 1}/{warmup_rounds} done (not timed)')
+        continue
       log(f'  round {i + 1}/{rounds}: ' + ', '.join(
           f'{w.variant.name} {results[w.variant.name].seconds[-1] * 1e3:.0f} ms'
           for w in live))

@@ -44,6 +44,26 @@ def test_max_pool_matches_reduce_window():
   np.testing.assert_array_equal(ours, ref)
 
 
+@pytest.mark.parametrize('window', [(4, 2), (2, 2), (4, 4)])
+def test_max_pool_gradient_is_autodiffs_including_ties(window):
+  """The custom backward pass splits the gradient between tied maxima as autodiff does."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 13, 10, 3))
+  x = x.at[:, 4:].set(jnp.round(x[:, 4:]))  # many ties, as in a zero-padded tail
+  x = x.at[1].set(0.0)  # every window of the second example tied
+  g = jax.random.normal(jax.random.PRNGKey(1), (2, 13 // window[0], 10 // window[1], 3))
+
+  def autodiff_pool(x):
+    b, t, f, c = x.shape
+    wt, wf = window
+    v = x[:, :t // wt * wt, :f // wf * wf].reshape(b, t // wt, wt, f // wf, wf, c)
+    return v.max(axis=(2, 4))
+
+  ours = jax.grad(lambda x: jnp.sum(models.max_pool(x, window) * g))(x)
+  ref = jax.grad(lambda x: jnp.sum(autodiff_pool(x) * g))(x)
+  np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7)
+  assert np.all(np.asarray(ours)[:, 13 // window[0] * window[0]:] == 0)  # cropped rows
+
+
 def test_too_small_input_gives_clear_error():
   model = _reference_model()
   with pytest.raises(ValueError, match='too small'):

@@ -547,7 +547,9 @@ def _define_flags():
                       'Comma-separated rows to time; known: ' + ', '.join(VARIANTS))
   flags.DEFINE_integer('rounds', 5, 'Interleaved timed rounds; the median is reported.')
   flags.DEFINE_integer('warmup_rounds', 1, 'Untimed interleaved rounds before the timed ones.')
-  flags.DEFINE_integer('steps', 1, 'Train steps per variant per round.')
+  flags.DEFINE_integer('steps', 5, 'Consecutive steps per variant per round, timed together: the '
+                       'steady rate a training loop or a library predict sees, not one cold call '
+                       'after the other rows ran.')
   flags.DEFINE_bool('parallel_setup', True,
                     'Build/compile all workers at once (faster; compile times then overlap).')
   flags.DEFINE_string('worker', None, 'Internal: run as the worker process of this variant.')

@@ -192,11 +192,10 @@ class JaxRunner:
         return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, wt, wf, 1), (1, wt, wf, 1), 'VALID')
       models.max_pool = reduce_window_pool
     elif o.get('pool') == 'reshape':
-      def reshape_pool(x, window):
-        wt, wf = window
-        b, t, f, c = x.shape
-        x = x[:, :t // wt * wt, :f // wf * wf, :].reshape(b, t // wt, wt, f // wf, wf, c)
-        return x.max(axis=(2, 4))
+      window_view = models._windows  # pylint: disable=protected-access
+
+      def reshape_pool(x, window):  # the view models.max_pool uses, autodiff's backward
+        return window_view(x, tuple(window)).max(axis=(2, 4))
       models.max_pool = reshape_pool
     if 'unroll' in o:
       unroll = o['unroll']

@@ -38,7 +38,7 @@ def max_pool(x: jax.Array, window: Sequence[int]) -> jax.Array:
   benchmarks/bench_train_step.py; the ratios are in benchmarks/README.md.
   """
   wt, wf = window
-  b, t, f, c = x.shape
+  t, f = x.shape[1], x.shape[2]
   if t // wt == 0 or f // wf == 0:
     raise ConfigError(
         f'Input of {t} frames x {f} mel bands is too small for a {wt}x{wf} max '

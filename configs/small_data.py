@@ -6,13 +6,14 @@
 Today this is the reference recipe on your own songs (configs/folder.py: 50
 epochs, 3 s segments, BatchNorm statistics recomputed before every
 evaluation), because none of the levers measured so far beat it: weight
-averaging, label smoothing, standardised bands with a faster BatchNorm
-average, running averages instead of recomputed statistics, and a combined
-short-window recipe (1.5 s windows every 0.75 s at random offsets,
-SpecAugment, label smoothing, 30 epochs) all landed within one standard
-deviation of it or below (5-fold by artist on 409 real 2-3 s GTZAN excerpts;
-the table and commands are in README.md, "Small data"). Each lever is a
-command-line override: --config.ema_decay=0.99, --config.optim.label_smoothing=0.1,
+averaging, label smoothing, mixup, SpecAugment, more or no dropout and L2, a
+smaller or wider model, batch 8, twice the learning rate, twice the epochs,
+running BatchNorm averages, standardised bands, and shorter windows at random
+offsets alone or combined all landed within one standard deviation of it or
+below (5-fold by artist on 409 real 2-3 s GTZAN excerpts; the table and
+commands are in README.md, "Small data"). What did help on the same clips is
+a backbone pretrained on other artists (config.init_from, README "Transfer").
+Each lever is a command-line override: --config.ema_decay=0.99, --config.optim.label_smoothing=0.1,
 --config.audio.train_offsets=random, --config.augment.time_masks=2, ...
 """
 

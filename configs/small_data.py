@@ -13,8 +13,9 @@ offsets alone or combined all landed within one standard deviation of it or
 below (5-fold by artist on 409 real 2-3 s GTZAN excerpts; the table and
 commands are in README.md, "Small data"). What did help on the same clips is
 a backbone pretrained on other artists (config.init_from, README "Transfer").
-Each lever is a command-line override: --config.ema_decay=0.99, --config.optim.label_smoothing=0.1,
---config.audio.train_offsets=random, --config.augment.time_masks=2, ...
+Each lever is a command-line override: --config.ema_decay=0.99,
+--config.optim.label_smoothing=0.1, --config.audio.train_offsets=random,
+--config.augment.time_masks=2, ...
 """
 
 from configs import folder  # main.py's folder (the repo root) is on sys.path

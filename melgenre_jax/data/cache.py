@@ -131,7 +131,8 @@ class SongResult:
   num_samples: int = 0
 
 
-def _song_wave(song: Song, p: DecodeParams) -> np.ndarray:
+def song_wave(song: Song, p: DecodeParams) -> np.ndarray:
+  """The whole song at the training sample rate: a file decoded, or the synthetic song made."""
   if not song.path:
     from melgenre_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     return np.asarray(synthetic.synthesize_song(song.key, p.spec.sample_rate,
@@ -144,7 +145,7 @@ def decode_song(index: int, song: Song, p: DecodeParams) -> SongResult:
   """Song -> segment rows, or the reason it cannot be used (runs in workers)."""
   where = song.path or song.key
   try:
-    wave = _song_wave(song, p)
+    wave = song_wave(song, p)
     segments = audio.segment_audio(wave, p.spec.segment_samples, p.spec.hop_samples,
                                    p.spec.min_samples, path=where,
                                    short_clip=p.spec.short_clip)

@@ -56,7 +56,8 @@ class SongSplit:
 # ----------------------------------------------------------------- helpers
 
 
-def _unit_key(song: Song) -> str:
+def unit_key(song: Song) -> str:
+  """What a split keeps on one side: the song's group, or the song itself without one."""
   return f'group:{song.group}' if song.group is not None else f'song:{song.key}'
 
 
@@ -67,7 +68,7 @@ def _units_by_genre(songs: Iterable[Song]) -> dict[str, list[list[Song]]]:
   """
   units: dict[str, list[Song]] = collections.defaultdict(list)
   for s in sorted(songs, key=lambda s: s.key):
-    units[_unit_key(s)].append(s)
+    units[unit_key(s)].append(s)
   by_genre: dict[str, list[list[Song]]] = collections.defaultdict(list)
   for key in sorted(units):
     members = units[key]

@@ -223,7 +223,15 @@ def run(config: ml_collections.ConfigDict, cv_workdir: str | None,
 def main(argv: Sequence[str]) -> None:
   del argv
   flags_ = flags.FLAGS
-  results, report = run(flags_.config, flags_.cv_workdir, flags_.features)
+  try:
+    out_dir = os.path.dirname(os.path.abspath(flags_.out)) if flags_.out else None
+    if out_dir and not os.path.isdir(out_dir):  # before minutes of work, not after
+      raise errors.UserError(f'--out={flags_.out}: folder {out_dir} does not exist; create it '
+                             'or write elsewhere')
+    results, report = run(flags_.config, flags_.cv_workdir, flags_.features)
+  except errors.UserError as e:
+    logging.error('%s: %s', type(e).__name__, e)  # what to do, without a traceback
+    raise SystemExit(1) from None
   print(report)
   if flags_.out:
     with open(flags_.out, 'w', encoding='utf-8') as f:

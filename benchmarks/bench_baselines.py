@@ -111,7 +111,8 @@ def extract(songs: Sequence[Song], config: ml_collections.ConfigDict, names: Seq
 def fit_predict(x_train: np.ndarray, y_train: np.ndarray, groups: np.ndarray,
                 x_test: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
   """Standardised logistic regression, C chosen by inner group CV on the training side."""
-  inner = min(INNER_FOLDS, int(np.bincount(y_train).min()), len(set(groups)))
+  inner = min(INNER_FOLDS, int(np.unique(y_train, return_counts=True)[1].min()),
+              len(set(groups)))
   model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
   search = GridSearchCV(model, {'logisticregression__C': list(C_GRID)},
                         cv=StratifiedGroupKFold(max(2, inner), shuffle=True, random_state=seed))
@@ -208,6 +209,9 @@ def run(config: ml_collections.ConfigDict, cv_workdir: str | None,
   for line in skipped:
     logging.warning('skipped %s', line)
   kept = [s for s, good in zip(songs, ok) if good]
+  if len(kept) < 2 * len(genres):
+    raise errors.DataError(f'only {len(kept)} of {len(songs)} songs decoded (first skipped: '
+                           f'{skipped[:1]}): fix or remove the bad files')
   y = np.asarray([genres.index(s.genre) for s in kept])
   groups = np.asarray([splits.unit_key(s) if unit == 'group' else s.key for s in kept])
   folds = np.asarray([fold_of[s.key] for s in kept])

@@ -134,9 +134,10 @@ def score_folds(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: np.ndar
 
 
 def mean_sd(values: Sequence[float]) -> str:
-  v = np.asarray(values, np.float64)
-  sd = f'{v.std(ddof=1):.3f}' if v.size > 1 else '-'
-  return f'{v.mean():.3f} ± {sd}'
+  """'mean ± sd' of fold scores, with cv's statistics (sample sd; '-' for one value)."""
+  stats = cv.mean_sd(values)
+  sd = '-' if stats['sd'] is None else f"{stats['sd']:.3f}"
+  return f"{stats['mean']:.3f} ± {sd}"
 
 
 def read_cv(cv_workdir: str) -> tuple[dict, dict | None]:
@@ -213,7 +214,9 @@ def run(config: ml_collections.ConfigDict, cv_workdir: str | None,
     raise errors.DataError(f'only {len(kept)} of {len(songs)} songs decoded (first skipped: '
                            f'{skipped[:1]}): fix or remove the bad files')
   y = np.asarray([genres.index(s.genre) for s in kept])
-  groups = np.asarray([splits.unit_key(s) if unit == 'group' else s.key for s in kept])
+  # The units the folds were dealt in, by cv.assign_folds' own rule.
+  units = kept if unit == 'group' else splits.ungrouped(kept)
+  groups = np.asarray([splits.unit_key(s) for s in units])
   folds = np.asarray([fold_of[s.key] for s in kept])
   scores = {n: score_folds(feats[n], y, groups, folds, seeds) for n in names}
   report = (f'{len(kept)} songs ({len(skipped)} skipped), {len(genres)} genres, folds by '

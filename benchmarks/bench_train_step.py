@@ -184,7 +184,8 @@ class JaxRunner:
     import flax.linen as nn  # pylint: disable=g-import-not-at-top
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from melgenre_jax import models  # pylint: disable=g-import-not-at-top
+    from melgenre_jax.models import crnn as models  # pylint: disable=g-import-not-at-top
+    from melgenre_jax.models import layers  # pylint: disable=g-import-not-at-top
     o = self.opts
     if o.get('pool') == 'reduce_window':
       def reduce_window_pool(x, window):
@@ -192,7 +193,7 @@ class JaxRunner:
         return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, wt, wf, 1), (1, wt, wf, 1), 'VALID')
       models.max_pool = reduce_window_pool
     elif o.get('pool') == 'reshape':
-      window_view = models._windows  # pylint: disable=protected-access
+      window_view = layers._windows  # pylint: disable=protected-access
 
       def reshape_pool(x, window):  # the view models.max_pool uses, autodiff's backward
         return window_view(x, tuple(window)).max(axis=(2, 4))

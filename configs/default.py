@@ -90,6 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Model.
   config.model = ml_collections.ConfigDict()
+  config.model.name = 'crnn'  # model family (melgenre_jax/models/): crnn = the reference
   config.model.conv_features = 32
   config.model.num_blocks = 2
   config.model.branch_a_kernel = (5, 5)

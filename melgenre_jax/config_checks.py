@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from melgenre_jax import input_spec
-from melgenre_jax import models
+from melgenre_jax.models import layers
 from melgenre_jax import schedules
 from melgenre_jax.data import audio
 from melgenre_jax.data import features
@@ -70,7 +70,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, 'data.split', splits.SPLITS)
   _choice(config, 'features.where', input_spec.FEATURE_PLACES)
   _choice(config, 'features.mel_norm', tuple(features.MEL_NORMS))
-  _choice(config, 'model.dtype', models.DTYPES)
+  _choice(config, 'model.dtype', layers.DTYPES)
   _require(config.get('task', 'genre') in TASKS, 'task', config.get('task'),
            f'allowed values are {", ".join(TASKS)}')
   if 'multilabel' in config:

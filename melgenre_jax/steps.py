@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -71,7 +72,7 @@ class TrainState(FlaxTrainState):
 # Model, optimizer and state.
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.DualBranchCRNN:
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   """The model of ``config.model``, averaging BatchNorm statistics over the mesh.
 
   The same module serves training and inference: the cross-device average
@@ -144,7 +145,7 @@ def with_finetune(finetune: ml_collections.ConfigDict | None,
                                param_groups)
 
 
-def init_variables(spec: InputSpec, model: models.DualBranchCRNN,
+def init_variables(spec: InputSpec, model: nn.Module,
                    rng: jax.Array) -> ModelVariables:
   """Fresh parameters and statistics from ``rng`` (pure; jit or eval_shape it)."""
   dummy = jnp.zeros((1,) + spec.input_shape, jnp.float32)
@@ -155,7 +156,7 @@ def init_variables(spec: InputSpec, model: models.DualBranchCRNN,
                         feature_mean=mean, feature_std=std)
 
 
-def _initial_state(spec: InputSpec, model: models.DualBranchCRNN,
+def _initial_state(spec: InputSpec, model: nn.Module,
                    tx: optax.GradientTransformation, rng: jax.Array,
                    ema: bool = False) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)

@@ -18,6 +18,7 @@ from configs import tiny
 from melgenre_jax import cli
 from melgenre_jax import inference
 from melgenre_jax import models
+from melgenre_jax.models import crnn
 from melgenre_jax import steps
 from melgenre_jax.data import input_pipeline
 from melgenre_jax.data import synthetic
@@ -83,7 +84,7 @@ def _tiny_variables(config, num_classes=4):
 
 
 def test_embedding_is_the_head_input_and_logits_are_unchanged():
-  model = models.DualBranchCRNN(num_classes=4, conv_features=4, lstm_sizes=(8, 4))
+  model = crnn.DualBranchCRNN(num_classes=4, conv_features=4, lstm_sizes=(8, 4))
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 32, 32))
   v = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)
   logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(v, x)

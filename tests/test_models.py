@@ -7,6 +7,8 @@ import pytest
 
 from configs import default
 from melgenre_jax import models
+from melgenre_jax.models import crnn
+from melgenre_jax.models import layers
 
 
 def _reference_model(num_classes=10):
@@ -39,7 +41,7 @@ def test_reference_output_shape_and_parameter_count():
 
 def test_max_pool_matches_reduce_window():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 13, 10, 3))
-  ours = models.max_pool(x, (4, 2))
+  ours = layers.max_pool(x, (4, 2))
   ref = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 4, 2, 1), (1, 4, 2, 1), 'VALID')
   np.testing.assert_array_equal(ours, ref)
 
@@ -53,9 +55,9 @@ def test_max_pool_gradient_is_autodiffs_including_ties(window):
   g = jax.random.normal(jax.random.PRNGKey(1), (2, 13 // window[0], 10 // window[1], 3))
 
   def autodiff_pool(x):  # the same window view, differentiated by JAX
-    return models._windows(x, window).max(axis=(2, 4))  # pylint: disable=protected-access
+    return layers._windows(x, window).max(axis=(2, 4))  # pylint: disable=protected-access
 
-  ours = jax.grad(lambda x: jnp.sum(models.max_pool(x, window) * g))(x)
+  ours = jax.grad(lambda x: jnp.sum(layers.max_pool(x, window) * g))(x)
   ref = jax.grad(lambda x: jnp.sum(autodiff_pool(x) * g))(x)
   np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7)
   assert np.all(np.asarray(ours)[:, 13 // window[0] * window[0]:] == 0)  # cropped rows
@@ -69,7 +71,7 @@ def test_too_small_input_gives_clear_error():
 
 
 def _tiny_model(dropout=0.5):
-  return models.DualBranchCRNN(num_classes=4, conv_features=4, lstm_sizes=(8, 4),
+  return crnn.DualBranchCRNN(num_classes=4, conv_features=4, lstm_sizes=(8, 4),
                                dropout=dropout)
 
 
@@ -93,7 +95,7 @@ def test_train_mode_uses_dropout_and_updates_batch_stats():
 @pytest.mark.parametrize('rate', [0.2, 0.5])
 def test_dropout_keeps_the_right_fraction_and_the_expectation(rate):
   x = jnp.ones((64, 33, 32))  # odd element count per row: the last word is half used
-  drop = jax.jit(lambda k: models.Dropout(rate).apply({}, x, deterministic=False,
+  drop = jax.jit(lambda k: layers.Dropout(rate).apply({}, x, deterministic=False,
                                                       rngs={'dropout': k}))
   out = np.asarray(drop(jax.random.PRNGKey(0)))
   kept = out != 0
@@ -109,12 +111,12 @@ def test_dropout_keeps_the_right_fraction_and_the_expectation(rate):
 def test_dropout_is_identity_when_deterministic_and_handles_the_ends():
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 5))
   rngs = {'dropout': jax.random.PRNGKey(1)}
-  np.testing.assert_array_equal(models.Dropout(0.5).apply({}, x, deterministic=True), x)
+  np.testing.assert_array_equal(layers.Dropout(0.5).apply({}, x, deterministic=True), x)
   np.testing.assert_array_equal(
-      models.Dropout(0.0).apply({}, x, deterministic=False, rngs=rngs), x)
+      layers.Dropout(0.0).apply({}, x, deterministic=False, rngs=rngs), x)
   np.testing.assert_array_equal(
-      models.Dropout(1.0).apply({}, x, deterministic=False, rngs=rngs), np.zeros((3, 5)))
-  half = models.Dropout(0.5).apply({}, x.astype(jnp.bfloat16), deterministic=False, rngs=rngs)
+      layers.Dropout(1.0).apply({}, x, deterministic=False, rngs=rngs), np.zeros((3, 5)))
+  half = layers.Dropout(0.5).apply({}, x.astype(jnp.bfloat16), deterministic=False, rngs=rngs)
   assert half.dtype == jnp.bfloat16
 
 
@@ -127,19 +129,19 @@ def test_kernels_are_he_normal_scaled():
   assert abs(k.std() - np.sqrt(2.0 / fan_in)) < 0.1 * np.sqrt(2.0 / fan_in)
 
 
-class _PlainConvBlock(models.ConvBlock):
+class _PlainConvBlock(crnn.ConvBlock):
   """The textbook order (full-resolution BatchNorm and LeakyReLU, then the pool)."""
 
-  @models.nn.compact
+  @crnn.nn.compact
   def __call__(self, x, train):
-    nn = models.nn
+    nn = crnn.nn
     x = nn.Conv(self.features, tuple(self.kernel), padding='SAME',
-                kernel_init=models.he_normal)(x)
+                kernel_init=layers.he_normal)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                      epsilon=1e-3)(x)
     x = nn.leaky_relu(x, negative_slope=self.leaky_slope)
-    x = models.max_pool(x, self.pool)
-    return models.Dropout(self.dropout)(x, deterministic=not train)
+    x = layers.max_pool(x, self.pool)
+    return layers.Dropout(self.dropout)(x, deterministic=not train)
 
 
 @pytest.mark.parametrize('train', [True, False])
@@ -147,7 +149,7 @@ def test_pool_first_conv_block_is_the_textbook_block(train):
   """ConvBlock pools before the BatchNorm affine and LeakyReLU: same function, grads, stats."""
   kwargs = dict(features=3, kernel=(3, 3), pool=(2, 2), dropout=0.3, leaky_slope=0.3,
                 bn_momentum=0.9)
-  ours, plain = models.ConvBlock(**kwargs), _PlainConvBlock(**kwargs)
+  ours, plain = crnn.ConvBlock(**kwargs), _PlainConvBlock(**kwargs)
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 9, 8, 2))
   variables = plain.init(jax.random.PRNGKey(1), x, train=False)
   assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x, train=False)) == \

@@ -1,7 +1,7 @@
 """The reference dual-branch CNN-LSTM in Keras 3 (benchmark peer only).
 
 Backend-neutral: set ``KERAS_BACKEND`` (tensorflow | jax) before importing
-keras. Same layers and hyperparameters as ``melgenre_jax.models.DualBranchCRNN``
+keras. Same layers and hyperparameters as ``melgenre_jax.models.crnn.DualBranchCRNN``
 at the reference config (this is also how the original reference was written):
 the L2 penalty of ``config.optim.l2`` on every kernel (conv, LSTM input and
 recurrent, dense) as Keras regularizers, Adam with epsilon 1e-7.

@@ -1,6 +1,6 @@
 """The reference dual-branch CNN-LSTM in PyTorch (benchmark peer only).
 
-Same layers, shapes and hyperparameters as ``melgenre_jax.models.DualBranchCRNN``
+Same layers, shapes and hyperparameters as ``melgenre_jax.models.crnn.DualBranchCRNN``
 at the reference config: input log-mel ``[B, frames, mels]``; per branch
 2 x [Conv SAME -> BatchNorm(eps 1e-3, Keras momentum 0.99) -> LeakyReLU(0.3)
 -> MaxPool (floor) -> Dropout(0.2)], the map read as ``[B, T', F' * C]``

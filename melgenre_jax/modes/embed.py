@@ -1,7 +1,7 @@
 """``--mode=embed``: what the classifier sees, as vectors, for songs or a run's splits.
 
 A segment's embedding is the classifier head's input: the two branch
-summaries concatenated (``models.DualBranchCRNN(return_embedding=True)``),
+summaries concatenated (``crnn.DualBranchCRNN(return_embedding=True)``),
 ``D = 2 * config.model.lstm_sizes[-1]`` floats. A song's embedding is the mean
 of its segments' (as a song's probabilities are the mean of its segments').
 They feed similarity search, clustering and linear probes: a logistic

@@ -1,0 +1,40 @@
+"""Model families, one module each, and the registry that builds them.
+
+``config.model.name`` picks the family (``crnn``, the reference, by default);
+each family module has ``create(model_config, num_classes, bn_axis_name)`` and
+``embedding_dim(model_config)``. Every family maps a model input ``[B, ...]``
+to logits, and with ``return_embedding=True`` to ``(logits, embedding)``.
+"""
+
+from __future__ import annotations
+
+import types
+
+import flax.linen as nn
+import ml_collections
+
+from melgenre_jax.errors import ConfigError
+from melgenre_jax.models import crnn
+
+FAMILIES: dict[str, types.ModuleType] = {'crnn': crnn}
+DEFAULT_FAMILY = 'crnn'
+
+
+def family(model_config: ml_collections.ConfigDict) -> types.ModuleType:
+  """The module of ``config.model.name`` (configs without a name are the reference)."""
+  name = str(model_config.get('name', DEFAULT_FAMILY))
+  if name not in FAMILIES:
+    raise ConfigError(f'Unknown model family config.model.name={name!r}; '
+                      f'choose one of {sorted(FAMILIES)}.')
+  return FAMILIES[name]
+
+
+def create_model(model_config: ml_collections.ConfigDict, num_classes: int,
+                 bn_axis_name: str | None = None) -> nn.Module:
+  """Builds the family's model from ``config.model``."""
+  return family(model_config).create(model_config, num_classes, bn_axis_name=bn_axis_name)
+
+
+def embedding_dim(model_config: ml_collections.ConfigDict) -> int:
+  """Width of the family's embedding (the head's input)."""
+  return family(model_config).embedding_dim(model_config)

@@ -10,18 +10,21 @@
 Any config field can be overridden with --config.some.field=value.
 """
 
+import os
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from melgenre_jax import cli
 from melgenre_jax import errors
+from melgenre_jax.modes import dispatch
 from melgenre_jax.runtime import parallel
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, plots and reports.')
-flags.DEFINE_enum('mode', 'train', cli.MODES, 'What to do with the workdir.')
+flags.DEFINE_enum('mode', 'train', dispatch.MODES, 'What to do with the workdir.')
 flags.DEFINE_integer('step', None,
                      'eval/predict/embed/export: checkpoint step (default: the best).')
 flags.DEFINE_multi_string('audio', [], 'predict/embed: audio files or folders to classify '
@@ -79,24 +82,85 @@ def bare_write_tags(argv: list[str]) -> list[str]:
   return out
 
 
+def config_file_error(path: str | None, exc: BaseException) -> str:
+  """One line for a ``--config`` file or ``--config.*`` override absl could not use."""
+  shown = path or '(none given)'
+  if isinstance(exc, SyntaxError):
+    return (f'ConfigError: --config {shown}: line {exc.lineno}: {exc.msg}; fix the file '
+            '(configs/*.py are working examples).')
+  if isinstance(exc, AttributeError) and 'get_config' in str(exc):
+    return (f'ConfigError: --config {shown} has no get_config(): a config file defines '
+            'get_config() returning an ml_collections.ConfigDict (see configs/tiny.py).')
+  if isinstance(exc, (AttributeError, KeyError)):  # an override naming no field
+    field, _, hint = _innermost_message(exc).partition('\n')
+    return (f'ConfigError: a --config.* override names no field of {shown}: no field '
+            f'{field}.{" " + hint if hint else ""}')
+  if not path or not os.path.exists(path):
+    return (f'ConfigError: --config {shown}: no such file; give a config file such as '
+            'configs/synthetic.py.')
+  return f'ConfigError: --config {shown} could not be loaded: {exc}'
+
+
+def _innermost_message(exc: BaseException) -> str:
+  """The message of the error at the bottom of ``exc``'s wrapping (ml_collections wraps twice)."""
+  while exc.args and isinstance(exc.args[0], BaseException):
+    exc = exc.args[0]
+  return str(exc.args[0]) if exc.args else str(exc)
+
+
+def config_path(argv: list[str]) -> str | None:
+  """The ``--config`` value in ``argv`` (for the error line; absl has not parsed it)."""
+  for i, arg in enumerate(argv):
+    for prefix in ('--config=', '-config='):
+      if arg.startswith(prefix):
+        return arg[len(prefix):].split(':', 1)[0]
+    if arg in ('--config', '-config') and i + 1 < len(argv):
+      return argv[i + 1].split(':', 1)[0]
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing; a config file that cannot be loaded ends in one line, no traceback."""
+  try:
+    return app.parse_flags_with_usage(bare_write_tags(argv))
+  except (OSError, SyntaxError, AttributeError, KeyError) as e:
+    sys.exit(config_file_error(config_path(argv), e))
+
+
+def run_options(paths: list[str]) -> dispatch.RunOptions:
+  """The run's options from the flags (and the audio paths given after them)."""
+  return dispatch.RunOptions(
+      step=FLAGS.step, audio=tuple(dispatch.audio_paths(FLAGS.audio, paths)), output=FLAGS.output,
+      top_k=FLAGS.top_k, plot=FLAGS.plot, output_file=FLAGS.output_file,
+      offset_seconds=FLAGS.offset_seconds, max_seconds=FLAGS.max_seconds,
+      hop_seconds=FLAGS.hop_seconds, min_confidence=FLAGS.min_confidence,
+      write_tags=FLAGS.write_tags, per_segment=FLAGS.per_segment, embed_dir=FLAGS.embed_dir,
+      coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id, peer_timeout_seconds=FLAGS.peer_timeout_seconds)
+
+
+def loaded_config():
+  """``--config``'s ConfigDict (None when not given); a file absl failed to read is one line."""
+  config = FLAGS.config
+  if config is None:
+    return None
+  try:
+    config.keys()  # config_flags defers a file's loading error to the first use
+  except OSError as e:
+    sys.exit(config_file_error(FLAGS['config'].config_filename, e))
+  return config
+
+
 def main(argv):
   paths = argv[1:]  # audio files and folders, for --mode=predict and --mode=embed
   if paths and FLAGS.mode not in ('predict', 'embed'):
     raise app.UsageError(f'Unexpected arguments: {paths} (only --mode=predict takes audio '
                          'paths after the flags, and --mode=embed).')
-  cli.quiet_library_logs()
+  config = loaded_config()
+  dispatch.quiet_library_logs()
   try:
     with parallel.peer_failures_as_errors():
-      cli.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, step=FLAGS.step,
-              audio=cli.audio_paths(FLAGS.audio, paths), output=FLAGS.output,
-              top_k=FLAGS.top_k, plot=FLAGS.plot, output_file=FLAGS.output_file,
-              offset_seconds=FLAGS.offset_seconds, max_seconds=FLAGS.max_seconds,
-              hop_seconds=FLAGS.hop_seconds, min_confidence=FLAGS.min_confidence,
-              write_tags=FLAGS.write_tags, per_segment=FLAGS.per_segment,
-              embed_dir=FLAGS.embed_dir,
-              coordinator_address=FLAGS.coordinator_address,
-              num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
-              peer_timeout_seconds=FLAGS.peer_timeout_seconds)
+      dispatch.run(FLAGS.mode, config, FLAGS.workdir, run_options(paths))
   except errors.UserError as e:
     logging.error('%s: %s', type(e).__name__, e)  # what to do, without a traceback
     if isinstance(e, errors.PeerLostError):
@@ -106,4 +170,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=lambda argv: app.parse_flags_with_usage(bare_write_tags(argv)))
+  app.run(main, flags_parser=parse_flags)

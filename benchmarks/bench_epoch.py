@@ -72,7 +72,7 @@ def main(argv):
       # Epoch 1 of the reference schedule (its warm-up) as the whole schedule.
       schedule__stage_ends=(1,), schedule__stage_start_lrs=(5e-5,),
       schedule__stage_end_lrs=(1.55e-4,))
-  cpu_devices.configure(config.cpu_devices, config.batch_size)  # as cli.run does
+  cpu_devices.configure(config.cpu_devices, config.batch_size)  # as dispatch.run does
 
   start = time.perf_counter()
   dataset = input_pipeline.load_dataset(config, os.path.join(workdir, 'cache_probe'))

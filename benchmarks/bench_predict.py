@@ -119,7 +119,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   hostmem.keep_freed_memory()  # as main.py: before JAX starts its backend
   config = common.reference_config()
-  cpu_devices.configure(config.cpu_devices, config.batch_size)  # as cli.run does
+  cpu_devices.configure(config.cpu_devices, config.batch_size)  # as dispatch.run does
   mesh = parallel.create_mesh()
   model = inference_model(config, mesh)
   sr = config.audio.sample_rate

@@ -271,7 +271,7 @@ class JaxRunner:
       from melgenre_jax.runtime import hostmem  # pylint: disable=g-import-not-at-top
       if not hostmem.keep_freed_memory():
         raise RuntimeError('glibc mallopt refused config.keep_host_memory')
-    # What cli.run does before JAX starts (one device per core on a CPU):
+    # What dispatch.run does before JAX starts (one device per core on a CPU):
     # the mesh spans every device it leaves, as in training.
     from melgenre_jax.runtime import cpu_devices  # pylint: disable=g-import-not-at-top
     cpu_devices.configure(config.cpu_devices, BATCH)
@@ -281,7 +281,8 @@ class JaxRunner:
     if self.opts.get('donate', True):
       step = steps.make_train_step(mesh, config, NUM_CLASSES)
     else:  # make_train_step without donate_argnums
-      fn = functools.partial(steps.train_step, config=config, num_classes=NUM_CLASSES)
+      fn = functools.partial(steps.train_step, config=config,
+                             input_spec=InputSpec.from_config(config), num_classes=NUM_CLASSES)
       step = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(parallel.AXIS)),
                                    out_specs=(P(), P()), check_vma=False))
     rng = np.random.default_rng(0)

@@ -49,12 +49,13 @@ from absl import logging  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from melgenre_jax import cli  # noqa: E402
 from melgenre_jax import inference  # noqa: E402
 from melgenre_jax import train  # noqa: E402
+from melgenre_jax import workdir as workdir_lib  # noqa: E402
 from melgenre_jax.data import input_pipeline  # noqa: E402
 from melgenre_jax.data import synthetic  # noqa: E402
 from melgenre_jax.modes import cv  # noqa: E402
+from melgenre_jax.modes import dispatch  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('source', 'synthetic', ['synthetic', 'manifest'], 'Material to measure on.')
@@ -151,10 +152,10 @@ def frozen_embedding_scores(pretrain_dir: str, folds_from: str) -> list[float]:
   from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
   from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
   from melgenre_jax.modes import embed  # pylint: disable=g-import-not-at-top
-  model = inference.load_for_inference(cli.load_workdir_config(pretrain_dir), pretrain_dir)
+  model = inference.load_for_inference(workdir_lib.load_workdir_config(pretrain_dir), pretrain_dir)
   scores = []
   for fold_dir in fold_dirs(folds_from):
-    config = cli.load_workdir_config(fold_dir)
+    config = workdir_lib.load_workdir_config(fold_dir)
     dataset = input_pipeline.load_dataset(config, fold_dir)
     parts = {}
     for name in ('train', 'validation', 'test'):
@@ -183,7 +184,7 @@ def mean_sd(values: list[float]) -> str:
 
 def main(argv):
   del argv
-  cli.quiet_library_logs()
+  dispatch.quiet_library_logs()
   workdir = os.path.abspath(FLAGS.workdir)
   os.makedirs(workdir, exist_ok=True)
   if FLAGS.source == 'synthetic':

@@ -110,7 +110,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.multilabel = ml_collections.ConfigDict()
   config.multilabel.threshold = 0.5  # predict lists the tags whose probability reaches this
 
-  # --- Transfer (melgenre_jax/transfer.py): start from another run's weights.
+  # --- Transfer (melgenre_jax/train/transfer.py): start from another run's weights.
   # A run's workdir (its best checkpoint) or one checkpoint folder
   # (WORKDIR/checkpoints/<step>); '' = random initialisation.
   config.init_from = ''

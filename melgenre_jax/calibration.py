@@ -23,9 +23,10 @@ step::
               "song_ece_before": .., "song_ece_after": ..,
               "nll_before": .., "nll_after": ..}}
 
-It is fitted at the end of every training run (``calibrate_after_training``)
-and by ``--mode=calibrate`` (``calibrate_workdir``);
-``inference.load_for_inference`` reads it for the step it restores.
+It is fitted at the end of every training run (``train.calibrate_best``)
+and by ``--mode=calibrate`` (modes/calibrate.py), both through
+``calibrate_model``; ``inference.load_for_inference`` reads it for the step it
+restores.
 """
 
 from __future__ import annotations
@@ -37,20 +38,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 from scipy import optimize
 
 from melgenre_jax import metrics as metrics_lib
 from melgenre_jax import reporting
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import input_pipeline
-from melgenre_jax.errors import ConfigError
-from melgenre_jax.errors import UserError
-from melgenre_jax.errors import WorkdirError
 
-CALIBRATION_FILE = 'calibration.json'
-RELIABILITY_FILE = 'calibration_reliability.png'
 NUM_BINS = 15
 # Search range of T. Outside it the validation set is too small or too easy to
 # say anything (a value at the bound is logged as such).
@@ -212,7 +208,7 @@ def fit_entry(segment_probs: np.ndarray, labels: np.ndarray, song_index: np.ndar
 
 
 def calibration_path(workdir: str) -> str:
-  return os.path.join(workdir, CALIBRATION_FILE)
+  return workdir_lib.path(workdir, workdir_lib.CALIBRATION)
 
 
 def read_calibrations(workdir: str) -> dict[str, dict[str, Any]]:
@@ -322,7 +318,7 @@ def calibrate_model(model, segments: input_pipeline.SegmentSet, workdir: str,
         [(f'{fitted_on} songs', y, q, apply_temperature(q, entry['temperature'])),
          (f'{fitted_on} segments', labels, probs,
           apply_temperature(probs, entry['temperature']))],
-        entry['temperature'], os.path.join(workdir, RELIABILITY_FILE),
+        entry['temperature'], workdir_lib.path(workdir, workdir_lib.CALIBRATION_PLOT),
         title=f'step {model.step}, fitted on {entry["songs"]} {fitted_on} songs')
     # Last: a recorded step is complete (a rerun that finds it redoes nothing).
     record(workdir, model.step, entry)
@@ -334,76 +330,5 @@ def calibrate_model(model, segments: input_pipeline.SegmentSet, workdir: str,
   return entry
 
 
-def _has_songs(segments: input_pipeline.SegmentSet | None) -> bool:
+def has_songs(segments: input_pipeline.SegmentSet | None) -> bool:
   return segments is not None and len(segments) > 0
-
-
-def calibrate_after_training(config: ml_collections.ConfigDict, workdir: str,
-                             validation: input_pipeline.SegmentSet | None,
-                             stopped: str | None) -> dict[str, Any] | None:
-  """The end of a training run: fits T for the best checkpoint on validation.
-
-  Skipped (with a log line) when the run was stopped early (its resumption
-  calibrates), has no validation songs, or the best step is already
-  calibrated (a rerun of a finished run). A calibration that cannot be done
-  is a warning, not a failed run: the checkpoints are all saved by then, and
-  ``--mode=calibrate`` can retry. Every process calls it.
-  """
-  from melgenre_jax import inference  # pylint: disable=g-import-not-at-top  (imports this module)
-
-  if stopped:
-    return None
-  if not _has_songs(validation):
-    logging.info('No validation songs: the run stays uncalibrated (temperature 1).')
-    return None
-  try:
-    step = inference.checkpoint_step(workdir)
-    entry = entry_for(workdir, step)
-    if entry is not None:
-      logging.info('Step %d is already calibrated (temperature %.4f).', step,
-                   entry['temperature'])
-      return entry
-    model = inference.load_for_inference(config, workdir, step)
-    return calibrate_model(model, validation, workdir)
-  except UserError as e:
-    logging.warning('Not calibrated (%s); the run stays uncalibrated until '
-                    '--mode=calibrate succeeds.', e)
-    return None
-
-
-def calibrate_workdir(config: ml_collections.ConfigDict, workdir: str,
-                      step: int | None = None) -> dict[str, Any]:
-  """``--mode=calibrate``: fits T of the best checkpoint (or ``step``) on validation.
-
-  The validation songs come the way eval gets its split (rebuilt and checked
-  against the ones recorded at training time). Returns the entry, with
-  ``step`` and ``path`` added.
-  """
-  # pylint: disable=g-import-not-at-top  (both import this module)
-  from melgenre_jax import config_checks
-  from melgenre_jax import inference
-  from melgenre_jax.modes import evaluate
-  # pylint: enable=g-import-not-at-top
-
-  if config.get('task', 'genre') == 'multilabel':
-    raise ConfigError(
-        "--mode=calibrate fits a temperature to a genre softmax; this is a "
-        "config.task='multilabel' run, whose sigmoid tag probabilities are used as they "
-        'are: nothing to calibrate (eval and predict work without it).')
-  workdir = os.path.abspath(workdir)
-  config_checks.check_workdir_compatible(config, workdir)
-  model = inference.load_for_inference(config, workdir, step)
-  dataset = input_pipeline.load_dataset(config, workdir)
-  if not _has_songs(dataset.validation):
-    raise WorkdirError(
-        f'{workdir} has no validation songs to fit a temperature on; retrain with '
-        'config.data.validation_fraction > 0 (or a manifest with a validation split).')
-  segments = evaluate.checked_split(dataset, workdir, 'validation')
-  entry = calibrate_model(model, segments, workdir)
-  if jax.process_index() == 0:
-    print(f"Step {model.step}: temperature {entry['temperature']:.4f} fitted on "  # CLI output
-          f"{entry['songs']} validation songs; song ECE {entry['song_ece_before']:.4f} -> "
-          f"{entry['song_ece_after']:.4f}, song NLL {entry['nll_before']:.4f} -> "
-          f"{entry['nll_after']:.4f}\nWritten to {calibration_path(workdir)} and "
-          f'{os.path.join(workdir, RELIABILITY_FILE)}')
-  return {**entry, 'step': model.step, 'path': calibration_path(workdir)}

@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.errors import DiskFullError
 from melgenre_jax.runtime import disk
 
@@ -45,10 +46,6 @@ class FrozenIteratorState:
 
   def get_state(self) -> bytes:
     return self._state
-
-
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
 def _best_metric(metrics: dict) -> float:
@@ -78,7 +75,7 @@ def create_manager(workdir: str, max_to_keep: int = 3,
       'data': grain.checkpoint.CheckpointHandler(),
       'progress': ocp.JsonCheckpointHandler(),
   }
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+  return ocp.CheckpointManager(workdir_lib.checkpoint_dir(workdir), options=options,
                                item_handlers=handlers)
 
 
@@ -221,14 +218,14 @@ def _intact(workdir: str) -> str:
   listed = ', '.join(map(str, steps))
   label = 'steps' if len(steps) > 1 else 'step'
   return (f'The checkpoints already written are intact ({label} {listed} in '
-          f'{checkpoint_dir(workdir)}): a checkpoint cut short by the full disk '
+          f'{workdir_lib.checkpoint_dir(workdir)}): a checkpoint cut short by the full disk '
           'never counts as complete, and the next run removes its remains. Free some space, '
           f'then run the same command: it resumes from step {steps[-1]}.')
 
 
 def complete_steps(workdir: str) -> list[int]:
   """Steps of the finished checkpoints in the workdir (temporary folders excluded)."""
-  directory = checkpoint_dir(workdir)
+  directory = workdir_lib.checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     return []
   return sorted(int(name) for name in os.listdir(directory)

@@ -14,18 +14,18 @@ from collections.abc import Sequence
 import ml_collections
 
 from melgenre_jax import input_spec
-from melgenre_jax.models import layers
 from melgenre_jax import schedules
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import audio
 from melgenre_jax.data import features
 from melgenre_jax.data import sources
 from melgenre_jax.data import splits
 from melgenre_jax.data.songs import Song
 from melgenre_jax.errors import ConfigError
-from melgenre_jax.modes.tune import space as tune_space
+from melgenre_jax.models import layers
 
 __all__ = ['ConfigError', 'validate', 'check_workdir_compatible', 'architecture_differences',
-           'check_cv', 'check_cv_folds']
+           'check_cv', 'check_cv_folds', 'check_genre_task', 'require', 'choice']
 
 # Fields that change the model's parameters or the meaning of its input: a
 # workdir trained with other values cannot be resumed or evaluated with these.
@@ -35,26 +35,26 @@ ARCHITECTURE_FIELDS = ('model', 'audio', 'features', 'data.source', 'task')
 TASKS = ('genre', 'multilabel')
 
 
-def _require(ok: bool, field: str, value, allowed: str) -> None:
+def require(ok: bool, field: str, value, allowed: str) -> None:
   if not ok:
     raise ConfigError(f'config.{field}={value!r} is invalid: {allowed}.')
 
 
 def _positive_int(config, field: str) -> None:
   value = _get(config, field)
-  _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+  require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
            field, value, 'must be a positive integer')
 
 
 def _positive(config, field: str) -> None:
   value = _get(config, field)
-  _require(isinstance(value, (int, float)) and value > 0, field, value,
+  require(isinstance(value, (int, float)) and value > 0, field, value,
            'must be > 0')
 
 
-def _choice(config, field: str, choices) -> None:
+def choice(config, field: str, choices) -> None:
   value = _get(config, field)
-  _require(value in choices, field, value, f'allowed values are {", ".join(choices)}')
+  require(value in choices, field, value, f'allowed values are {", ".join(choices)}')
 
 
 def _get(config, field: str):
@@ -66,33 +66,33 @@ def _get(config, field: str):
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first out-of-range field."""
-  _choice(config, 'data.source', sources.SOURCES)
-  _choice(config, 'data.split', splits.SPLITS)
-  _choice(config, 'features.where', input_spec.FEATURE_PLACES)
-  _choice(config, 'features.mel_norm', tuple(features.MEL_NORMS))
-  _choice(config, 'model.dtype', layers.DTYPES)
-  _require(config.get('task', 'genre') in TASKS, 'task', config.get('task'),
+  choice(config, 'data.source', sources.SOURCES)
+  choice(config, 'data.split', splits.SPLITS)
+  choice(config, 'features.where', input_spec.FEATURE_PLACES)
+  choice(config, 'features.mel_norm', tuple(features.MEL_NORMS))
+  choice(config, 'model.dtype', layers.DTYPES)
+  require(config.task in TASKS, 'task', config.task,
            f'allowed values are {", ".join(TASKS)}')
   if 'multilabel' in config:
     threshold = config.multilabel.threshold
-    _require(isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+    require(isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
              and 0 < threshold < 1, 'multilabel.threshold', threshold,
              'must be in (0, 1): predict lists the tags whose probability reaches it')
   if config.data.source in ('gtzan', 'folder'):
     root = config.data.root
-    _require(bool(root), 'data.root', root,
+    require(bool(root), 'data.root', root,
              f'data.source={config.data.source!r} needs the dataset folder: pass '
              '--config.data.root=/path/to/dataset')
-    _require(os.path.isdir(root), 'data.root', root,
+    require(os.path.isdir(root), 'data.root', root,
              'that folder does not exist; check the path')
   if config.data.source == 'manifest':
     path = config.data.manifest
-    _require(bool(path) and os.path.isfile(path), 'data.manifest', path,
+    require(bool(path) and os.path.isfile(path), 'data.manifest', path,
              'data.source=manifest needs an existing CSV: pass '
              '--config.data.manifest=/path/to/manifest.csv')
   if config.data.split == 'file':
     path = config.data.get('split_file', '')
-    _require(bool(path) and os.path.isfile(path), 'data.split_file', path,
+    require(bool(path) and os.path.isfile(path), 'data.split_file', path,
              "data.split='file' needs an existing JSON file of song keys per split: "
              'pass --config.data.split_file=/path/to/split.json')
   for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'audio.sample_rate',
@@ -102,99 +102,106 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 'data.synthetic.songs_per_genre'):
     _positive_int(config, field)
   short_clip = config.audio.get('short_clip', 'pad')
-  _require(short_clip in audio.SHORT_CLIP_RULES, 'audio.short_clip', short_clip,
+  require(short_clip in audio.SHORT_CLIP_RULES, 'audio.short_clip', short_clip,
            'allowed values are ' + ', '.join(audio.SHORT_CLIP_RULES))
   offsets = config.audio.get('train_offsets', 'grid')
-  _require(offsets in ('grid', 'random'), 'audio.train_offsets', offsets,
+  require(offsets in ('grid', 'random'), 'audio.train_offsets', offsets,
            'allowed values are grid, random')
   if offsets == 'random':
-    _require(config.features.where == 'device', 'audio.train_offsets', offsets,
+    require(config.features.where == 'device', 'audio.train_offsets', offsets,
              "random training offsets shift waveforms: needs --config.features.where=device")
-    _require(config.audio.segment_hop_seconds <= config.audio.segment_seconds,
+    require(config.audio.segment_hop_seconds <= config.audio.segment_seconds,
              'audio.train_offsets', offsets,
              'random offsets need audio.segment_hop_seconds <= audio.segment_seconds '
              '(segments that touch or overlap)')
-    _require(config.data.split != 'segment_random', 'audio.train_offsets', offsets,
+    require(config.data.split != 'segment_random', 'audio.train_offsets', offsets,
              "split='segment_random' scatters a song's segments: use train_offsets=grid")
   smoothing = config.optim.get('label_smoothing', 0.0)
-  _require(isinstance(smoothing, (int, float)) and 0 <= smoothing < 1,
+  require(isinstance(smoothing, (int, float)) and 0 <= smoothing < 1,
            'optim.label_smoothing', smoothing, 'must be in [0, 1)')
-  _require(smoothing == 0 or config.get('task', 'genre') == 'genre',
+  require(smoothing == 0 or config.task == 'genre',
            'optim.label_smoothing', smoothing, "applies to task='genre' only: set it to 0")
   ema = config.get('ema_decay', 0.0)
-  _require(isinstance(ema, (int, float)) and 0 <= ema < 1, 'ema_decay', ema,
+  require(isinstance(ema, (int, float)) and 0 <= ema < 1, 'ema_decay', ema,
            'must be in [0, 1) (0: no weight averaging)')
   recompute = config.get('bn_recompute_batches', 0)
-  _require(isinstance(recompute, int) and not isinstance(recompute, bool) and recompute >= 0,
+  require(isinstance(recompute, int) and not isinstance(recompute, bool) and recompute >= 0,
            'bn_recompute_batches', recompute,
            'must be an integer >= 0 (0: evaluate with the running averages)')
   microbatch = config.get('eval_microbatch', -1)
-  _require(isinstance(microbatch, int) and not isinstance(microbatch, bool)
+  require(isinstance(microbatch, int) and not isinstance(microbatch, bool)
            and microbatch >= -1, 'eval_microbatch', microbatch,
            'must be an integer >= -1 (-1: auto, 0: the whole batch at once)')
   cpu = config.get('cpu_devices', -1)
-  _require(isinstance(cpu, int) and not isinstance(cpu, bool) and (cpu == -1 or cpu >= 1),
+  require(isinstance(cpu, int) and not isinstance(cpu, bool) and (cpu == -1 or cpu >= 1),
            'cpu_devices', cpu, 'must be -1 (auto) or a device count >= 1')
   prefetch_batches = config.get('prefetch_batches', 2)
-  _require(isinstance(prefetch_batches, int) and not isinstance(prefetch_batches, bool)
+  require(isinstance(prefetch_batches, int) and not isinstance(prefetch_batches, bool)
            and prefetch_batches >= 0, 'prefetch_batches', prefetch_batches,
            'must be an integer >= 0 (0: no device prefetch)')
   for field in ('audio.segment_seconds', 'audio.segment_hop_seconds',
                 'data.synthetic.song_seconds', 'features.amin'):
     _positive(config, field)
-  _require(0 <= config.model.dropout < 1, 'model.dropout', config.model.dropout,
+  require(0 <= config.model.dropout < 1, 'model.dropout', config.model.dropout,
            'must be in [0, 1)')
-  _require(config.model.leaky_slope >= 0, 'model.leaky_slope',
+  require(config.model.leaky_slope >= 0, 'model.leaky_slope',
            config.model.leaky_slope, 'must be >= 0')
-  _require(0 < config.model.batchnorm_momentum < 1, 'model.batchnorm_momentum',
+  require(0 < config.model.batchnorm_momentum < 1, 'model.batchnorm_momentum',
            config.model.batchnorm_momentum, 'must be in (0, 1)')
-  _require(len(config.model.lstm_sizes) >= 1 and all(
+  require(len(config.model.lstm_sizes) >= 1 and all(
       isinstance(s, int) and s > 0 for s in config.model.lstm_sizes),
            'model.lstm_sizes', config.model.lstm_sizes,
            'must be one or more positive integers, e.g. (128, 32)')
   for field in ('model.branch_a_kernel', 'model.branch_a_pool',
                 'model.branch_b_kernel', 'model.branch_b_pool'):
     value = tuple(_get(config, field))
-    _require(len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value),
+    require(len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value),
              field, value, 'must be two positive integers (time, frequency)')
-  _require(0 <= config.data.validation_fraction < 1
+  require(0 <= config.data.validation_fraction < 1
            and 0 <= config.data.test_fraction < 1
            and config.data.validation_fraction + config.data.test_fraction < 1,
            'data.validation_fraction', config.data.validation_fraction,
            'validation_fraction and test_fraction must be in [0, 1) and sum to < 1')
-  _require(0 <= config.data.max_bad_fraction <= 1, 'data.max_bad_fraction',
+  require(0 <= config.data.max_bad_fraction <= 1, 'data.max_bad_fraction',
            config.data.max_bad_fraction, 'must be in [0, 1]')
-  _require(config.data.worker_count >= 0, 'data.worker_count',
+  require(config.data.worker_count >= 0, 'data.worker_count',
            config.data.worker_count, 'must be >= 0')
-  _require(config.optim.l2 >= 0, 'optim.l2', config.optim.l2, 'must be >= 0')
+  require(config.optim.l2 >= 0, 'optim.l2', config.optim.l2, 'must be >= 0')
   n_fft = config.features.n_fft
-  _require(config.features.hop_length <= n_fft, 'features.hop_length',
+  require(config.features.hop_length <= n_fft, 'features.hop_length',
            config.features.hop_length, f'must be <= features.n_fft ({n_fft})')
   nyquist = config.audio.sample_rate / 2
-  _require(0 <= config.features.fmin < (config.features.fmax or nyquist) <= nyquist,
+  require(0 <= config.features.fmin < (config.features.fmax or nyquist) <= nyquist,
            'features.fmin', config.features.fmin,
            f'need 0 <= fmin < fmax <= sample_rate/2 ({nyquist:g} Hz; fmax 0 = Nyquist)')
   segment = input_spec.InputSpec.from_config(config).segment_samples
-  _require(segment >= n_fft, 'audio.segment_seconds', config.audio.segment_seconds,
+  require(segment >= n_fft, 'audio.segment_seconds', config.audio.segment_seconds,
            f'a segment must hold at least one FFT window ({n_fft} samples)')
   try:
     schedules.check_schedule(config.schedule, config.num_epochs)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if 'tune' in config:
-    check_tune(config)
   if 'cv' in config:
     check_cv(config)
+
+
+def check_genre_task(config: ml_collections.ConfigDict, what: str, fix: str) -> None:
+  """Refuses a config.task='multilabel' config for a mode that only handles genres.
+
+  ``what``: what the mode does with genres; ``fix``: what to do instead.
+  """
+  if config.task == 'multilabel':
+    raise ConfigError(f"{what}; this is a config.task='multilabel' run: {fix}.")
 
 
 def check_cv(config: ml_collections.ConfigDict) -> None:
   """config.cv: fold count, repeats, fold unit and the validation carve."""
   for field, minimum in (('num_folds', 2), ('repeats', 1)):
     value = config.cv[field]
-    _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
              f'cv.{field}', value, f'must be an integer >= {minimum}')
-  _choice(config, 'cv.by', splits.FOLD_UNITS)
-  _require(0 < config.cv.validation_fraction < 1, 'cv.validation_fraction',
+  choice(config, 'cv.by', splits.FOLD_UNITS)
+  require(0 < config.cv.validation_fraction < 1, 'cv.validation_fraction',
            config.cv.validation_fraction,
            "must be in (0, 1): each fold's run needs validation songs")
 
@@ -230,20 +237,6 @@ def check_cv_folds(config: ml_collections.ConfigDict, songs: Sequence[Song],
         f'would have no songs of them: {", or ".join(fixes)}.')
 
 
-def check_tune(config: ml_collections.ConfigDict) -> None:
-  """config.tune: the search settings' ranges, and that config.tune.space parses."""
-  _choice(config, 'tune.sampler', tune_space.SAMPLERS)
-  _choice(config, 'tune.pruner', tune_space.PRUNERS)
-  for field, minimum in (('num_trials', 1), ('startup_trials', 0), ('seed', 0),
-                         ('min_epochs', 0), ('pruner_startup_trials', 0),
-                         ('halving_reduction_factor', 2), ('heartbeat_seconds', 0),
-                         ('max_retries', 0)):
-    value = config.tune[field]
-    _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-             f'tune.{field}', value, f'must be an integer >= {minimum}')
-  tune_space.parse_space(config.tune.space)
-
-
 def _flatten(d: dict, prefix: str = '') -> dict:
   out = {}
   for k, v in d.items():
@@ -259,9 +252,7 @@ def architecture_differences(saved: dict, config: ml_collections.ConfigDict
                              ) -> list[str]:
   """Fields (dotted) under ARCHITECTURE_FIELDS whose values differ."""
   now = _flatten(json.loads(config.to_json_best_effort()))
-  before = _flatten(saved)
-  before.setdefault('task', 'genre')  # saved before config.task existed: a genre run
-  now.setdefault('task', 'genre')
+  before = _flatten(workdir_lib.fill_old_defaults(saved))
   diffs = []
   # The weights' moving average is part of the saved state only when it is on.
   ema_before, ema_now = before.get('ema_decay', 0.0), now.get('ema_decay', 0.0)
@@ -277,11 +268,10 @@ def architecture_differences(saved: dict, config: ml_collections.ConfigDict
 
 def check_workdir_compatible(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to resume a workdir whose model/feature config differs from ``config``."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+  if (not os.path.exists(workdir_lib.path(workdir, workdir_lib.CONFIG))
+      or not workdir_lib.has_checkpoints(workdir)):
     return
-  with open(path) as f:
-    saved = json.load(f)
+  saved = workdir_lib.read_config_dict(workdir)
   diffs = architecture_differences(saved, config)
   if diffs:
     raise ConfigError(

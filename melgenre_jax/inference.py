@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +22,7 @@ from melgenre_jax import calibration
 from melgenre_jax import checkpointing
 from melgenre_jax import reporting
 from melgenre_jax import steps
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import input_pipeline
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import WorkdirError
@@ -56,7 +56,7 @@ class InferenceModel:
   @property
   def multilabel(self) -> bool:
     """Sigmoid tag scores (``config.task='multilabel'``) rather than a genre softmax."""
-    return self.config.get('task', 'genre') == 'multilabel'
+    return self.config.task == 'multilabel'
 
   def song_probabilities(self, segment_probs: np.ndarray) -> np.ndarray:
     """Calibrated probabilities ``[genres]`` of one song from ``predict``'s rows for its segments.
@@ -134,20 +134,17 @@ def embed_arrays(p_embed: Callable, variables: steps.ModelVariables, inputs: np.
                     np.float32)
 
 
-def load_genres(workdir: str) -> list[str]:
-  path = os.path.join(workdir, 'dataset.json')
-  if not os.path.exists(path):
-    raise WorkdirError(f'{path} not found: {workdir!r} is not a training workdir '
-                       '(or training never got past loading the data).')
-  with open(path) as f:
-    return list(json.load(f)['genres'])
-
-
 def make_inference_model(config: ml_collections.ConfigDict, genres: list[str],
                          variables: steps.ModelVariables, mesh, step: int,
                          temperature: float = 1.0) -> InferenceModel:
   """Wraps variables already placed on ``mesh`` (restored, or fresh for benchmarks)."""
-  spec = InputSpec.from_config(config)
+  return _wrap(config, InputSpec.from_config(config), genres, variables, mesh, step,
+               temperature)
+
+
+def _wrap(config: ml_collections.ConfigDict, spec: InputSpec, genres: list[str],
+          variables: steps.ModelVariables, mesh, step: int,
+          temperature: float) -> InferenceModel:
   apply_fn = steps.create_model(config, len(genres)).apply
   return InferenceModel(
       variables=variables, genres=list(genres), config=config, spec=spec, step=int(step),
@@ -155,7 +152,7 @@ def make_inference_model(config: ml_collections.ConfigDict, genres: list[str],
       p_predict=steps.make_predict_step(
           mesh, apply_fn, spec.device_preprocess(),
           steps.resolve_microbatch(config.get('eval_microbatch', -1)),
-          multilabel=config.get('task', 'genre') == 'multilabel'),
+          multilabel=config.task == 'multilabel'),
       temperature=float(temperature))
 
 
@@ -163,7 +160,7 @@ def _pick_step(workdir: str, manager, step: int | None) -> int:
   steps_saved = manager.all_steps()
   if not steps_saved:
     raise WorkdirError(
-        f'No complete checkpoint in {checkpointing.checkpoint_dir(workdir)}: train first, '
+        f'No complete checkpoint in {workdir_lib.checkpoint_dir(workdir)}: train first, '
         'or wait for the running training to write its first checkpoint.')
   if step is None:
     return int(manager.best_step() or manager.latest_step())
@@ -176,7 +173,7 @@ def _pick_step(workdir: str, manager, step: int | None) -> int:
 def checkpoint_step(workdir: str, step: int | None = None) -> int:
   """The step ``load_for_inference`` would restore (the best by default), restoring nothing."""
   workdir = os.path.abspath(workdir)
-  if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+  if not workdir_lib.has_checkpoints(workdir):
     raise WorkdirError(f'No checkpoints in {workdir}: train first.')
   manager = checkpointing.create_manager(workdir, read_only=True)
   try:
@@ -197,8 +194,8 @@ def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
   if config.get('keep_host_memory', True):
     hostmem.keep_freed_memory()
   workdir = os.path.abspath(workdir)
-  genres = load_genres(workdir)
-  if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+  genres = workdir_lib.load_genres(workdir)
+  if not workdir_lib.has_checkpoints(workdir):
     raise WorkdirError(f'No checkpoints in {workdir}: train first.')
   manager = checkpointing.create_manager(workdir, read_only=True)
   try:
@@ -220,6 +217,6 @@ def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
     variables = steps.ModelVariables(**parts)
   finally:
     manager.close()
-  return make_inference_model(config, genres, variables, mesh, step,
-                              calibration.temperature_for(workdir, step))
+  return _wrap(config, spec, genres, variables, mesh, step,
+               calibration.temperature_for(workdir, step))
 

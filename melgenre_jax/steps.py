@@ -3,7 +3,7 @@
 Reading order: what a model needs to predict (``ModelVariables``) and what
 training adds to it (``TrainState``), the optimizer, ``build_state``, then the
 per-device train and predict steps and their ``shard_map`` wrappers. The
-training loop (train.py) and inference (inference.py) both build on this
+training loop (train/) and inference (inference.py) both build on this
 module; neither imports the other.
 """
 
@@ -168,9 +168,13 @@ def _initial_state(spec: InputSpec, model: nn.Module,
 
 
 def build_state(config: ml_collections.ConfigDict, num_classes: int, mesh,
-                tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-  """The initial train state of a run, replicated over ``mesh``'s devices."""
-  init = functools.partial(_initial_state, InputSpec.from_config(config),
+                tx: optax.GradientTransformation, rng: jax.Array, *,
+                spec: InputSpec | None = None) -> TrainState:
+  """The initial train state of a run, replicated over ``mesh``'s devices.
+
+  ``spec``: the run's input format (default: derived from ``config``).
+  """
+  init = functools.partial(_initial_state, spec or InputSpec.from_config(config),
                            create_model(config, num_classes), tx,
                            ema=config.get('ema_decay', 0.0) > 0)
   return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
@@ -193,7 +197,7 @@ def update_ema(ema: Any, params: Any, decay: float, step: jax.Array) -> Any:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *,
-               config: ml_collections.ConfigDict,
+               config: ml_collections.ConfigDict, input_spec: InputSpec,
                num_classes: int) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on this device's shard of the global batch.
 
@@ -211,13 +215,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))  # own dropout per device
   k_wave, k_spec, k_mix, k_drop = jax.random.split(key, 4)
 
-  input_spec = InputSpec.from_config(config)
   inputs = batch['inputs']
   if input_spec.takes_waves:
     inputs = augment.augment_waves(k_wave, inputs, config.augment, input_spec.sample_rate)
   spec = input_spec.device_preprocess()(inputs, state.feature_mean, state.feature_std)
   spec = augment.augment_specs(k_spec, spec, config.augment)
-  multilabel = config.get('task', 'genre') == 'multilabel'
+  multilabel = config.task == 'multilabel'
   if multilabel:
     targets = batch['label'].astype(jnp.float32)
   else:
@@ -259,14 +262,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   return new_state, {'loss': loss, 'accuracy': accuracy, 'finite': finite}
 
 
-def make_train_step(mesh, config: ml_collections.ConfigDict, num_classes: int) -> Callable:
+def make_train_step(mesh, config: ml_collections.ConfigDict, num_classes: int, *,
+                    spec: InputSpec | None = None) -> Callable:
   """The compiled data-parallel step: ``jit(shard_map(train_step))``.
+
+  ``spec``: the run's input format (default: derived from ``config``).
 
   ``check_vma=False``: we write the collectives ourselves (pmean of gradients
   as with pmap); with the checker on, JAX would already sum the gradients of
   replicated parameters and our pmean would double them.
   """
-  step = functools.partial(train_step, config=config, num_classes=num_classes)
+  step = functools.partial(train_step, config=config,
+                           input_spec=spec or InputSpec.from_config(config),
+                           num_classes=num_classes)
   mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)),
                          out_specs=(P(), P()), check_vma=False)
   return jax.jit(mapped, donate_argnums=(0,))

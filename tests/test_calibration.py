@@ -12,10 +12,12 @@ from sklearn import metrics as skm
 
 from configs import tiny
 from melgenre_jax import calibration
-from melgenre_jax import cli
 from melgenre_jax import inference
 from melgenre_jax import metrics as metrics_lib
+from melgenre_jax import train
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import input_pipeline
+from melgenre_jax.modes import dispatch
 from melgenre_jax.modes import evaluate
 from melgenre_jax.modes import export
 
@@ -171,13 +173,13 @@ def test_end_of_training_skips_stopped_runs_and_runs_without_validation(tmp_path
                                     song_index=np.zeros(0, np.int32), songs=[])
   config = tiny.get_config()
   # Neither needs (or looks for) a checkpoint: there is none in tmp_path.
-  assert calibration.calibrate_after_training(config, str(tmp_path), empty, None) is None
-  assert calibration.calibrate_after_training(config, str(tmp_path), None, None) is None
+  assert train.calibrate_after_training(config, str(tmp_path), empty, None) is None
+  assert train.calibrate_after_training(config, str(tmp_path), None, None) is None
   one = input_pipeline.SegmentSet(inputs=np.zeros((1, 8)), labels=np.zeros(1, np.int32),
                                   song_index=np.zeros(1, np.int32), songs=[])
-  assert calibration.calibrate_after_training(config, str(tmp_path), one, 'SIGTERM') is None
+  assert train.calibrate_after_training(config, str(tmp_path), one, 'SIGTERM') is None
   # No checkpoint at all: a warning, not a failed training run.
-  assert calibration.calibrate_after_training(config, str(tmp_path), one, None) is None
+  assert train.calibrate_after_training(config, str(tmp_path), one, None) is None
   assert not os.path.exists(tmp_path / 'calibration.json')
 
 
@@ -187,7 +189,7 @@ def test_end_of_training_skips_stopped_runs_and_runs_without_validation(tmp_path
 def _run(mode, workdir, **kwargs):
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    result = cli.run(mode, None, workdir, **kwargs)
+    result = dispatch.run(mode, None, workdir, dispatch.RunOptions(**kwargs))
   return result, out.getvalue()
 
 
@@ -205,12 +207,12 @@ def test_training_calibrates_and_calibrate_mode_refits_the_same(tiny_run):
   # A rerun of the finished run finds the step calibrated and rewrites nothing.
   path = os.path.join(workdir, 'calibration.json')
   written = os.stat(path).st_mtime_ns
-  assert calibration.calibrate_after_training(
-      cli.load_workdir_config(workdir), workdir, None, None) is None  # no validation
+  assert train.calibrate_after_training(
+      workdir_lib.load_workdir_config(workdir), workdir, None, None) is None  # no validation
   fake_validation = input_pipeline.SegmentSet(np.zeros((1, 8)), np.zeros(1, np.int32),
                                               np.zeros(1, np.int32), [])
-  assert calibration.calibrate_after_training(
-      cli.load_workdir_config(workdir), workdir, fake_validation, None) == entry
+  assert train.calibrate_after_training(
+      workdir_lib.load_workdir_config(workdir), workdir, fake_validation, None) == entry
   assert os.stat(path).st_mtime_ns == written
 
   os.remove(os.path.join(workdir, 'calibration.json'))
@@ -221,9 +223,9 @@ def test_training_calibrates_and_calibrate_mode_refits_the_same(tiny_run):
   for key in ('song_ece_before', 'song_ece_after', 'nll_before', 'nll_after'):
     assert again[key] == pytest.approx(entry[key], abs=1e-6)
   assert f"{again['temperature']:.4f}" in stdout and 'ECE' in stdout
-  assert os.path.exists(os.path.join(workdir, calibration.RELIABILITY_FILE))
+  assert os.path.exists(workdir_lib.path(workdir, workdir_lib.CALIBRATION_PLOT))
 
-  model = inference.load_for_inference(cli.load_workdir_config(workdir), workdir)
+  model = inference.load_for_inference(workdir_lib.load_workdir_config(workdir), workdir)
   assert model.temperature == pytest.approx(again['temperature'])
   segments = np.random.default_rng(0).dirichlet(np.ones(len(model.genres)), size=3)
   np.testing.assert_allclose(model.song_probabilities(segments),

@@ -15,14 +15,15 @@ import pytest
 import soundfile as sf
 
 from configs import tiny
-from melgenre_jax import cli
 from melgenre_jax import inference
 from melgenre_jax import models
-from melgenre_jax.models import crnn
 from melgenre_jax import steps
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import input_pipeline
 from melgenre_jax.data import synthetic
 from melgenre_jax.input_spec import InputSpec
+from melgenre_jax.models import crnn
+from melgenre_jax.modes import dispatch
 from melgenre_jax.modes import embed
 from melgenre_jax.modes import predict
 from melgenre_jax.runtime import parallel
@@ -53,20 +54,21 @@ def _read_csv(path: str) -> list[dict[str, str]]:
 
 
 def _config(workdir: str):
-  config = cli.load_workdir_config(workdir)
+  config = workdir_lib.load_workdir_config(workdir)
   config.data.min_song_seconds = 0.5
   return config
 
 
 @pytest.fixture(scope='module')
 def embedded(tiny_run, tmp_path_factory):
-  """The tiny run's embeddings of a folder, per segment too, through cli.run."""
+  """The tiny run's embeddings of a folder, per segment too, through dispatch.run."""
   workdir = tiny_run
   folder = str(tmp_path_factory.mktemp('audio'))
   paths = _write_inputs(folder)
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    summary = cli.run('embed', _config(workdir), workdir, audio=[folder], per_segment=True)
+    summary = dispatch.run('embed', _config(workdir), workdir,
+                           dispatch.RunOptions(audio=(folder,), per_segment=True))
   out_dir = os.path.join(workdir, 'embeddings')
   assert out.getvalue().strip() == out_dir
   return workdir, paths, summary, out_dir
@@ -206,21 +208,22 @@ def test_without_per_segment_and_nothing_embeddable(embedded, tmp_path):
   for name in ('segment_embeddings.npy', 'segment_embeddings.csv'):  # a stale earlier run's
     (tmp_path / 'emb' / name).write_text('stale')
   with contextlib.redirect_stdout(io.StringIO()):
-    cli.run('embed', _config(workdir), workdir, audio=[paths['song.wav']], embed_dir=out_dir)
+    dispatch.run('embed', _config(workdir), workdir,
+                 dispatch.RunOptions(audio=(paths['song.wav'],), embed_dir=out_dir))
   assert sorted(os.listdir(out_dir)) == ['embeddings.csv', 'embeddings.json', 'embeddings.npy',
                                          'skipped.csv']
   assert np.load(os.path.join(out_dir, 'embeddings.npy')).shape == (1, DIM)
   with contextlib.redirect_stdout(io.StringIO()):
     with pytest.raises(predict.NothingClassifiedError, match='corrupt.wav'):
-      cli.run('embed', _config(workdir), workdir, audio=[paths['corrupt.wav']],
-              embed_dir=out_dir)
+      dispatch.run('embed', _config(workdir), workdir,
+                   dispatch.RunOptions(audio=(paths['corrupt.wav'],), embed_dir=out_dir))
   assert len(_read_csv(os.path.join(out_dir, 'skipped.csv'))) == 1
 
 
 @pytest.mark.slow
 def test_dataset_split_embeddings_for_a_linear_probe(embedded):
   workdir = embedded[0]
-  config = cli.load_workdir_config(workdir)
+  config = workdir_lib.load_workdir_config(workdir)
   model = inference.load_for_inference(config, workdir)
   dataset = input_pipeline.load_dataset(config, workdir)
   x, y = embed.embed_dataset_split(model, dataset.train)

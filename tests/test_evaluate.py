@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from melgenre_jax import cli
+from melgenre_jax import workdir as workdir_lib
+from melgenre_jax.modes import dispatch
 from melgenre_jax.modes import evaluate
 
 
@@ -20,7 +21,7 @@ def evaluated(tiny_run):
   workdir = tiny_run
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    report = cli.run('eval', None, workdir)
+    report = dispatch.run('eval', None, workdir)
   return workdir, report, out.getvalue()
 
 
@@ -131,4 +132,4 @@ def test_writes_readable_files_and_a_table(evaluated):
 def test_unknown_step_is_refused_with_the_available_ones(evaluated):
   workdir, report, _ = evaluated
   with pytest.raises(ValueError, match='available'):
-    evaluate.evaluate_workdir(cli.load_workdir_config(workdir), workdir, step=999)
+    evaluate.evaluate_workdir(workdir_lib.load_workdir_config(workdir), workdir, step=999)

@@ -14,9 +14,10 @@ import pytest
 
 from configs import tiny
 from melgenre_jax import calibration
-from melgenre_jax import cli
 from melgenre_jax import inference
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import synthetic
+from melgenre_jax.modes import dispatch
 from melgenre_jax.modes import export
 from melgenre_jax.runtime import parallel
 
@@ -28,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def exported(tiny_run):
   workdir = tiny_run
   with contextlib.redirect_stdout(io.StringIO()):
-    contract = cli.run('export', None, workdir)
+    contract = dispatch.run('export', None, workdir)
   return workdir, contract
 
 
@@ -38,7 +39,7 @@ def test_contract_describes_the_function(exported):
   with open(os.path.join(workdir, 'export', 'contract.json')) as f:
     saved = json.load(f)
   config = tiny.get_config()
-  assert saved['genres'] == inference.load_genres(workdir)
+  assert saved['genres'] == workdir_lib.load_genres(workdir)
   assert saved['sample_rate'] == config.audio.sample_rate
   assert saved['segment_samples'] == saved['segment_hop_samples'] == 8000
   assert saved['input'] == {**saved['input'], 'shape': ['b', 8000], 'dtype': 'float32',
@@ -80,7 +81,7 @@ def test_exported_matches_live_model_in_a_process_without_training_code(exported
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.strip().splitlines()[-1] == "['melgenre_jax', 'melgenre_jax.modes', 'melgenre_jax.modes.export'] False False"
 
-  model = inference.load_for_inference(cli.load_workdir_config(workdir), workdir)
+  model = inference.load_for_inference(workdir_lib.load_workdir_config(workdir), workdir)
   live = np.asarray(model.p_predict(
       model.variables, parallel.global_batch({'inputs': waves}, model.mesh)['inputs']))
   batch = np.load(tmp_path / 'batch.npy')
@@ -107,7 +108,7 @@ def test_exported_embed_matches_inference_embed(exported):
   assert entry['file'] == 'embed.stablehlo' and entry['output']['shape'] == ['b', entry['dim']]
   assert contract['functions']['predict']['output'] == contract['output']
   embed_fn, _ = export.load_exported(os.path.join(workdir, 'export'), function='embed')
-  model = inference.load_for_inference(cli.load_workdir_config(workdir), workdir)
+  model = inference.load_for_inference(workdir_lib.load_workdir_config(workdir), workdir)
   waves = 0.3 * np.random.default_rng(1).standard_normal((3, 8000)).astype(np.float32)
   got = embed_fn(waves)
   assert got.shape == (3, entry['dim']) and entry['dim'] == model.embedding_dim

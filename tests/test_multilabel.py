@@ -13,7 +13,6 @@ import soundfile as sf
 from sklearn import metrics as sk_metrics
 
 from configs import tiny
-from melgenre_jax import cli
 from melgenre_jax import config_checks
 from melgenre_jax import metrics
 from melgenre_jax import steps
@@ -24,6 +23,7 @@ from melgenre_jax.data import synthetic
 from melgenre_jax.data.synthetic import render
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import DataError
+from melgenre_jax.modes import dispatch
 from melgenre_jax.runtime import parallel
 
 NUM_TAGS = 5
@@ -228,7 +228,7 @@ def test_config_checks():
 
 def test_cv_refuses_multilabel(tmp_path):
   with pytest.raises(ConfigError, match='multilabel'):
-    cli.run('cv', _config(), str(tmp_path))
+    dispatch.run('cv', _config(), str(tmp_path))
 
 
 def test_selection_score_uses_song_roc_auc():
@@ -266,7 +266,7 @@ def test_tiny_multilabel_run_trains_evaluates_and_predicts(tagged_run, tmp_path)
 
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    report = cli.run('eval', None, workdir)
+    report = dispatch.run('eval', None, workdir)
   assert 'ROC-AUC' in out.getvalue()
   saved = json.load(open(os.path.join(workdir, 'eval', 'report.json')))
   assert 'PR-AUC' in open(os.path.join(workdir, 'eval', 'report.md')).read()
@@ -300,7 +300,7 @@ def test_tiny_multilabel_run_trains_evaluates_and_predicts(tagged_run, tmp_path)
   sf.write(wav, synthetic.synthesize_song('synthetic/jazz/0100', 8000, 3.0), 8000)
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    results = cli.run('predict', None, workdir, audio=[wav], top_k=3)
+    results = dispatch.run('predict', None, workdir, dispatch.RunOptions(audio=(wav,), top_k=3))
   text = out.getvalue()
   assert 'tags (p >= 0.5):' in text, text
   r = results[0]
@@ -311,15 +311,16 @@ def test_tiny_multilabel_run_trains_evaluates_and_predicts(tagged_run, tmp_path)
                              rtol=1e-6)
   csv_path = str(tmp_path / 'p.csv')
   with contextlib.redirect_stdout(io.StringIO()):
-    cli.run('predict', None, workdir, audio=[wav], output='csv', output_file=csv_path)
+    dispatch.run('predict', None, workdir,
+                 dispatch.RunOptions(audio=(wav,), output='csv', output_file=csv_path))
   header, row = open(csv_path).read().splitlines()[:2]
   assert header.startswith('path,status,reason,duration_seconds,segments,genre_1,probability_1')
   assert row.split(',')[1] == 'ok' and row.split(',')[5] == r['top_k'][0]['genre']
   for flag in ({'write_tags': 'dry_run'}, {'min_confidence': 0.3}):
     with pytest.raises(ConfigError, match='multilabel'):
-      cli.run('predict', None, workdir, audio=[wav], **flag)
+      dispatch.run('predict', None, workdir, dispatch.RunOptions(audio=(wav,), **flag))
   with pytest.raises(ConfigError, match='multilabel'):
-    cli.run('calibrate', None, workdir)
+    dispatch.run('calibrate', None, workdir)
 
   # The exported function gives the same sigmoid tag scores as the live model.
   from melgenre_jax import inference  # pylint: disable=g-import-not-at-top

@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 
 from melgenre_jax import calibration
-from melgenre_jax import cli
-from melgenre_jax import inference
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import synthetic
+from melgenre_jax.modes import dispatch
 from melgenre_jax.modes import predict
 
 CAN_WRITE_MP3 = 'MP3' in sf.available_formats()
@@ -48,12 +48,13 @@ def predicted(tiny_run, tmp_path_factory):
   folder = str(tmp_path_factory.mktemp('audio'))
   paths = _write_inputs(folder)
   paths['missing.wav'] = os.path.join(folder, 'missing.wav')
-  config = cli.load_workdir_config(workdir)  # as a CPU-only user machine would
+  config = workdir_lib.load_workdir_config(workdir)  # as a CPU-only user machine would
   config.data.min_song_seconds = 0.5
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    results = cli.run('predict', config, workdir, audio=[folder, paths['missing.wav']],
-                      output='json', plot=True)
+    results = dispatch.run('predict', config, workdir,
+                           dispatch.RunOptions(audio=(folder, paths['missing.wav']),
+                                               output='json', plot=True))
   by_name = {os.path.basename(r['path']): r for r in results}
   return workdir, paths, results, by_name, out.getvalue()
 
@@ -118,7 +119,7 @@ def test_json_output_and_plots(predicted):
   assert stdout.strip() == path
   with open(path) as f:
     saved = json.load(f)
-  assert saved['genres'] == inference.load_genres(workdir)
+  assert saved['genres'] == workdir_lib.load_genres(workdir)
   assert saved['results'] == json.loads(json.dumps(results))
   for r in by_name.values():
     if r['ok']:
@@ -145,6 +146,6 @@ def test_nothing_classifiable_raises_with_every_reason(predicted):
   workdir, paths, _, _, _ = predicted
   with contextlib.redirect_stdout(io.StringIO()):
     with pytest.raises(predict.NothingClassifiedError) as e:
-      predict.predict_paths(cli.load_workdir_config(workdir), workdir,
+      predict.predict_paths(workdir_lib.load_workdir_config(workdir), workdir,
                             [paths['corrupt.wav'], paths['short.wav']])
   assert 'corrupt.wav' in str(e.value) and 'too short' in str(e.value)

@@ -17,13 +17,13 @@ import soundfile as sf
 from mutagen.flac import FLAC
 
 from melgenre_jax import calibration
-from melgenre_jax import cli
 from melgenre_jax import inference
 from melgenre_jax import steps
 from melgenre_jax.data import audio
 from melgenre_jax.data import synthetic
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.input_spec import InputSpec
+from melgenre_jax.modes import dispatch
 from melgenre_jax.modes import predict
 from melgenre_jax.modes.predict import classify
 from melgenre_jax.modes.predict import output
@@ -291,7 +291,7 @@ def test_a_high_min_confidence_makes_songs_uncertain_with_the_same_top_k(fresh_m
 _CHILD = '''
 import os, signal, sys
 sys.path.insert(0, {root!r})
-from melgenre_jax import cli
+from melgenre_jax.modes import dispatch
 from melgenre_jax.modes.predict import output
 lines = [0]
 write_line = output.CsvLog._write_line
@@ -305,7 +305,8 @@ def dying_write_line(self, line):
   lines[0] += 1
 
 output.CsvLog._write_line = dying_write_line
-cli.run('predict', None, {workdir!r}, audio=[{folder!r}], output='csv')
+dispatch.run('predict', None, {workdir!r},
+             dispatch.RunOptions(audio=({folder!r},), output='csv'))
 '''
 
 
@@ -338,7 +339,8 @@ def test_a_library_killed_half_way_resumes_with_only_the_rest(tiny_run, tmp_path
 
   caplog.set_level('INFO')
   with contextlib.redirect_stdout(io.StringIO()):
-    second = cli.run('predict', None, tiny_run, audio=[folder], output='csv')
+    second = dispatch.run('predict', None, tiny_run,
+                          dispatch.RunOptions(audio=(folder,), output='csv'))
   assert sorted(os.path.abspath(r['path']) for r in second) == sorted(
       set(map(os.path.abspath, paths)) - first)
   assert 'skipping 90 of 200 file(s) already in it' in caplog.text
@@ -351,7 +353,8 @@ def test_a_library_killed_half_way_resumes_with_only_the_rest(tiny_run, tmp_path
   # A changed file is classified again; its newer row is the one that counts.
   sf.write(paths[7], synthetic.synthesize_song('synthetic/blues/0999', 8000, 2.5), 8000)
   with contextlib.redirect_stdout(io.StringIO()):
-    third = cli.run('predict', None, tiny_run, audio=[folder], output='csv')
+    third = dispatch.run('predict', None, tiny_run,
+                         dispatch.RunOptions(audio=(folder,), output='csv'))
   assert [r['path'] for r in third] == [paths[7]]
   rows = _csv_rows(csv_path)
   assert len(rows) == 201 and [r['path'] for r in rows].count(os.path.abspath(paths[7])) == 2
@@ -366,7 +369,8 @@ def test_write_tags_dry_run_then_apply_skips_uncertain_and_skipped_files(tiny_ru
   with open(broken, 'wb') as f:
     f.write(b'fLaC' + b'\0' * 64)
   with contextlib.redirect_stdout(io.StringIO()):
-    probe = cli.run('predict', None, tiny_run, audio=[folder], output='json')
+    probe = dispatch.run('predict', None, tiny_run,
+                         dispatch.RunOptions(audio=(folder,), output='json'))
   top = sorted(r['top_k'][0]['probability'] for r in probe if r['ok'])
   threshold = (top[2] + top[3]) / 2  # three certain songs, three uncertain
   before = {p: open(p, 'rb').read() for p in paths + [broken]}
@@ -382,9 +386,10 @@ def test_write_tags_dry_run_then_apply_skips_uncertain_and_skipped_files(tiny_ru
   assert all(open(p, 'rb').read() == b for p, b in before.items())
 
   with contextlib.redirect_stdout(io.StringIO()) as out:
-    results = cli.run('predict', None, tiny_run, audio=[folder], output='csv',
-                      output_file=str(tmp_path / 'tags.csv'), min_confidence=threshold,
-                      write_tags='apply')
+    results = dispatch.run('predict', None, tiny_run,
+                           dispatch.RunOptions(audio=(folder,), output='csv',
+                                               output_file=str(tmp_path / 'tags.csv'),
+                                               min_confidence=threshold, write_tags='apply'))
   assert '3 written' in out.getvalue()
   for r in results:
     tag = FLAC(r['path']).get('genre') if r['ok'] else None
@@ -394,6 +399,8 @@ def test_write_tags_dry_run_then_apply_skips_uncertain_and_skipped_files(tiny_ru
       assert open(r['path'], 'rb').read() == before[r['path']] and not tag
   # The CSV holds the tagged files' new stamps: a re-run finds nothing to do.
   with contextlib.redirect_stdout(io.StringIO()):
-    again = cli.run('predict', None, tiny_run, audio=[folder], output='csv',
-                    output_file=str(tmp_path / 'tags.csv'), min_confidence=threshold)
+    again = dispatch.run('predict', None, tiny_run,
+                         dispatch.RunOptions(audio=(folder,), output='csv',
+                                             output_file=str(tmp_path / 'tags.csv'),
+                                             min_confidence=threshold))
   assert again == []

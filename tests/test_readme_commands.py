@@ -93,10 +93,10 @@ def test_readme_predict_command_runs_verbatim(command, tiny_run, tmp_path):
 
 
 def test_audio_flag_values_split_at_commas_unless_the_file_exists(tmp_path):
-  from melgenre_jax import cli  # pylint: disable=g-import-not-at-top
+  from melgenre_jax.modes import dispatch  # pylint: disable=g-import-not-at-top
   comma = tmp_path / 'Artist, The - Song.wav'
   comma.write_bytes(b'')
-  assert cli.audio_paths(['a.mp3,b.flac', str(comma)], ['c/']) == [
+  assert dispatch.audio_paths(['a.mp3,b.flac', str(comma)], ['c/']) == [
       'a.mp3', 'b.flac', str(comma), 'c/']
 
 

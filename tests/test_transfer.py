@@ -15,9 +15,9 @@ from melgenre_jax import checkpointing
 from melgenre_jax import inference
 from melgenre_jax import steps
 from melgenre_jax import train
-from melgenre_jax import transfer
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.runtime import parallel
+from melgenre_jax.train import transfer
 
 
 def _config(**overrides):

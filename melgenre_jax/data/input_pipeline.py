@@ -65,7 +65,7 @@ class Dataset:
 
 
 def is_multilabel(config: ml_collections.ConfigDict) -> bool:
-  return config.get('task', 'genre') == 'multilabel'
+  return config.task == 'multilabel'
 
 
 def song_label_array(songs: list[Song], genre_index: dict[str, int],
@@ -246,7 +246,7 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
     test = (_segment_set(c, ids['test'], genre_index, multilabel) if len(ids['test'])
             else None)
 
-  summary['task'] = config.get('task', 'genre')
+  summary['task'] = config.task
   summary['split'] = {
       'name': config.data.split, 'seed': config.seed, 'leaky': split.leaky,
       **{k: v for k, v in split.info.items() if k != 'name'},
@@ -271,7 +271,7 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
       len(train.songs), len(train), len(validation.songs), len(validation),
       len(test.songs) if test else 0, len(test) if test else 0, summary_path)
   return Dataset(genres=genres, train=train, validation=validation, test=test,
-                 summary=summary, task=config.get('task', 'genre'))
+                 summary=summary, task=config.task)
 
 
 # -------------------------------------------------------------- batching

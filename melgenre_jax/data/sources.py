@@ -200,7 +200,7 @@ def discover_songs(config: ml_collections.ConfigDict) -> list[Song]:
   elif source == 'folder':
     songs = list_folder(_require_root(config))
   elif source == 'manifest':
-    songs = read_manifest(config.data.manifest, config.get('task', 'genre'))
+    songs = read_manifest(config.data.manifest, config.task)
   else:
     raise errors.ConfigError(
         f'config.data.source={source!r} is not one of {SOURCES}')

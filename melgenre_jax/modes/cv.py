@@ -43,12 +43,14 @@ from absl import logging
 from melgenre_jax import checkpointing
 from melgenre_jax import config_checks
 from melgenre_jax import reporting
+from melgenre_jax import train
 from melgenre_jax.data import cache_files
 from melgenre_jax.data import input_pipeline
 from melgenre_jax.data import splits
 from melgenre_jax.data.songs import Song
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import DataError
+from melgenre_jax.modes import evaluate
 from melgenre_jax.runtime import parallel
 from melgenre_jax.runtime import processes
 from melgenre_jax.runtime import workdir_lock
@@ -94,11 +96,10 @@ def run_cv(config: ml_collections.ConfigDict, workdir: str, *,
   The workdir is locked for the whole run; each fold's run locks its own folder.
   """
   config_checks.validate(config)
-  if config.get('task', 'genre') == 'multilabel':
-    raise ConfigError(
-        "--mode=cv reports genre accuracy and macro-F1 per fold; config.task='multilabel' "
-        'runs are scored by ROC-AUC/PR-AUC instead: train with --mode=train and evaluate '
-        'with --mode=eval (or drop --config.task=multilabel).')
+  config_checks.check_genre_task(
+      config, '--mode=cv reports genre accuracy and macro-F1 per fold',
+      'it is scored by ROC-AUC/PR-AUC instead; train with --mode=train and evaluate with '
+      '--mode=eval (or drop --config.task=multilabel)')
   with checkpointing.stop_on_full_disk(workdir), workdir_lock.hold(workdir, 'cv'):
     return _run_cv(config, os.path.abspath(workdir), train_fn, evaluate_fn)
 
@@ -107,10 +108,8 @@ def _run_cv(config: ml_collections.ConfigDict, workdir: str, train_fn: TrainFn |
             evaluate_fn: EvaluateFn | None) -> dict[str, Any]:
   """``run_cv`` with the workdir locked."""
   if train_fn is None:
-    from melgenre_jax import train  # pylint: disable=g-import-not-at-top
     train_fn = train.train_and_evaluate
   if evaluate_fn is None:
-    from melgenre_jax.modes import evaluate  # pylint: disable=g-import-not-at-top
     evaluate_fn = evaluate.evaluate_workdir
   is_chief = jax.process_index() == 0
   cv_dir = os.path.join(workdir, CV_DIR)
@@ -388,7 +387,6 @@ def format_short(summary: dict[str, Any]) -> str:
 
 def format_markdown(summary: dict[str, Any]) -> str:
   """``summary.md``: settings, mean ± sd, per-fold table, pooled confusion matrix."""
-  from melgenre_jax.modes import evaluate  # pylint: disable=g-import-not-at-top
   s, m = summary['settings'], summary['metrics']
   genres = summary['genres']
   out = [

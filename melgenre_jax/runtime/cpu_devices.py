@@ -6,7 +6,7 @@ Splitting the batch over one single-threaded device per core instead runs each
 core on its own half of the batch, the same compiled step as on several GPUs
 (benchmarks/README.md has the ratio, for the train step and for inference).
 
-It has to happen before JAX starts its backend, so ``cli.run`` calls
+It has to happen before JAX starts its backend, so ``modes.dispatch.run`` calls
 ``configure`` first; a count the user already chose (``XLA_FLAGS``'
 ``--xla_force_host_platform_device_count`` or ``jax_num_cpu_devices``) wins,
 and a machine with a GPU/TPU plugin installed is left alone.

@@ -37,7 +37,7 @@ def keep_freed_memory() -> bool:
   """Asks glibc malloc to keep freed memory mapped; True if it agreed.
 
   Process-wide and idempotent (cached). Call it before JAX starts its backend
-  (``cli.run`` does): threads that already hold a malloc arena of their own
+  (``modes.dispatch.run`` does): threads that already hold a malloc arena of their own
   keep it, and a probe measured a slower step when the call came after
   (benchmarks/README.md).
   """

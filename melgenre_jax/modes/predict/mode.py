@@ -88,7 +88,7 @@ def predict_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[s
                              offset_seconds=offset_seconds, max_seconds=max_seconds,
                              min_confidence=min_confidence)
   classify.check_options(options, config)
-  if config.get('task', 'genre') == 'multilabel':
+  if config.task == 'multilabel':
     _check_multilabel_flags(min_confidence, write_tags)
   workdir = os.path.abspath(workdir)
   config_checks.check_workdir_compatible(config, workdir)
@@ -215,5 +215,5 @@ def _json_header(workdir: str, model: inference.InferenceModel,
           'max_seconds': options.max_seconds,
           'temperature': float(model.temperature),
           'min_confidence': options.min_confidence,
-          'task': config.get('task', 'genre'),
+          'task': config.task,
           **({'threshold': float(config.multilabel.threshold)} if model.multilabel else {})}

@@ -39,13 +39,12 @@ directories stay on the machine that trained them.
 The modules, by concern:
 
   space.py      the search-space syntax of ``config.tune.space`` and the allowed
-                settings; light (no Optuna, no JAX), as config_checks imports it
-  study.py      config.tune as Settings; sampler, pruner, storage; dead trials
+                settings; light (no Optuna, no JAX)
+  study.py      config.tune checked and read as Settings; sampler, pruner, storage; dead trials
                 (interruptions, retries)
   objective.py  one trial: sample, train in the trial's directory, score
   report.py     trials.csv, trials.md, trials.png, best_config.py
   search.py     ``run_search``: checks the space, then runs the trials
 
-This file imports nothing, so importing ``space`` stays light and
-config_checks -> tune.space does not pull in train (which imports config_checks).
+This file imports nothing, so importing ``space`` stays light.
 """

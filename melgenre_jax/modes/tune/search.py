@@ -12,14 +12,17 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 import optuna
 from absl import logging
 
 from melgenre_jax import checkpointing
 from melgenre_jax import config_checks
+from melgenre_jax import train
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import DiskFullError
+from melgenre_jax.errors import NonFiniteError
 from melgenre_jax.modes.tune import report
 from melgenre_jax.modes.tune import study as study_lib
 from melgenre_jax.modes.tune.objective import make_objective
@@ -28,6 +31,7 @@ from melgenre_jax.modes.tune.objective import TrainFn
 from melgenre_jax.modes.tune.space import apply_params
 from melgenre_jax.modes.tune.space import Param
 from melgenre_jax.modes.tune.study import Settings
+from melgenre_jax.runtime import parallel
 from melgenre_jax.runtime import workdir_lock
 from melgenre_jax.runtime.processes import machine_id
 
@@ -46,11 +50,10 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, *,
   search or a training run on it is refused: runtime/workdir_lock.py); each
   trial's run locks its own folder under it.
   """
-  if config.get('task', 'genre') == 'multilabel':
-    raise ConfigError(
-        "--mode=tune maximises validation song accuracy, which a config.task='multilabel' "
-        'run does not report (it is scored by ROC-AUC): train with --mode=train, or drop '
-        '--config.task=multilabel.')
+  config_checks.check_genre_task(
+      config, '--mode=tune maximises validation song accuracy',
+      'it is scored by ROC-AUC instead; train with --mode=train, or drop '
+      '--config.task=multilabel')
   with checkpointing.stop_on_full_disk(workdir), workdir_lock.hold(workdir, 'tune'):
     return _search(config, workdir, train_fn, config_path)
 
@@ -89,16 +92,13 @@ def check_space(config: ml_collections.ConfigDict, space: Sequence[Param],
         if extra_check is not None:
           extra_check(candidate)
       except ValueError as e:
-        raise config_checks.ConfigError(
+        raise ConfigError(
             f'config.tune.space entry {param.name!r} allows {value!r}, which the config '
             f'rejects: {e}') from None
 
 
 def _real_training(s: Settings) -> tuple[TrainFn, ConfigCheck]:
   """``train.train_and_evaluate`` and the device checks a trial's config needs."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from melgenre_jax import train  # pylint: disable=g-import-not-at-top
-  from melgenre_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
   if jax.process_count() > 1:
     raise ValueError(
         '--mode=tune runs one training process per machine; drop --num_processes and '
@@ -145,12 +145,11 @@ def _run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float],
                 config: ml_collections.ConfigDict, s: Settings,
                 config_path: str | None) -> dict[str, Any] | None:
   """Trials one at a time until enough finished; the summary if a signal stopped one."""
-  from melgenre_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   report_trial = lambda study, trial: report.write_reports(
       study, config, s, config_path, plot=False)
   while _next_trial_wanted(study, s):
     try:
-      study.optimize(objective, n_trials=1, catch=(train_lib.NonFiniteError,),
+      study.optimize(objective, n_trials=1, catch=(NonFiniteError,),
                      callbacks=[report_trial])
     except SearchStopped as e:
       study_lib.retry_trial(study, study.get_trials(deepcopy=False)[e.trial_number],

@@ -16,11 +16,11 @@ ConfigDict keys and a tuple can be replaced whole from the command line:
   --config.tune.space="('lr_scale=loguniform:0.3:3','model.dropout=uniform:0:0.5')"
 
 Every bound and choice is applied to the config and checked
-(``config_checks.validate``, see ``search.check_space``) before any training,
+(``study.check_tune`` and ``config_checks.validate``, see ``search.check_space``) before any training,
 so a typo fails at once.
 
-This module imports neither Optuna nor JAX nor config_checks: config_checks
-imports its constants and ``parse_space`` to check ``config.tune``.
+This module imports neither Optuna nor JAX nor config_checks: ``study.check_tune``
+checks ``config.tune`` with its constants and ``parse_space``.
 """
 
 from __future__ import annotations

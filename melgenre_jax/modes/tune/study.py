@@ -37,7 +37,9 @@ from optuna.trial import TrialState
 from melgenre_jax import config_checks
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.modes.tune.space import Param
+from melgenre_jax.modes.tune.space import PRUNERS
 from melgenre_jax.modes.tune.space import parse_space
+from melgenre_jax.modes.tune.space import SAMPLERS
 from melgenre_jax.runtime.processes import machine_id
 from melgenre_jax.runtime.processes import pid_alive
 
@@ -67,13 +69,31 @@ class Settings:
   tune_dir: str
 
 
+def check_tune(config: ml_collections.ConfigDict) -> None:
+  """config.tune: the search settings' ranges, and that config.tune.space parses.
+
+  The tune mode checks its own block (a training run ignores it).
+  """
+  config_checks.choice(config, 'tune.sampler', SAMPLERS)
+  config_checks.choice(config, 'tune.pruner', PRUNERS)
+  for field, minimum in (('num_trials', 1), ('startup_trials', 0), ('seed', 0),
+                         ('min_epochs', 0), ('pruner_startup_trials', 0),
+                         ('halving_reduction_factor', 2), ('heartbeat_seconds', 0),
+                         ('max_retries', 0)):
+    value = config.tune[field]
+    config_checks.require(
+        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+        f'tune.{field}', value, f'must be an integer >= {minimum}')
+  parse_space(config.tune.space)
+
+
 def read_settings(config: ml_collections.ConfigDict, workdir: str) -> Settings:
   """Settings of ``config.tune``; a ConfigError names a field out of range."""
   if 'tune' not in config:
     raise ConfigError(
         'The config has no config.tune block: build it from configs/default.py '
         '(which defines config.tune.*) or add the block to your config file.')
-  config_checks.check_tune(config)
+  check_tune(config)
   t = config.tune
   tune_dir = os.path.join(os.path.abspath(workdir), 'tune')
   return Settings(

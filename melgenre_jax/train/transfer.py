@@ -30,10 +30,10 @@ import numpy as np
 from absl import logging
 
 from melgenre_jax import checkpointing
-from melgenre_jax import cli
 from melgenre_jax import inference
 from melgenre_jax import reporting
 from melgenre_jax import steps
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import WorkdirError
 from melgenre_jax.runtime import parallel
@@ -63,16 +63,16 @@ def resolve_source(init_from: str) -> Source:
     raise ConfigError(f'config.init_from={init_from!r} does not exist: give the --workdir of a '
                       'finished run, or one of its checkpoint folders (WORKDIR/checkpoints/<step>).')
   parent, name = os.path.split(path.rstrip(os.sep))
-  if name.isdigit() and os.path.basename(parent) == 'checkpoints':
+  if name.isdigit() and os.path.basename(parent) == workdir_lib.CHECKPOINTS:
     workdir, step = os.path.dirname(parent), int(name)
-  elif os.path.isdir(checkpointing.checkpoint_dir(path)):
+  elif workdir_lib.has_checkpoints(path):
     workdir, step = path, None
   else:
     raise ConfigError(f'config.init_from={init_from!r} is neither a run\'s workdir (no '
                       'checkpoints/ folder in it) nor a checkpoint folder '
                       '(WORKDIR/checkpoints/<step>).')
   try:
-    config = cli.load_workdir_config(workdir)
+    config = workdir_lib.load_workdir_config(workdir)
   except WorkdirError as e:
     raise ConfigError(f'config.init_from={init_from!r}: {e}') from None
   return Source(workdir=workdir, step=step, config=config)
@@ -158,10 +158,6 @@ def merge(fresh: dict[str, Any], source: dict[str, Any], permutation: np.ndarray
   return out
 
 
-def _source_task(source: Source) -> str:
-  return source.config.get('task', 'genre')
-
-
 def initialize_from(config: ml_collections.ConfigDict, state: steps.TrainState,
                     labels: list[str], workdir: str, mesh) -> steps.TrainState:
   """``state`` (a fresh run's) with the source's matching weights and statistics.
@@ -172,7 +168,7 @@ def initialize_from(config: ml_collections.ConfigDict, state: steps.TrainState,
   source = resolve_source(config.init_from)
   check_front_end(source, config)
   model = inference.load_for_inference(source.config, source.workdir, source.step)
-  same_task = _source_task(source) == config.get('task', 'genre')
+  same_task = source.config.task == config.task
   permutation = head_permutation(model.genres, list(labels)) if same_task else None
   report = MergeReport()
   theirs = jax.device_get({'params': model.variables.params,
@@ -198,9 +194,9 @@ def initialize_from(config: ml_collections.ConfigDict, state: steps.TrainState,
     logging.info('init_from: not loaded: %s', name)
   if jax.process_index() == 0:
     record = {'source_workdir': source.workdir, 'source_step': model.step,
-              'source_labels': list(model.genres), 'source_task': _source_task(source),
+              'source_labels': list(model.genres), 'source_task': source.config.task,
               'head': head, **dataclasses.asdict(report)}
-    with reporting.replaced_when_written(os.path.join(workdir, 'init_from.json')) as f:
+    with reporting.replaced_when_written(workdir_lib.path(workdir, workdir_lib.INIT_FROM)) as f:
       json.dump(record, f, indent=1)
   return state
 

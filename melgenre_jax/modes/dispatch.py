@@ -1,0 +1,158 @@
+"""Runs one mode: what main.py calls with the config, the workdir and the run's options.
+
+``RunOptions`` holds every command-line setting that is not a config field
+(the checkpoint step, predict's inputs and output, embed's, multi-host), built
+once from the flags in main.py and passed down, as the Flax examples pass
+``config, workdir``. ``run`` makes the process-wide settings that must come
+before JAX starts its backend, then hands over to the mode.
+
+The modes are imported inside ``run``, after those settings: importing one
+pulls in JAX, Orbax and the data stack, which ``--help`` and a refused
+command never need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging as std_logging
+import os
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from melgenre_jax import workdir as workdir_lib
+from melgenre_jax.errors import ConfigError
+from melgenre_jax.errors import WorkdirError
+from melgenre_jax.runtime import cpu_devices
+from melgenre_jax.runtime import hostmem
+from melgenre_jax.runtime import parallel
+
+MODES = ('train', 'eval', 'predict', 'embed', 'export', 'tune', 'calibrate', 'cv')
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """The run's settings from the command line besides the config (main.py's flags).
+
+  ``step``: the checkpoint eval/predict/embed/export/calibrate restore (default:
+  the best); ``audio`` to ``write_tags``: predict's inputs, output and the flags
+  of the same names (see modes/predict/mode.py); embed takes ``audio``,
+  ``per_segment``, ``embed_dir`` and the three window flags (see
+  modes/embed.py); the last four: multi-host settings (see runtime.parallel).
+  """
+
+  step: int | None = None
+  audio: tuple[str, ...] = ()
+  output: str = 'text'
+  top_k: int = 3
+  plot: bool = False
+  output_file: str | None = None
+  offset_seconds: float = 0.0
+  max_seconds: float | None = None
+  hop_seconds: float | None = None
+  min_confidence: float = 0.0
+  write_tags: str = 'off'
+  per_segment: bool = False
+  embed_dir: str | None = None
+  coordinator_address: str = ''
+  num_processes: int = 0
+  process_id: int = -1
+  peer_timeout_seconds: int = parallel.DEFAULT_PEER_TIMEOUT_SECONDS
+
+
+class _DropLibraryInfo(std_logging.Filter):
+  """Orbax logs every save at INFO; keep its warnings, drop the chatter."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    noisy = ('/orbax/', '/grain/', '/jax/_src/distributed')
+    return record.levelno >= std_logging.WARNING or not any(
+        n in record.pathname for n in noisy)
+
+
+def quiet_library_logs() -> None:
+  logging.get_absl_handler().addFilter(_DropLibraryInfo())
+  logging.set_verbosity(logging.INFO)
+
+
+def audio_paths(flag_values: list[str] | tuple[str, ...],
+                positional: list[str] | tuple[str, ...]) -> list[str]:
+  """Predict's inputs: ``--audio`` values (repeated or comma-separated) then positional ones.
+
+  A value that names an existing file is kept whole even if it holds commas
+  (``Artist, The - Song.mp3``); only other values are split.
+  """
+  out = []
+  for value in flag_values:
+    out.extend([value] if os.path.exists(value) else [v for v in value.split(',') if v])
+  return out + list(positional)
+
+
+def check_workdir_path(workdir: str) -> None:
+  """Refuses a ``--workdir`` that names something other than a folder."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f'--workdir={workdir} is a file, not a folder: give a folder (a new '
+                       'one for training, or the --workdir of an earlier run).')
+
+
+def _start_runtime(config: ml_collections.ConfigDict | None, workdir: str,
+                   options: RunOptions) -> None:
+  """Allocator, multi-host and CPU-device settings, all before JAX starts its backend."""
+  if config is None or config.get('keep_host_memory', True):
+    # The setting then covers every thread's allocations (train_and_evaluate
+    # repeats it for library use).
+    hostmem.keep_freed_memory()
+  distributed = parallel.maybe_initialize_distributed(
+      options.coordinator_address, options.num_processes, options.process_id,
+      options.peer_timeout_seconds)
+  if not distributed:  # one device per core (cpu_devices.py)
+    settings = config if config is not None else workdir_lib.config_or_none(workdir)
+    settings = settings if settings is not None else ml_collections.ConfigDict()
+    cpu_devices.configure(settings.get('cpu_devices', -1), settings.get('batch_size', 32))
+
+
+def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str,
+        options: RunOptions = RunOptions()) -> Any:
+  """Runs one mode. Training needs --config; the others fall back to the workdir's."""
+  if mode not in MODES:
+    raise ConfigError(f'--mode={mode!r}: allowed values are {", ".join(MODES)}.')
+  check_workdir_path(workdir)
+  _start_runtime(config, workdir, options)
+  # pylint: disable=g-import-not-at-top  (after the runtime settings; see the module doc)
+  if mode in ('tune', 'cv') and config is None:
+    raise ConfigError(f'--mode={mode} needs --config ('
+                      + ('with a config.tune search space).' if mode == 'tune' else
+                         'the recipe each fold trains with).'))
+  if mode == 'tune':
+    from melgenre_jax.modes.tune import search
+    return search.run_search(config, workdir)
+  if mode == 'cv':
+    from melgenre_jax.modes import cv
+    return cv.run_cv(config, workdir)
+  config = config if config is not None else workdir_lib.load_workdir_config(workdir)
+  if mode == 'train':
+    from melgenre_jax import train
+    return train.train_and_evaluate(config, workdir)
+  if mode == 'eval':
+    from melgenre_jax.modes import evaluate
+    return evaluate.evaluate_workdir(config, workdir, step=options.step)
+  if mode == 'predict':
+    from melgenre_jax.modes import predict
+    return predict.predict_paths(
+        config, workdir, list(options.audio), step=options.step, output=options.output,
+        top_k=options.top_k, plot=options.plot, output_file=options.output_file,
+        offset_seconds=options.offset_seconds, max_seconds=options.max_seconds,
+        hop_seconds=options.hop_seconds, min_confidence=options.min_confidence,
+        write_tags=options.write_tags)
+  if mode == 'embed':
+    from melgenre_jax.modes import embed
+    return embed.embed_paths(
+        config, workdir, list(options.audio), step=options.step,
+        per_segment=options.per_segment, embed_dir=options.embed_dir,
+        offset_seconds=options.offset_seconds, max_seconds=options.max_seconds,
+        hop_seconds=options.hop_seconds)
+  if mode == 'calibrate':
+    from melgenre_jax.modes import calibrate
+    return calibrate.calibrate_workdir(config, workdir, step=options.step)
+  from melgenre_jax.modes import export
+  return export.export_workdir(config, workdir, step=options.step)

@@ -1,0 +1,74 @@
+"""main.py on input a new user gets wrong: one line saying what to do, status 1, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+  """The error line (the last of stderr), after checking the run failed without a traceback."""
+  assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+  assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  lines = [l for l in proc.stderr.splitlines() if 'Error' in l]
+  assert len(lines) == 1, proc.stderr[-2000:]
+  return lines[0]
+
+
+def _write(path, text: str) -> str:
+  path.write_text(text)
+  return str(path)
+
+
+def test_missing_config_file(tmp_path):
+  line = _one_error_line(_main('--config', 'configs/nope.py', '--workdir', str(tmp_path / 'w')))
+  assert 'configs/nope.py: no such file' in line and 'configs/synthetic.py' in line
+
+
+def test_missing_config_file_with_an_override(tmp_path):
+  line = _one_error_line(_main('--config', 'configs/nope.py', '--config.seed=1',
+                               '--workdir', str(tmp_path / 'w')))
+  assert 'configs/nope.py: no such file' in line
+
+
+def test_config_file_with_a_syntax_error(tmp_path):
+  config = _write(tmp_path / 'broken.py', 'def get_config(:\n  pass\n')
+  line = _one_error_line(_main('--config', config, '--workdir', str(tmp_path / 'w')))
+  assert f'--config {config}: line 1' in line and 'fix the file' in line
+
+
+def test_config_file_without_get_config(tmp_path):
+  config = _write(tmp_path / 'empty.py', 'SEED = 0\n')
+  line = _one_error_line(_main('--config', config, '--workdir', str(tmp_path / 'w')))
+  assert 'has no get_config()' in line
+
+
+def test_unknown_config_field_shows_the_did_you_mean_hint(tmp_path):
+  line = _one_error_line(_main('--config', 'configs/tiny.py', '--config.batch_sise=8',
+                               '--workdir', str(tmp_path / 'w')))
+  assert "no field 'batch_sise'" in line
+  assert 'Did you mean "batch_size" instead of "batch_sise"?' in line
+
+
+def test_workdir_that_is_a_file(tmp_path):
+  workdir = _write(tmp_path / 'run.txt', 'not a folder')
+  line = _one_error_line(_main('--config', 'configs/tiny.py', '--workdir', workdir))
+  assert 'WorkdirError' in line and 'is a file, not a folder' in line
+
+
+@pytest.mark.parametrize('text', ['{"seed": 0,', '[1, 2]'])
+def test_corrupt_workdir_config(tmp_path, text):
+  os.makedirs(tmp_path / 'run')
+  _write(tmp_path / 'run' / 'config.json', text)
+  line = _one_error_line(_main('--workdir', str(tmp_path / 'run'), '--mode', 'eval'))
+  assert 'WorkdirError' in line and 'config.json' in line and 'new --workdir' in line

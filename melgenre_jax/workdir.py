@@ -15,7 +15,7 @@ in every reader.
   WORKDIR/init_from.json          what a transfer run took from its source
   WORKDIR/checkpoints/<step>/     Orbax checkpoints
   WORKDIR/cache/                  the decoded-audio cache (config.data.cache_dir overrides)
-  WORKDIR/eval/, predictions/, embeddings/, export/: the modes' outputs
+  WORKDIR/eval/, predictions/, embeddings/, export/, cv/, tune/: the modes' outputs
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ EVAL = 'eval'
 PREDICTIONS = 'predictions'
 EMBEDDINGS = 'embeddings'
 EXPORT = 'export'
+CV = 'cv'
+TUNE = 'tune'
 
 # Fields added after runs were first saved, with the meaning an older
 # config.json had without them: task (a genre run), model.name (the one family).

@@ -44,6 +44,7 @@ from melgenre_jax import checkpointing
 from melgenre_jax import config_checks
 from melgenre_jax import reporting
 from melgenre_jax import train
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import cache_files
 from melgenre_jax.data import input_pipeline
 from melgenre_jax.data import splits
@@ -55,7 +56,7 @@ from melgenre_jax.runtime import parallel
 from melgenre_jax.runtime import processes
 from melgenre_jax.runtime import workdir_lock
 
-CV_DIR = 'cv'
+CV_DIR = workdir_lib.CV
 FOLDS_FILE = 'folds.json'
 SPLIT_FILE = 'split.json'
 DONE_FILE = 'cv_fold.json'
@@ -122,7 +123,7 @@ def _run_cv(config: ml_collections.ConfigDict, workdir: str, train_fn: TrainFn |
   config = config.copy_and_resolve_references()
   with config.unlocked():  # every fold decodes nothing: one shared cache
     config.data.cache_dir = os.path.abspath(os.path.expanduser(
-        config.data.cache_dir or os.path.join(workdir, 'cache')))
+        config.data.cache_dir or workdir_lib.path(workdir, workdir_lib.CACHE)))
   found = input_pipeline.cached_songs(config, cv_dir)
   record = load_or_assign_folds(config, found.songs, os.path.join(cv_dir, FOLDS_FILE),
                                 write=is_chief)

@@ -16,6 +16,7 @@ import ml_collections
 import optuna
 from absl import logging
 
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.modes.tune.space import apply_params
 from melgenre_jax.modes.tune.space import config_values
 from melgenre_jax.modes.tune.study import Settings
@@ -44,7 +45,7 @@ def make_objective(config: ml_collections.ConfigDict, s: Settings,
     raw = {p.name: p.suggest(trial) for p in s.space}
     trial_config = apply_params(config, config_values(s.space, raw))
     if not trial_config.data.cache_dir:  # decode the audio once for all trials
-      trial_config.data.cache_dir = os.path.join(s.tune_dir, 'cache')
+      trial_config.data.cache_dir = os.path.join(s.tune_dir, workdir_lib.CACHE)
     rel = _claim(trial)
     reported = _reported_steps(trial)
     retry_of = trial.user_attrs.get('retry_of')

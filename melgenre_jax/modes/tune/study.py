@@ -35,6 +35,7 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from melgenre_jax import config_checks
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.modes.tune.space import Param
 from melgenre_jax.modes.tune.space import PRUNERS
@@ -95,7 +96,7 @@ def read_settings(config: ml_collections.ConfigDict, workdir: str) -> Settings:
         '(which defines config.tune.*) or add the block to your config file.')
   check_tune(config)
   t = config.tune
-  tune_dir = os.path.join(os.path.abspath(workdir), 'tune')
+  tune_dir = workdir_lib.path(os.path.abspath(workdir), workdir_lib.TUNE)
   return Settings(
       num_trials=t.num_trials, sampler=t.sampler, startup_trials=t.startup_trials,
       seed=t.seed, pruner=t.pruner, min_epochs=t.min_epochs,

@@ -12,6 +12,7 @@ Any config field can be overridden with --config.some.field=value.
 
 import os
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -91,6 +92,11 @@ def config_file_error(path: str | None, exc: BaseException) -> str:
   if isinstance(exc, AttributeError) and 'get_config' in str(exc):
     return (f'ConfigError: --config {shown} has no get_config(): a config file defines '
             'get_config() returning an ml_collections.ConfigDict (see configs/tiny.py).')
+  in_file = [f for f in traceback.extract_tb(exc.__traceback__)
+             if path and os.path.abspath(f.filename) == os.path.abspath(path)]
+  if in_file:  # raised by the config file's own code
+    return (f'ConfigError: --config {shown}: line {in_file[-1].lineno}: '
+            f'{type(exc).__name__}: {_innermost_message(exc)}; fix the file.')
   if isinstance(exc, (AttributeError, KeyError)):  # an override naming no field
     field, _, hint = _innermost_message(exc).partition('\n')
     return (f'ConfigError: a --config.* override names no field of {shown}: no field '

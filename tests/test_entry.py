@@ -53,6 +53,13 @@ def test_config_file_without_get_config(tmp_path):
   assert 'has no get_config()' in line
 
 
+def test_config_file_whose_code_fails_names_its_line(tmp_path):
+  config = _write(tmp_path / 'typo.py', 'import ml_collections\n\n\ndef get_config():\n'
+                  '  config = ml_collections.ConfigDict()\n  return config.sed\n')
+  line = _one_error_line(_main('--config', config, '--workdir', str(tmp_path / 'w')))
+  assert f'--config {config}: line 6: AttributeError' in line and 'override' not in line
+
+
 def test_unknown_config_field_shows_the_did_you_mean_hint(tmp_path):
   line = _one_error_line(_main('--config', 'configs/tiny.py', '--config.batch_sise=8',
                                '--workdir', str(tmp_path / 'w')))

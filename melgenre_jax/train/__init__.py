@@ -101,15 +101,9 @@ class _Run:
 
 def _start(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   """Checks the run, loads the data, builds or restores the state, compiles the steps."""
-  parallel.check_batch_divisible(config.batch_size)
-  parallel.check_batch_divisible(config.eval_batch_size, 'config.eval_batch_size')
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  config_checks.check_workdir_compatible(config, workdir)
-  transfer.check_before_training(config, workdir)
+  workdir = _prepare_workdir(config, workdir)
   is_chief = jax.process_index() == 0
   spec = InputSpec.from_config(config)
-
   dataset = input_pipeline.load_dataset(config, workdir)
   if is_chief:
     save_config(config, workdir)
@@ -131,10 +125,7 @@ def _start(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     reporting.plot_learning_rate(
         schedule, steps_per_epoch * config.num_epochs, steps_per_epoch,
         workdir_lib.path(workdir, workdir_lib.LEARNING_RATE_PLOT))
-  logging.info('%d train / %d validation segments, %d genres, %d steps per epoch, '
-               '%d devices (%d processes), global batch %d.', len(dataset.train),
-               len(dataset.validation), len(dataset.genres), steps_per_epoch,
-               jax.device_count(), jax.process_count(), config.batch_size)
+  _log_start(config, dataset, steps_per_epoch)
 
   multilabel = config.task == 'multilabel'
   p_train, p_predict = _compile_train_and_predict(config, spec, state, mesh,
@@ -150,6 +141,25 @@ def _start(config: ml_collections.ConfigDict, workdir: str) -> _Run:
       pending=StepMetrics(history, writer if is_chief else None, schedule),
       batches=batches, p_train=p_train, p_predict=p_predict,
       p_stats=_compile_batch_stats(config, spec, state, mesh, len(dataset.genres)))
+
+
+def _prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The absolute workdir, created; refused early when the run cannot go on there."""
+  parallel.check_batch_divisible(config.batch_size)
+  parallel.check_batch_divisible(config.eval_batch_size, 'config.eval_batch_size')
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  config_checks.check_workdir_compatible(config, workdir)
+  transfer.check_before_training(config, workdir)
+  return workdir
+
+
+def _log_start(config: ml_collections.ConfigDict, dataset: input_pipeline.Dataset,
+               steps_per_epoch: int) -> None:
+  logging.info('%d train / %d validation segments, %d genres, %d steps per epoch, '
+               '%d devices (%d processes), global batch %d.', len(dataset.train),
+               len(dataset.validation), len(dataset.genres), steps_per_epoch,
+               jax.device_count(), jax.process_count(), config.batch_size)
 
 
 def _step_counts(config: ml_collections.ConfigDict, num_segments: int) -> tuple[int, int]:

@@ -48,18 +48,17 @@ def _check_flags(paths: list[str], output: str, output_file: str | None,
                       f"{', '.join(WRITE_TAGS)} (a bare --write_tags means dry_run).")
 
 
-def _check_multilabel_flags(min_confidence: float, write_tags: str) -> None:
+def _check_genre_flags(config: ml_collections.ConfigDict, min_confidence: float,
+                       write_tags: str) -> None:
   """Refuses the genre-only flags for a multi-label model (one genre per song)."""
   if write_tags != 'off':
-    raise ConfigError(
-        f'--write_tags={write_tags} writes one genre into each file, but this workdir is '
-        "a config.task='multilabel' tagger: drop --write_tags (the tags are in the "
-        'text, JSON and CSV output).')
+    config_checks.check_genre_task(
+        config, f'--write_tags={write_tags} writes one genre into each file',
+        'drop --write_tags (the tags are in the text, JSON and CSV output)')
   if min_confidence > 0:
-    raise ConfigError(
-        f'--min_confidence={min_confidence:g} marks songs whose top genre is unsure, but '
-        "this workdir is a config.task='multilabel' tagger: drop it and set the tag "
-        'threshold with --config.multilabel.threshold instead.')
+    config_checks.check_genre_task(
+        config, f'--min_confidence={min_confidence:g} marks songs whose top genre is unsure',
+        'drop it and set the tag threshold with --config.multilabel.threshold instead')
 
 
 def predict_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[str],
@@ -88,8 +87,7 @@ def predict_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[s
                              offset_seconds=offset_seconds, max_seconds=max_seconds,
                              min_confidence=min_confidence)
   classify.check_options(options, config)
-  if config.task == 'multilabel':
-    _check_multilabel_flags(min_confidence, write_tags)
+  _check_genre_flags(config, min_confidence, write_tags)
   workdir = os.path.abspath(workdir)
   config_checks.check_workdir_compatible(config, workdir)
   jobs = classify.file_jobs(paths)

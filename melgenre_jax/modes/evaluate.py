@@ -56,6 +56,7 @@ from melgenre_jax import config_checks
 from melgenre_jax import inference
 from melgenre_jax import metrics as metrics_lib
 from melgenre_jax import reporting
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import input_pipeline
 from melgenre_jax.errors import DataError
 
@@ -243,9 +244,8 @@ def _step_calibration(model, dataset: input_pipeline.Dataset,
 def _check_split(workdir: str, split_name: str,
                  segments: input_pipeline.SegmentSet, leaky: bool) -> None:
   """Refuses to evaluate songs other than the recorded held-out ones."""
-  path = os.path.join(workdir, 'dataset.json')
-  with open(path) as f:
-    recorded = json.load(f)['splits']
+  path = workdir_lib.path(workdir, workdir_lib.DATASET)
+  recorded = workdir_lib.read_dataset_info(workdir)['splits']
   keys = [s.key for s in segments.songs]
   if leaky:
     return  # segment_random: every song is in every split, by construction

@@ -15,7 +15,8 @@ in every reader.
   WORKDIR/init_from.json          what a transfer run took from its source
   WORKDIR/checkpoints/<step>/     Orbax checkpoints
   WORKDIR/cache/                  the decoded-audio cache (config.data.cache_dir overrides)
-  WORKDIR/eval/, predictions/, embeddings/, export/, cv/, tune/: the modes' outputs
+  WORKDIR/eval/, predictions/, embeddings/, cv/, tune/: the modes' outputs
+  WORKDIR/export/                 named by modes/export.py alone (its loader imports nothing)
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ CACHE = 'cache'
 EVAL = 'eval'
 PREDICTIONS = 'predictions'
 EMBEDDINGS = 'embeddings'
-EXPORT = 'export'
 CV = 'cv'
 TUNE = 'tune'
 

@@ -43,6 +43,7 @@ from absl import logging
 from melgenre_jax import config_checks
 from melgenre_jax import inference
 from melgenre_jax import reporting
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import audio
 from melgenre_jax.data import input_pipeline
 from melgenre_jax.errors import ConfigError
@@ -50,7 +51,7 @@ from melgenre_jax.errors import NothingClassifiedError
 from melgenre_jax.modes.predict import classify
 from melgenre_jax.modes.predict import inputs as inputs_lib
 
-EMBED_DIR = 'embeddings'
+EMBED_DIR = workdir_lib.EMBEDDINGS
 EMBEDDINGS_NPY = 'embeddings.npy'
 EMBEDDINGS_CSV = 'embeddings.csv'
 SKIPPED_CSV = 'skipped.csv'

@@ -60,7 +60,7 @@ from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import input_pipeline
 from melgenre_jax.errors import DataError
 
-EVAL_DIR = 'eval'
+EVAL_DIR = workdir_lib.EVAL
 
 
 def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:

@@ -16,6 +16,7 @@ from melgenre_jax import calibration
 from melgenre_jax import config_checks
 from melgenre_jax import inference
 from melgenre_jax import reporting
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import NothingClassifiedError
 from melgenre_jax.modes.predict import classify
@@ -23,7 +24,7 @@ from melgenre_jax.modes.predict import inputs
 from melgenre_jax.modes.predict import output as out_lib
 from melgenre_jax.runtime import parallel
 
-PREDICTIONS_DIR = 'predictions'
+PREDICTIONS_DIR = workdir_lib.PREDICTIONS
 WRITE_TAGS = ('off', 'dry_run', 'apply')
 
 

@@ -1,0 +1,174 @@
+"""The inference function as ONNX (``export/model.onnx``), converted by jax2onnx and checked.
+
+``write_onnx(fn, input_shape, path)`` converts a pure JAX function
+``inputs [b, *input_shape] float32 -> (probabilities [b, G], embedding [b, D])``
+(weights as constants: ``inference_outputs(model)`` builds it from an
+``InferenceModel``) into one ONNX file with a free batch dimension, then runs
+it with onnxruntime beside JAX and refuses to keep a file that differs by more
+than ``TOLERANCE``.
+
+The graph is jax2onnx's conversion of the function's own primitives: the
+log-mel front end (``jnp.fft.rfft`` becomes ONNX ``DFT``), the convolutions,
+the custom-VJP max pool (its primal), and each LSTM's ``scan`` as an ONNX
+``Loop`` (not unrolled). Three choices make jax2onnx 0.13.0 convert it under
+jax 0.10.2 / flax 0.12.8; each answers a failure seen on the reference model:
+
+  * One segment at a time, under ``lax.map``: with a symbolic batch jax2onnx
+    lowers ``jnp.pad`` ("Symbolic dimension 'B' used in a context that
+    requires a constant") and a broadcast after a loop (the ``Expand`` target
+    gets a loop's static extent for B: "invalid expand shape" at run time)
+    wrongly. Inside the map every shape is static (a batch of one); the batch
+    is only the trip count of the outer ``Loop``, so any batch size runs.
+  * Traced by JAX, then the jaxpr replayed for jax2onnx: while tracing,
+    jax2onnx swaps ``jnp.shape`` for a primitive, and flax's ``nn.RNN`` scan
+    (``flax.core.axes_scan``) then sees a traced shape and fails.
+  * Dead code dropped (JAX's own ``dce_jaxpr``): ``nn.RNN`` draws a PRNG key
+    for its all-zero initial carry that nothing reads, and jax2onnx has no
+    rule for ``random_split``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax2onnx
+import numpy as np
+import onnx
+import onnxruntime
+from jax.extend import core as jax_core
+from jax.interpreters import partial_eval
+
+ONNX_FILE = 'model.onnx'
+OUTPUTS = ('probabilities', 'embedding')
+INPUT_NAME = 'inputs'
+OPSET = 23
+# Largest |ONNX - JAX| accepted on any output (probabilities and embedding alike).
+TOLERANCE = 1e-4
+
+# jax2onnx imports every plugin it ships; its dm_pix ones fail on jax 0.10 and
+# log a traceback each. The model uses none of them.
+logging.getLogger('jax2onnx.plugins.plugin_system').setLevel(logging.ERROR)
+
+
+class OnnxMismatchError(RuntimeError):
+  """The converted graph does not compute the JAX function (a converter bug): no file is kept."""
+
+
+def inference_outputs(model) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
+  """An ``InferenceModel``'s ``inputs -> (probabilities, embedding)``, single device, weights baked in.
+
+  The same computation as ``export``'s functions (front end, feature
+  normalisation, the model in inference mode, softmax or sigmoid), in one
+  pass so the graph holds the network once.
+  """
+  v = model.variables
+  # Host copies: replicated mesh arrays would carry a sharding into the graph.
+  variables = jax.tree.map(np.asarray, {'params': v.params, 'batch_stats': v.batch_stats})
+  mean, std = np.asarray(v.feature_mean), np.asarray(v.feature_std)
+  preprocess = model.spec.device_preprocess()
+  activation = jax.nn.sigmoid if model.multilabel else functools.partial(jax.nn.softmax, axis=-1)
+
+  def outputs(inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    logits, h = model.apply_fn(variables, preprocess(inputs, mean, std), train=False,
+                               return_embedding=True)
+    return activation(logits.astype(jnp.float32)), h.astype(jnp.float32)
+
+  return outputs
+
+
+def per_segment(fn: Callable) -> Callable:
+  """``fn`` applied to one segment at a time (static shapes inside; see the module docstring)."""
+  def mapped(inputs: jax.Array) -> Any:
+    return jax.lax.map(lambda x: jax.tree.map(lambda y: y[0], fn(x[None])), inputs)
+  return mapped
+
+
+def _traced(fn: Callable, arg: jax.ShapeDtypeStruct) -> Callable:
+  """``fn`` as a replay of its dead-code-free jaxpr, traced by JAX alone."""
+  closed = jax.make_jaxpr(fn)(arg)
+  jaxpr, _ = partial_eval.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars),
+                                    instantiate=True)
+  return jax_core.jaxpr_as_fun(jax_core.ClosedJaxpr(jaxpr, closed.consts))
+
+
+def convert(fn: Callable, input_shape: Sequence[int],
+            output_names: Sequence[str] = OUTPUTS) -> onnx.ModelProto:
+  """The ONNX graph of ``fn`` over inputs ``[batch, *input_shape]`` float32, batch free."""
+  (batch,) = jax.export.symbolic_shape('batch')
+  arg = jax.ShapeDtypeStruct((batch, *map(int, input_shape)), jnp.float32)
+  return jax2onnx.to_onnx(_traced(per_segment(fn), arg), [arg], model_name='melgenre_jax',
+                          opset=OPSET, input_names=[INPUT_NAME],
+                          output_names=list(output_names))
+
+
+def session(path: str) -> onnxruntime.InferenceSession:
+  """An onnxruntime CPU session for ``path`` (warnings about unused initialisers silenced)."""
+  options = onnxruntime.SessionOptions()
+  options.log_severity_level = 3
+  return onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+
+
+def run(sess: onnxruntime.InferenceSession, inputs: np.ndarray) -> dict[str, np.ndarray]:
+  """The graph's outputs by name for a float32 batch ``[b, *input_shape]``."""
+  names = [o.name for o in sess.get_outputs()]
+  values = sess.run(names, {INPUT_NAME: np.asarray(inputs, np.float32)})
+  return dict(zip(names, values))
+
+
+def max_differences(sess: onnxruntime.InferenceSession, fn: Callable, inputs: np.ndarray,
+                    output_names: Sequence[str] = OUTPUTS) -> dict[str, float]:
+  """Largest ``|ONNX - JAX|`` per output on ``inputs`` (JAX: ``fn`` jitted, as exported)."""
+  want = jax.tree.leaves(jax.jit(fn)(jnp.asarray(inputs, jnp.float32)))
+  got = run(sess, inputs)
+  return {name: float(np.max(np.abs(got[name] - np.asarray(w)), initial=0.0))
+          for name, w in zip(output_names, want)}
+
+
+def check_inputs(input_shape: Sequence[int], batch: int = 2, seed: int = 0) -> np.ndarray:
+  """Noise segments to compare the two runtimes on when the caller has none."""
+  x = np.random.default_rng(seed).standard_normal((batch, *map(int, input_shape)))
+  return (0.1 * x).astype(np.float32)
+
+
+def write_onnx(fn: Callable, input_shape: Sequence[int], out_path: str,
+               inputs: np.ndarray | None = None,
+               output_names: Sequence[str] = OUTPUTS) -> dict[str, Any]:
+  """Converts ``fn``, checks it against JAX with onnxruntime, writes ``out_path``.
+
+  ``inputs``: segments to check on (default: ``check_inputs``; use real
+  audio where there is some). Returns what a contract records: file, input
+  and output names, opset, converter versions and the measured differences.
+
+  Raises:
+    OnnxMismatchError: an output differs by more than ``TOLERANCE``; nothing
+      is written.
+  """
+  model = convert(fn, input_shape, output_names)
+  tmp = out_path + '.tmp'
+  onnx.save(model, tmp)
+  try:
+    diffs = max_differences(session(tmp), fn,
+                            check_inputs(input_shape) if inputs is None else inputs,
+                            output_names)
+    bad = {k: d for k, d in diffs.items() if not d <= TOLERANCE}
+    if bad:
+      raise OnnxMismatchError(
+          f'ONNX conversion differs from the JAX function by {bad} (> {TOLERANCE}); '
+          f'no {os.path.basename(out_path)} written. Report it with the jax2onnx version.')
+    os.replace(tmp, out_path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return {'file': os.path.basename(out_path), 'input': INPUT_NAME,
+          'outputs': list(output_names), 'opset': OPSET,
+          'converter': f'jax2onnx {importlib.metadata.version("jax2onnx")}',
+          'onnxruntime_checked': onnxruntime.__version__,
+          'max_abs_difference': diffs, 'tolerance': TOLERANCE,
+          'bytes': os.path.getsize(out_path)}

@@ -124,11 +124,24 @@ def run(sess: onnxruntime.InferenceSession, inputs: np.ndarray) -> dict[str, np.
 
 def max_differences(sess: onnxruntime.InferenceSession, fn: Callable, inputs: np.ndarray,
                     output_names: Sequence[str] = OUTPUTS) -> dict[str, float]:
-  """Largest ``|ONNX - JAX|`` per output on ``inputs`` (JAX: ``fn`` jitted, as exported)."""
-  want = jax.tree.leaves(jax.jit(fn)(jnp.asarray(inputs, jnp.float32)))
+  """Largest ``|ONNX - JAX|`` per output on ``inputs`` (JAX: ``fn`` jitted, as exported).
+
+  JAX runs on a CPU device when there is one: the graph is checked against
+  full float32 arithmetic, not an accelerator's faster matmul passes (TF32).
+  """
+  cpus = _cpu_devices()
+  x = np.asarray(inputs, np.float32)
+  want = jax.tree.leaves(jax.jit(fn)(jax.device_put(x, cpus[0]) if cpus else x))
   got = run(sess, inputs)
   return {name: float(np.max(np.abs(got[name] - np.asarray(w)), initial=0.0))
           for name, w in zip(output_names, want)}
+
+
+def _cpu_devices() -> list[Any]:
+  try:
+    return jax.devices('cpu')
+  except RuntimeError:  # JAX_PLATFORMS without cpu
+    return []
 
 
 def check_inputs(input_shape: Sequence[int], batch: int = 2, seed: int = 0) -> np.ndarray:

@@ -108,7 +108,12 @@ def test_onnx_equals_the_product_prediction_path(exported):
 def test_any_batch_size_runs(exported):
   model, inputs, path, _ = exported
   sess = onnx_export.session(path)
+  assert [(i.name, i.shape) for i in sess.get_inputs()] == [
+      ('inputs', ['batch', *model.spec.input_shape])]
+  assert [(o.name, o.shape) for o in sess.get_outputs()] == [
+      ('probabilities', ['batch', len(GENRES)]), ('embedding', ['batch', model.embedding_dim])]
   whole = onnx_export.run(sess, inputs)
+  assert all(v.shape[0] == 0 for v in onnx_export.run(sess, inputs[:0]).values())
   for rows in (inputs[3:4], inputs[:7]):
     got = onnx_export.run(sess, rows)
     start = 3 if len(rows) == 1 else 0

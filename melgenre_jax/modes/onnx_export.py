@@ -103,9 +103,13 @@ def convert(fn: Callable, input_shape: Sequence[int],
   """The ONNX graph of ``fn`` over inputs ``[batch, *input_shape]`` float32, batch free."""
   (batch,) = jax.export.symbolic_shape('batch')
   arg = jax.ShapeDtypeStruct((batch, *map(int, input_shape)), jnp.float32)
-  return jax2onnx.to_onnx(_traced(per_segment(fn), arg), [arg], model_name='melgenre_jax',
-                          opset=OPSET, input_names=[INPUT_NAME],
-                          output_names=list(output_names))
+  model = jax2onnx.to_onnx(_traced(per_segment(fn), arg), [arg], model_name='melgenre_jax',
+                           opset=OPSET, input_names=[INPUT_NAME],
+                           output_names=list(output_names))
+  for value in model.graph.output:  # jax2onnx names the outputs' free dimension by a sentinel
+    value.type.tensor_type.shape.dim[0].dim_param = 'batch'
+  onnx.checker.check_model(model, full_check=True)
+  return model
 
 
 def session(path: str) -> onnxruntime.InferenceSession:

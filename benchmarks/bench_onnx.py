@@ -60,7 +60,8 @@ def _segments(spec, count: int) -> np.ndarray:
   rows, i = [], 0
   while len(rows) < count:
     key = f'synthetic/{GENRES[i % len(GENRES)]}/{i:04d}'
-    rows.append(synthetic.synthesize_song(key, spec.sample_rate, spec.seconds(spec.segment_samples)))
+    seconds = spec.seconds(spec.segment_samples)
+    rows.append(synthetic.synthesize_song(key, spec.sample_rate, seconds))
     i += 1
   return np.stack(rows).astype(np.float32)
 

@@ -166,3 +166,20 @@ def test_a_graph_that_differs_is_not_written(waves, tmp_path, monkeypatch):
     onnx_export.write_onnx(onnx_export.inference_outputs(model), model.spec.input_shape,
                            str(path), inputs=waves)
   assert os.listdir(tmp_path) == []
+
+
+def test_stack_and_time_pooling_convert(tmp_path):
+  """musicnn's back end: max and mean over time interleaved with jnp.stack (jax's own primitive)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  w = np.random.default_rng(2).normal(size=(12, 5)).astype(np.float32)
+
+  def fn(x):
+    pooled = jnp.stack([x.max(axis=1), x.mean(axis=1)], axis=2).reshape(x.shape[0], -1)
+    return jax.nn.sigmoid(pooled @ w), pooled
+
+  x = np.random.default_rng(3).normal(size=(3, 7, 6)).astype(np.float32)
+  info = onnx_export.write_onnx(fn, (7, 6), str(tmp_path / 'm.onnx'), inputs=x)
+  assert max(info['max_abs_difference'].values()) <= 1e-6
+  got = onnx_export.run(onnx_export.session(str(tmp_path / 'm.onnx')), x)
+  first = np.stack([x[:, :, 0].max(1), x[:, :, 0].mean(1)], 1)  # band 0: max, then mean
+  np.testing.assert_allclose(got['embedding'][:, :2], first, atol=1e-6)

@@ -44,6 +44,7 @@ import onnx
 import onnxruntime
 from jax.extend import core as jax_core
 from jax.interpreters import partial_eval
+from jax2onnx.plugins import plugin_system
 
 ONNX_FILE = 'model.onnx'
 OUTPUTS = ('probabilities', 'embedding')
@@ -55,6 +56,12 @@ TOLERANCE = 1e-4
 # jax2onnx imports every plugin it ships; its dm_pix ones fail on jax 0.10 and
 # log a traceback each. The model uses none of them.
 logging.getLogger('jax2onnx.plugins.plugin_system').setLevel(logging.ERROR)
+plugin_system.import_all_plugins()
+# jax 0.10 binds jnp.stack as its own primitive 'stack', which jax2onnx 0.13.0
+# lowers only under its patched name; 0.14.0 registers this same alias itself
+# (but pins orbax-checkpoint below this project's).
+_REGISTRY = plugin_system.PLUGIN_REGISTRY
+_REGISTRY.setdefault('stack', _REGISTRY['jax.numpy.stack'])
 
 
 class OnnxMismatchError(RuntimeError):

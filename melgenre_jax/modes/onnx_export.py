@@ -69,7 +69,7 @@ class OnnxMismatchError(RuntimeError):
 
 
 def inference_outputs(model) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
-  """An ``InferenceModel``'s ``inputs -> (probabilities, embedding)``, single device, weights baked in.
+  """An ``InferenceModel``'s ``inputs -> (probabilities, embedding)``, weights baked in.
 
   The same computation as ``export``'s functions (front end, feature
   normalisation, the model in inference mode, softmax or sigmoid), in one

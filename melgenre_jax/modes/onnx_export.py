@@ -53,15 +53,6 @@ OPSET = 23
 # Largest |ONNX - JAX| accepted on any output (probabilities and embedding alike).
 TOLERANCE = 1e-4
 
-# jax2onnx imports every plugin it ships; its dm_pix ones fail on jax 0.10 and
-# log a traceback each. The model uses none of them.
-logging.getLogger('jax2onnx.plugins.plugin_system').setLevel(logging.ERROR)
-plugin_system.import_all_plugins()
-# jax 0.10 binds jnp.stack as its own primitive 'stack', which jax2onnx 0.13.0
-# lowers only under its patched name; 0.14.0 registers this same alias itself
-# (but pins orbax-checkpoint below this project's).
-_REGISTRY = plugin_system.PLUGIN_REGISTRY
-_REGISTRY.setdefault('stack', _REGISTRY['jax.numpy.stack'])
 
 
 class OnnxMismatchError(RuntimeError):
@@ -73,7 +64,8 @@ def inference_outputs(model) -> Callable[[jax.Array], tuple[jax.Array, jax.Array
 
   The same computation as ``export``'s functions (front end, feature
   normalisation, the model in inference mode, softmax or sigmoid), in one
-  pass so the graph holds the network once.
+  pass so the graph holds the network once. The model is applied directly, outside
+  the steps' ``shard_map`` (its only cross-device op, BatchNorm's mean, is training's).
   """
   v = model.variables
   # Host copies: replicated mesh arrays would carry a sharding into the graph.
@@ -105,9 +97,26 @@ def _traced(fn: Callable, arg: jax.ShapeDtypeStruct) -> Callable:
   return jax_core.jaxpr_as_fun(jax_core.ClosedJaxpr(jaxpr, closed.consts))
 
 
+@functools.cache
+def _load_plugins() -> None:
+  """jax2onnx's conversion rules, loaded once (seconds: it imports every plugin it ships).
+
+  Its dm_pix plugins fail to import on jax 0.10 and log a traceback each; the
+  models use none of them. jax 0.10 binds ``jnp.stack`` as its own primitive
+  ``stack``, which jax2onnx 0.13.0 lowers only under its patched name: the
+  alias below is the one 0.14.0 registers itself (0.14 pins orbax-checkpoint
+  below this project's).
+  """
+  logging.getLogger('jax2onnx.plugins.plugin_system').setLevel(logging.ERROR)
+  plugin_system.import_all_plugins()
+  registry = plugin_system.PLUGIN_REGISTRY
+  registry.setdefault('stack', registry['jax.numpy.stack'])
+
+
 def convert(fn: Callable, input_shape: Sequence[int],
             output_names: Sequence[str] = OUTPUTS) -> onnx.ModelProto:
   """The ONNX graph of ``fn`` over inputs ``[batch, *input_shape]`` float32, batch free."""
+  _load_plugins()
   (batch,) = jax.export.symbolic_shape('batch')
   arg = jax.ShapeDtypeStruct((batch, *map(int, input_shape)), jnp.float32)
   model = jax2onnx.to_onnx(_traced(per_segment(fn), arg), [arg], model_name='melgenre_jax',

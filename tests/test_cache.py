@@ -1,6 +1,6 @@
 """Decode-once cache: content, bad files, reuse, rebuild, atomicity, damage, full disks.
 
-(melgenre_jax.data.cache and cache_files.)
+(melgenre_jax.data.cache and checksummed_files.)
 """
 
 import errno
@@ -21,7 +21,7 @@ from configs import default
 from melgenre_jax import errors
 from melgenre_jax.data import audio
 from melgenre_jax.data import cache
-from melgenre_jax.data import cache_files
+from melgenre_jax.data import checksummed_files
 from melgenre_jax.data import sources
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -264,7 +264,7 @@ def test_crc32_combine_matches_zlib():
   rng = np.random.default_rng(0)
   for n1, n2 in ((0, 1), (3, 0), (256, 1), (256, 1_000_003), (5, 77_777)):
     a, b = rng.bytes(n1), rng.bytes(n2)
-    got = cache_files.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b))
+    got = checksummed_files.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b))
     assert got == zlib.crc32(a + b)
 
 
@@ -323,7 +323,7 @@ def test_large_files_get_checksums_only_with_verify_cache(tmp_path, monkeypatch)
   root = tmp_path / 'music'
   _good_dataset(root)
   want = _clean_copy(_build(_config(root)))
-  monkeypatch.setattr(cache_files, 'VERIFY_BYTES', 1000)  # inputs.npy is "large"
+  monkeypatch.setattr(checksummed_files, 'VERIFY_BYTES', 1000)  # inputs.npy is "large"
   c = _build(_config(root))
   _overwrite_middle(os.path.join(c.path, 'inputs.npy'), b'\xff' * 4096)
   # Sizes only: a same-size overwrite of a large file is the documented gap ...
@@ -387,10 +387,10 @@ def test_disk_full_during_build_is_a_disk_full_error(tmp_path, monkeypatch, at):
   root = tmp_path / 'music'
   _good_dataset(root)
   if at == 'rows':  # after some rows went to the temp folder
-    monkeypatch.setattr(cache_files.RowWriter, 'append',
-                        _fail_after_first(cache_files.RowWriter.append))
+    monkeypatch.setattr(checksummed_files.RowWriter, 'append',
+                        _fail_after_first(checksummed_files.RowWriter.append))
   else:  # song_index.npy / songs.json / summary.json / manifest.json
-    monkeypatch.setattr(cache_files, 'write_bytes', _no_space)
+    monkeypatch.setattr(checksummed_files, 'write_bytes', _no_space)
   with pytest.raises(errors.DiskFullError) as e:
     _build(_config(root))
   assert isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC
@@ -405,7 +405,7 @@ def test_disk_full_while_writing_a_view(tmp_path, monkeypatch):
   _good_dataset(root)
   c = _build(_config(root))
   rows = np.array([1, 2, 6, 7])
-  monkeypatch.setattr(cache_files.RowWriter, 'append', _no_space)
+  monkeypatch.setattr(checksummed_files.RowWriter, 'append', _no_space)
   with pytest.raises(errors.DiskFullError, match='split view'):
     cache.materialize_rows(c, rows)
   assert os.listdir(os.path.join(c.path, 'views')) == []

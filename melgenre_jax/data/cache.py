@@ -7,14 +7,14 @@ source and the song list with file sizes and mtimes, so any change rebuilds):
   song_index.npy  [N] int32: row -> position in songs.json
   songs.json      usable songs in cache order, with their first row and count
   summary.json    what was read, what was skipped and why
-  manifest.json   each file's size and CRC-32, written last (cache_files.py)
+  manifest.json   each file's size and CRC-32, written last (checksummed_files.py)
   views/          per-split row subsets, each <digest>.npy with its own
                   <digest>.json manifest (see ``materialize_rows``)
 
 A cache is built in a temporary sibling folder and renamed into place at the
 end, so a crash never leaves a half cache that a later run takes as complete.
 Opening checks every file against its manifest (sizes always, checksums as
-``cache_files.verify`` says), so a file damaged later (a truncated copy,
+``checksummed_files.verify`` says), so a file damaged later (a truncated copy,
 overwritten bytes) is not read: the entry is moved to ``cache_dir/damaged/``
 with a warning and rebuilt.
 """
@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 
 from melgenre_jax.data import audio
-from melgenre_jax.data import cache_files
+from melgenre_jax.data import checksummed_files
 from melgenre_jax.data.songs import Song
 from melgenre_jax.input_spec import InputSpec
 from melgenre_jax.runtime.processes import pid_alive
@@ -252,7 +252,7 @@ class _Decoded:
   counts: list[int] = dataclasses.field(default_factory=list)
 
 
-def _decode_into(writer: cache_files.RowWriter, songs: Sequence[Song],
+def _decode_into(writer: checksummed_files.RowWriter, songs: Sequence[Song],
                  p: DecodeParams, workers: int, progress: bool) -> _Decoded:
   """Streams every usable song's rows into ``writer``; records the rest."""
   d = _Decoded()
@@ -280,7 +280,7 @@ def _write_entry(config: ml_collections.ConfigDict, songs: Sequence[Song],
   """Decodes ``songs`` into folder ``tmp``, the manifest last; the summary."""
   p = decode_params(config)
   start = time.time()
-  writer = cache_files.RowWriter(os.path.join(tmp, 'inputs.npy'))
+  writer = checksummed_files.RowWriter(os.path.join(tmp, 'inputs.npy'))
   try:
     d = _decode_into(writer, songs, p, int(config.data.cache_workers), progress)
     files = {'inputs.npy': writer.close()}
@@ -288,9 +288,9 @@ def _write_entry(config: ml_collections.ConfigDict, songs: Sequence[Song],
     writer.abort()
     raise
   idx = np.concatenate(d.song_index) if d.song_index else np.zeros(0, np.int32)
-  files['song_index.npy'] = cache_files.write_npy(
+  files['song_index.npy'] = checksummed_files.write_npy(
       os.path.join(tmp, 'song_index.npy'), idx)
-  files['songs.json'] = cache_files.write_json(os.path.join(tmp, 'songs.json'),
+  files['songs.json'] = checksummed_files.write_json(os.path.join(tmp, 'songs.json'),
                                                d.good)
   summary = {
       'cache_version': CACHE_VERSION,
@@ -309,9 +309,9 @@ def _write_entry(config: ml_collections.ConfigDict, songs: Sequence[Song],
       'fingerprint': {k: v for k, v in fingerprint(config, songs).items()
                       if k != 'songs'},
   }
-  files['summary.json'] = cache_files.write_json(
+  files['summary.json'] = checksummed_files.write_json(
       os.path.join(tmp, 'summary.json'), summary)
-  cache_files.write_manifest(os.path.join(tmp, cache_files.MANIFEST), files)
+  checksummed_files.write_manifest(os.path.join(tmp, checksummed_files.MANIFEST), files)
   return summary
 
 
@@ -325,11 +325,11 @@ def _build(config: ml_collections.ConfigDict, songs: Sequence[Song],
   cache_dir = os.path.dirname(target)
   tmp = os.path.join(cache_dir,
                      f'{_tmp_prefix(key)}{os.getpid()}-{uuid.uuid4().hex[:6]}')
-  with cache_files.disk_full_is_user_error(f'the cache {key}', cache_dir):
+  with checksummed_files.disk_full_is_user_error(f'the cache {key}', cache_dir):
     try:
       os.makedirs(tmp)
       summary = _write_entry(config, songs, tmp, key, progress)
-      cache_files.rename_into_place(tmp, target)
+      checksummed_files.rename_into_place(tmp, target)
     except BaseException:
       shutil.rmtree(tmp, ignore_errors=True)
       raise
@@ -341,7 +341,7 @@ def _build(config: ml_collections.ConfigDict, songs: Sequence[Song],
 def _open(target: str, songs: Sequence[Song], *, reused: bool, verify: bool,
           checksum_up_to: float) -> Cache:
   """Opens a complete entry; raises CacheDamaged if any file fails a check."""
-  cache_files.verify(target, cache_files.MANIFEST, checksum_up_to)
+  checksummed_files.verify(target, checksummed_files.MANIFEST, checksum_up_to)
   try:
     with open(os.path.join(target, 'summary.json'), encoding='utf-8') as f:
       summary = json.load(f)
@@ -350,13 +350,13 @@ def _open(target: str, songs: Sequence[Song], *, reused: bool, verify: bool,
     inputs = np.load(os.path.join(target, 'inputs.npy'), mmap_mode='r')
     song_index = np.load(os.path.join(target, 'song_index.npy'))
   except (OSError, ValueError) as e:  # JSON and .npy header errors included
-    raise cache_files.CacheDamaged(f'unreadable: {type(e).__name__}: {e}'
+    raise checksummed_files.CacheDamaged(f'unreadable: {type(e).__name__}: {e}'
                                    ) from None
   by_key = {s.key: s for s in songs}
   if any(m['key'] not in by_key for m in meta):
-    raise cache_files.CacheDamaged('songs.json names songs outside the song list')
+    raise checksummed_files.CacheDamaged('songs.json names songs outside the song list')
   if inputs.shape[0] != song_index.shape[0]:
-    raise cache_files.CacheDamaged(f'inputs.npy has {inputs.shape[0]} rows, '
+    raise checksummed_files.CacheDamaged(f'inputs.npy has {inputs.shape[0]} rows, '
                                    f'song_index.npy {song_index.shape[0]}')
   return Cache(path=target, inputs=inputs, song_index=song_index,
                songs=[by_key[m['key']] for m in meta],
@@ -378,14 +378,14 @@ def _reuse(target: str, songs: Sequence[Song], verify: bool) -> Cache | None:
       return None
     try:
       c = _open(target, songs, reused=True, verify=verify,
-                checksum_up_to=cache_files.checksum_limit(verify))
+                checksum_up_to=checksummed_files.checksum_limit(verify))
       logging.info('reusing cache %s', target)
       return c
-    except cache_files.CacheDamaged as e:
+    except checksummed_files.CacheDamaged as e:
       problem = str(e)
     with contextlib.suppress(FileNotFoundError):
       if os.stat(target).st_ino == inode:
-        cache_files.move_aside([target], os.path.dirname(target),
+        checksummed_files.move_aside([target], os.path.dirname(target),
                                os.path.basename(target), problem)
         return None
   return None
@@ -412,7 +412,7 @@ def build_or_load(config: ml_collections.ConfigDict, songs: Sequence[Song],
   _build(config, songs, target, key, progress)
   try:  # checksums were just taken over the bytes written: sizes suffice
     return _open(target, songs, reused=False, verify=verify, checksum_up_to=-1)
-  except cache_files.CacheDamaged as e:
+  except checksummed_files.CacheDamaged as e:
     raise RuntimeError(f'the cache just built in {target} fails its own '
                        f'check: {e}') from e
 
@@ -435,14 +435,14 @@ def materialize_rows(cache: Cache, rows: np.ndarray) -> np.ndarray:
     return cache.inputs
   digest = hashlib.sha256(rows.tobytes()).hexdigest()[:20]
   views = os.path.join(cache.path, 'views')
-  view = cache_files.open_view(
+  view = checksummed_files.open_view(
       views, digest, (rows.shape[0], *cache.inputs.shape[1:]),
-      cache_files.checksum_limit(cache.verify),
+      checksummed_files.checksum_limit(cache.verify),
       damaged_name=f'{os.path.basename(cache.path)}.view-{digest}')
   if view is not None:
     return view
-  with cache_files.disk_full_is_user_error('a split view', views):
-    cache_files.write_view(views, digest, cache.inputs, rows)
+  with checksummed_files.disk_full_is_user_error('a split view', views):
+    checksummed_files.write_view(views, digest, cache.inputs, rows)
   view = np.load(os.path.join(views, f'{digest}.npy'), mmap_mode='r')
-  cache_files.prune_views(views, _MAX_VIEWS)
+  checksummed_files.prune_views(views, _MAX_VIEWS)
   return view

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from melgenre_jax.data import cache as cache_lib
-from melgenre_jax.data import cache_files
+from melgenre_jax.data import checksummed_files
 from melgenre_jax.data import sources
 from melgenre_jax.data import splits as splits_lib
 from melgenre_jax.data.songs import Song
@@ -160,7 +160,7 @@ def _set_summary(s: SegmentSet | None, genres: list[str]) -> dict[str, Any]:
 def _write_summary(path: str, summary: dict[str, Any]):
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   processes.remove_orphaned_temp_files(os.path.dirname(path) or '.')  # of killed writers
-  cache_files.write_json(path, summary)
+  checksummed_files.write_json(path, summary)
 
 
 @dataclasses.dataclass

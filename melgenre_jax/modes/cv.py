@@ -45,7 +45,7 @@ from melgenre_jax import config_checks
 from melgenre_jax import reporting
 from melgenre_jax import train
 from melgenre_jax import workdir as workdir_lib
-from melgenre_jax.data import cache_files
+from melgenre_jax.data import checksummed_files
 from melgenre_jax.data import input_pipeline
 from melgenre_jax.data import splits
 from melgenre_jax.data.songs import Song
@@ -154,7 +154,7 @@ def _run_cv(config: ml_collections.ConfigDict, workdir: str, train_fn: TrainFn |
     report = evaluate_fn(fold_config, run.workdir)
     row = fold_scores(run, report)
     if is_chief:
-      cache_files.write_json(os.path.join(run.workdir, DONE_FILE), row)
+      checksummed_files.write_json(os.path.join(run.workdir, DONE_FILE), row)
       write_summary(cv_dir, summarize(rows + [row], record, len(runs), workdir))
     rows.append(row)
 
@@ -212,7 +212,7 @@ def load_or_assign_folds(config: ml_collections.ConfigDict, songs: Sequence[Song
                        'manifest': config.data.manifest},
             'num_songs': len(folds), 'folds': folds}
   if write:
-    cache_files.write_json(path, record)
+    checksummed_files.write_json(path, record)
   logging.info('cv: %d songs in %d folds x %d repeat(s) by %s, recorded in %s.',
                len(folds), config.cv.num_folds, config.cv.repeats, by, path)
   return record
@@ -287,7 +287,7 @@ def write_split_file(run: FoldRun, fold_unit: str) -> str:
           f'{run.workdir} was made from another fold assignment. Use a new --workdir.')
     return path
   os.makedirs(run.workdir, exist_ok=True)
-  cache_files.write_json(path, content)
+  checksummed_files.write_json(path, content)
   return path
 
 
@@ -430,7 +430,7 @@ def format_markdown(summary: dict[str, Any]) -> str:
 
 def write_summary(cv_dir: str, summary: dict[str, Any]) -> None:
   """summary.json, summary.md and the pooled confusion-matrix plot, each replaced whole."""
-  cache_files.write_json(os.path.join(cv_dir, 'summary.json'), summary)
+  checksummed_files.write_json(os.path.join(cv_dir, 'summary.json'), summary)
   with reporting.replaced_when_written(os.path.join(cv_dir, 'summary.md')) as f:
     f.write(format_markdown(summary))
   if summary['genres']:

@@ -18,17 +18,17 @@ import dataclasses
 import importlib.resources
 import os
 import re
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from absl import logging
 import numpy as np
 
 from melgenre_jax import errors
 from melgenre_jax.data import audio
+from melgenre_jax.data import stratify
 from melgenre_jax.data.songs import Song
+from melgenre_jax.data.stratify import SongSplit
 
-if TYPE_CHECKING:
-  from melgenre_jax.data.splits import SongSplit
 
 # GTZAN's ten genres, in the conventional (alphabetical) label order.
 GTZAN_GENRES = ('blues', 'classical', 'country', 'disco', 'hiphop', 'jazz',
@@ -57,6 +57,8 @@ _GTZAN_LISTS = {
     },
 }
 _ARTIST_3FOLD_DIR = 'sturm_artist_filtered_3fold'
+# The split names of those lists (``config.data.split``).
+LIST_SPLITS = tuple(_GTZAN_LISTS)
 
 
 # ------------------------------------------------------------- the dataset
@@ -204,13 +206,11 @@ def _apply_lists(songs: Sequence[Song], lists: dict[str, list[str]],
 
 def gtzan_list_split(songs: Sequence[Song], name: str) -> SongSplit:
   """Kereliuk et al.'s published train/valid/test lists, matched by name."""
-  # splits imports this module, so import it here, not at the top.
-  from melgenre_jax.data import splits  # pylint: disable=g-import-not-at-top
   lists = {side: [k for k, _ in read_gtzan_list(rel)]
            for side, rel in _GTZAN_LISTS[name].items()}
   sides, info = _apply_lists(songs, lists, name)
-  return splits.SongSplit(train=sides['train'], validation=sides['validation'],
-                          test=sides['test'], info=info)
+  return SongSplit(train=sides['train'], validation=sides['validation'],
+                   test=sides['test'], info=info)
 
 
 def gtzan_artist_3fold_split(songs: Sequence[Song], fold: int,
@@ -221,12 +221,10 @@ def gtzan_artist_3fold_split(songs: Sequence[Song], fold: int,
   Songs get their artist id as ``group``; validation is carved by artist out
   of the fold's train list, so no artist spans two splits.
   """
-  # splits imports this module, so import it here, not at the top.
-  from melgenre_jax.data import splits  # pylint: disable=g-import-not-at-top
   if fold not in (0, 1, 2):
     raise errors.ConfigError(f'config.data.fold={fold} must be 0, 1 or 2 for '
                              "split='gtzan_artist_3fold'")
-  splits._check_fractions(validation_fraction, 0.0)  # pylint: disable=protected-access
+  stratify.check_fractions(validation_fraction, 0.0)
   f = fold + 1
   groups = {}
   for part in ('train', 'evaluate'):
@@ -240,11 +238,11 @@ def gtzan_artist_3fold_split(songs: Sequence[Song], fold: int,
   grouped = [dataclasses.replace(s, group=groups.get(name, s.group))
              for name, s in lookup.items()]
   sides, info = _apply_lists(grouped, lists, 'gtzan_artist_3fold')
-  carved = splits._stratified(  # pylint: disable=protected-access
+  carved = stratify.stratify(
       sides['train'], {'validation': validation_fraction},
       np.random.default_rng([int(seed), 4, fold]), rest='train')
   info['fold'] = fold
-  return splits.SongSplit(train=carved['train'],
-                          validation=carved['validation'],
-                          test=sorted(sides['test'], key=lambda s: s.key),
-                          info=info)
+  return SongSplit(train=carved['train'],
+                   validation=carved['validation'],
+                   test=sorted(sides['test'], key=lambda s: s.key),
+                   info=info)

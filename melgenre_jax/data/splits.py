@@ -4,6 +4,7 @@ Segments of one song are near-duplicates, so a segment-level split leaks and
 inflates accuracy; every split here keeps each song - and each group, when
 songs carry one - on one side, and ``check_disjoint`` refuses any overlap.
 The one exception, ``segment_random``, exists only to measure that leak.
+The shared pieces (``SongSplit``, units, ``stratify``) live in ``stratify``.
 The published GTZAN split lists (``gtzan_*``) are read and matched in ``gtzan``;
 ``split_songs`` dispatches to them by name. ``file`` reads an explicit split
 (song keys per side) from JSON: how ``--mode=cv`` hands each fold run exactly
@@ -12,11 +13,10 @@ the songs its recorded fold assignment gives it.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from absl import logging
 import ml_collections
@@ -25,10 +25,19 @@ import numpy as np
 from melgenre_jax import errors
 from melgenre_jax.data import gtzan
 from melgenre_jax.data.songs import Song
+from melgenre_jax.data.stratify import check_disjoint
+from melgenre_jax.data.stratify import check_fractions
+from melgenre_jax.data.stratify import side_target
+from melgenre_jax.data.stratify import SongSplit
+from melgenre_jax.data.stratify import SPLIT_NAMES
+from melgenre_jax.data.stratify import stratify
+from melgenre_jax.data.stratify import ungrouped
+from melgenre_jax.data.stratify import unit_key  # pylint: disable=unused-import (callers: splits.unit_key)
+from melgenre_jax.data.stratify import units_by_genre
+from melgenre_jax.data.stratify import units_per_genre  # pylint: disable=unused-import (callers: splits.units_per_genre)
 
 SPLITS = ('stratified', 'kfold', 'manifest', 'file', 'gtzan_fault_filtered',
           'gtzan_stratified', 'gtzan_artist_3fold', 'segment_random')
-SPLIT_NAMES = ('train', 'validation', 'test')
 # What a fold keeps together: 'auto' is the group when the songs have one.
 FOLD_UNITS = ('auto', 'song', 'group')
 
@@ -37,51 +46,6 @@ LEAK_WARNING = (
     'segments of the same song land in train AND validation/test, so the '
     'reported accuracy LEAKS and is inflated. Use it only to reproduce or '
     'measure that leak, never to report results.')
-
-
-@dataclasses.dataclass
-class SongSplit:
-  """Songs per split; ``leaky`` marks segment_random (songs on every side)."""
-  train: list[Song]
-  validation: list[Song]
-  test: list[Song]
-  leaky: bool = False
-  info: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-  def as_dict(self) -> dict[str, list[Song]]:
-    return {'train': self.train, 'validation': self.validation,
-            'test': self.test}
-
-
-# ----------------------------------------------------------------- helpers
-
-
-def unit_key(song: Song) -> str:
-  """What a split keeps on one side: the song's group, or the song itself without one."""
-  return f'group:{song.group}' if song.group is not None else f'song:{song.key}'
-
-
-def _units_by_genre(songs: Iterable[Song]) -> dict[str, list[list[Song]]]:
-  """Groups songs into indivisible units (a group, or a lone song) per genre.
-
-  A group spanning genres is filed under its most common genre (ties: name).
-  """
-  units: dict[str, list[Song]] = collections.defaultdict(list)
-  for s in sorted(songs, key=lambda s: s.key):
-    units[unit_key(s)].append(s)
-  by_genre: dict[str, list[list[Song]]] = collections.defaultdict(list)
-  for key in sorted(units):
-    members = units[key]
-    counts = collections.Counter(s.genre for s in members)
-    genre = min(counts, key=lambda g: (-counts[g], g))
-    by_genre[genre].append(members)
-  return dict(by_genre)
-
-
-def ungrouped(songs: Iterable[Song]) -> list[Song]:
-  """The songs with their groups dropped: each song becomes its own unit."""
-  return [dataclasses.replace(s, group=None) if s.group is not None else s
-          for s in songs]
 
 
 def resolve_fold_unit(songs: Sequence[Song], by: str,
@@ -99,62 +63,17 @@ def resolve_fold_unit(songs: Sequence[Song], by: str,
   return by
 
 
-def units_per_genre(songs: Sequence[Song]) -> dict[str, int]:
-  """Indivisible units (groups, lone songs) filed under each genre."""
-  return {g: len(u) for g, u in _units_by_genre(songs).items()}
-
-
-def _target(fraction: float, n_songs: int, n_units: int) -> int:
-  """Songs to put on a side; >= 1 when asked for and the genre can spare it."""
-  t = int(round(fraction * n_songs))
-  if fraction > 0 and t == 0 and n_units >= 3:
-    t = 1
-  return t
-
-
-def _check_fractions(validation_fraction: float, test_fraction: float):
-  if not 0 <= validation_fraction < 1 or not 0 <= test_fraction < 1 or (
-      validation_fraction + test_fraction >= 1):
-    raise errors.ConfigError(
-        f'config.data.validation_fraction={validation_fraction} and '
-        f'test_fraction={test_fraction} must each be in [0, 1) and sum to '
-        'less than 1')
-
-
-def _stratified(songs: Sequence[Song], fractions: dict[str, float],
-                rng: np.random.Generator, rest: str) -> dict[str, list[Song]]:
-  """Per genre, shuffles units and fills each side up to its song target.
-
-  A unit goes to the first side in ``fractions`` whose remaining deficit it
-  shrinks (so a big artist group cannot blow a side far past its fraction);
-  everything else goes to ``rest``.
-  """
-  out: dict[str, list[Song]] = {name: [] for name in [*fractions, rest]}
-  for _, units in sorted(_units_by_genre(songs).items()):
-    n = sum(len(u) for u in units)
-    deficit = {name: _target(frac, n, len(units))
-               for name, frac in fractions.items()}
-    for i in rng.permutation(len(units)):
-      unit = units[i]
-      side = next((name for name, d in deficit.items() if len(unit) < 2 * d),
-                  rest)
-      if side != rest:
-        deficit[side] -= len(unit)
-      out[side].extend(unit)
-  return {k: sorted(v, key=lambda s: s.key) for k, v in out.items()}
-
-
 # ------------------------------------------------------------- split kinds
 
 
 def stratified_split(songs: Sequence[Song], validation_fraction: float,
                      test_fraction: float, seed: int) -> SongSplit:
   """Seeded random split by song/group, stratified by genre."""
-  _check_fractions(validation_fraction, test_fraction)
+  check_fractions(validation_fraction, test_fraction)
   rng = np.random.default_rng([int(seed), 1])
-  sides = _stratified(songs, {'test': test_fraction,
-                              'validation': validation_fraction}, rng,
-                      rest='train')
+  sides = stratify(songs, {'test': test_fraction,
+                           'validation': validation_fraction}, rng,
+                   rest='train')
   return SongSplit(train=sides['train'], validation=sides['validation'],
                    test=sides['test'])
 
@@ -172,7 +91,7 @@ def assign_folds(songs: Sequence[Song], num_folds: int,
     raise errors.ConfigError(f'num_folds={num_folds} must be >= 2')
   rng = np.random.default_rng([int(seed), 2])
   folds: list[list[Song]] = [[] for _ in range(num_folds)]
-  for _, units in sorted(_units_by_genre(songs).items()):
+  for _, units in sorted(units_by_genre(songs).items()):
     per_genre = [0] * num_folds
     for i in rng.permutation(len(units)):
       k = min(range(num_folds),
@@ -189,7 +108,7 @@ def fold_split(songs: Sequence[Song], folds: dict[str, int], fold: int,
   The carve is by unit (group/song) and stratified by genre, seeded by
   ``(seed, fold)``, so every fold of a partition gets its own validation.
   """
-  _check_fractions(validation_fraction, 0.0)
+  check_fractions(validation_fraction, 0.0)
   unassigned = [s.key for s in songs if s.key not in folds]
   if unassigned:
     raise errors.DataError(
@@ -197,8 +116,8 @@ def fold_split(songs: Sequence[Song], folds: dict[str, int], fold: int,
         f'{sorted(unassigned)[:3]}')
   test = [s for s in songs if folds[s.key] == fold]
   rest = [s for s in songs if folds[s.key] != fold]
-  sides = _stratified(rest, {'validation': validation_fraction},
-                      np.random.default_rng([int(seed), 3, fold]), rest='train')
+  sides = stratify(rest, {'validation': validation_fraction},
+                   np.random.default_rng([int(seed), 3, fold]), rest='train')
   return SongSplit(train=sides['train'], validation=sides['validation'],
                    test=sorted(test, key=lambda s: s.key),
                    info={'num_folds': max(folds.values()) + 1, 'fold': fold})
@@ -232,8 +151,8 @@ def carve_validation(split: SongSplit, fraction: float, seed: int,
   For splits that name only train and test (the usual shape of a published
   split): early stopping and calibration need songs the model never trained on.
   """
-  sides = _stratified(split.train, {'validation': fraction},
-                      np.random.default_rng([int(seed), 6]), rest='train')
+  sides = stratify(split.train, {'validation': fraction},
+                   np.random.default_rng([int(seed), 6]), rest='train')
   n_train = len(split.train)
   logging.info(
       '%s has no validation songs: carved %d of its %d training songs '
@@ -374,15 +293,15 @@ def split_segments_randomly(labels: np.ndarray, validation_fraction: float,
                             seed: int) -> tuple[np.ndarray, np.ndarray,
                                                 np.ndarray]:
   """segment_random: label-stratified random split of SEGMENT indices (leaks)."""
-  _check_fractions(validation_fraction, test_fraction)
+  check_fractions(validation_fraction, test_fraction)
   rng = np.random.default_rng([int(seed), 5])
   labels = np.asarray(labels)
   train, val, test = [], [], []
   for label in np.unique(labels):
     idx = np.flatnonzero(labels == label)
     idx = idx[rng.permutation(len(idx))]
-    n_test = _target(test_fraction, len(idx), len(idx))
-    n_val = _target(validation_fraction, len(idx), len(idx))
+    n_test = side_target(test_fraction, len(idx), len(idx))
+    n_val = side_target(validation_fraction, len(idx), len(idx))
     test.append(idx[:n_test])
     val.append(idx[n_test:n_test + n_val])
     train.append(idx[n_test + n_val:])
@@ -393,26 +312,6 @@ def split_segments_randomly(labels: np.ndarray, validation_fraction: float,
 
 # ------------------------------------------------------------------ entry
 
-
-def check_disjoint(split: SongSplit) -> None:
-  """Refuses a song or a group on two sides (except the leaky protocol)."""
-  if split.leaky:
-    return
-  sides = split.as_dict()
-  for a_i, a in enumerate(SPLIT_NAMES):
-    for b in SPLIT_NAMES[a_i + 1:]:
-      keys = {s.key for s in sides[a]} & {s.key for s in sides[b]}
-      if keys:
-        raise ValueError(f'split leak: {len(keys)} song(s) in both {a} and '
-                         f'{b}, e.g. {sorted(keys)[:5]}')
-      ga = {s.group for s in sides[a] if s.group is not None}
-      gb = {s.group for s in sides[b] if s.group is not None}
-      if ga & gb:
-        raise errors.DataError(
-            f'split leak: group(s) {sorted(ga & gb)[:5]} have songs in both '
-            f'{a} and {b}: a group (artist/album) must stay on one side; fix '
-            'the manifest split column or use split=stratified/kfold, which '
-            'keep groups together')
 
 
 def split_songs(songs: Sequence[Song],
@@ -431,7 +330,7 @@ def split_songs(songs: Sequence[Song],
   elif name == 'file':
     split = file_split(songs, d.get('split_file', ''), d.validation_fraction,
                        config.seed)
-  elif name in gtzan._GTZAN_LISTS:  # pylint: disable=protected-access
+  elif name in gtzan.LIST_SPLITS:
     split = gtzan.gtzan_list_split(songs, name)
   elif name == 'gtzan_artist_3fold':
     split = gtzan.gtzan_artist_3fold_split(songs, d.fold,

@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 
 from melgenre_jax.data import audio
+from melgenre_jax.data.audio import formats as audio_formats
 
 SR = 8000
 
@@ -85,12 +86,12 @@ def test_supported_extensions_cover_required():
 
 
 def test_extensions_without_pyav(monkeypatch):
-  monkeypatch.setattr(audio, '_has_pyav', lambda: False)
-  monkeypatch.setattr(audio, '_audioread_can_decode_compressed', lambda: False)
-  exts = audio._supported_extensions()
+  monkeypatch.setattr(audio_formats, 'has_pyav', lambda: False)
+  monkeypatch.setattr(audio_formats, '_audioread_can_decode_compressed', lambda: False)
+  exts = audio_formats._supported_extensions()
   assert '.wav' in exts and '.m4a' not in exts and '.wma' not in exts
-  monkeypatch.setattr(audio, '_audioread_can_decode_compressed', lambda: True)
-  assert '.m4a' in audio._supported_extensions()
+  monkeypatch.setattr(audio_formats, '_audioread_can_decode_compressed', lambda: True)
+  assert '.m4a' in audio_formats._supported_extensions()
 
 
 def test_stereo_is_mixed_to_mono_and_resampled(tmp_path):

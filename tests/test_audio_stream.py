@@ -13,6 +13,8 @@ import pytest
 import soundfile as sf
 
 from melgenre_jax.data import audio
+from melgenre_jax.data.audio import decode as audio_decode
+from melgenre_jax.data.audio import formats as audio_formats
 
 SR = 22050
 
@@ -87,27 +89,27 @@ def _assert_windows(got, want, atol=1e-5):
 def _count_soundfile_frames(monkeypatch):
   """Counts the frames libsndfile decodes (what a seek skipped is not)."""
   seen = [0]
-  real = audio._downmix
+  real = audio_decode._downmix
 
   def counting(x):
     seen[0] += len(x)
     return real(x)
 
-  monkeypatch.setattr(audio, '_downmix', counting)
+  monkeypatch.setattr(audio_decode, '_downmix', counting)
   return seen
 
 
 def _count_pyav_frames(monkeypatch):
   """Counts the samples FFmpeg decodes, including those thrown away."""
   seen = [0]
-  real = audio._PyavSource._frames
+  real = audio_decode._PyavSource._frames
 
   def counting(self, start):
     for index, frame in real(self, start):
       seen[0] += frame.samples
       yield index, frame
 
-  monkeypatch.setattr(audio._PyavSource, '_frames', counting)
+  monkeypatch.setattr(audio_decode._PyavSource, '_frames', counting)
   return seen
 
 
@@ -227,8 +229,8 @@ def test_audioread_is_the_fallback_without_pyav(tmp_path, monkeypatch):
     def __init__(self, path):
       raise RuntimeError('pretend libsndfile cannot read this')
 
-  monkeypatch.setattr(audio, '_has_pyav', lambda: False)
-  monkeypatch.setattr(audio, '_SoundfileSource', Unreadable)
+  monkeypatch.setattr(audio_formats, 'has_pyav', lambda: False)
+  monkeypatch.setattr(audio_decode, '_SoundfileSource', Unreadable)
   got, _ = _streamed(path, SR, SR, SR // 2, SR // 2, block_seconds=0.7,
                      offset_seconds=3.3)  # decoded and discarded: no seek
   _assert_windows(got, want)  # 16-bit PCM: the same samples either way

@@ -14,9 +14,9 @@ import flax.linen as nn
 import ml_collections
 
 from melgenre_jax.errors import ConfigError
-from melgenre_jax.models import crnn
+from melgenre_jax.models import crnn, musicnn
 
-FAMILIES: dict[str, types.ModuleType] = {'crnn': crnn}
+FAMILIES: dict[str, types.ModuleType] = {'crnn': crnn, 'musicnn': musicnn}
 DEFAULT_FAMILY = 'crnn'
 
 

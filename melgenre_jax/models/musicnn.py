@@ -1,0 +1,121 @@
+"""musicnn (Pons & Serra, 2019) in flax.linen: the MSD/MTT taggers' architecture.
+
+A port of ``build_musicnn`` in musicnn 0.1.0's models.py, layer for layer, so
+its trained TensorFlow weights load unchanged (melgenre_jax/pretrained/):
+
+* front end on the log-mel ``[B, frames, 96]``, seen as an image ``[B, T, F, 1]``
+  after a one-channel BatchNorm: two *timbral* convolutions spanning 7 frames
+  and 40% / 70% of the mel bands (time padded by 3 each side, 'valid'), three
+  *temporal* convolutions spanning 128 / 64 / 32 frames and one band ('same');
+  each is ReLU -> BatchNorm -> max over the mel axis -> ``[B, T, filters]``;
+  concatenated to 561 channels (for 96 mels and 1.6 x 128 / 32 filters);
+* mid end: three 7-frame convolutions over all channels (as the original, a
+  2-D 'valid' conv whose kernel spans the whole channel axis), ReLU ->
+  BatchNorm, the second and third with residual connections; the front end
+  and the three outputs are concatenated (dense connections, 753 channels);
+* back end: max and mean over time, interleaved per channel as the original's
+  ``concat([max, mean], 2)`` then flatten; BatchNorm -> dropout 0.5 -> dense
+  (200, ReLU) -> BatchNorm = the penultimate embedding -> dropout 0.5 -> the
+  ``head`` (50 logits; sigmoid outside the model).
+
+BatchNorm is ``tf.compat.v1.layers.batch_normalization``'s: epsilon 1e-3,
+momentum 0.99, statistics per channel (the last axis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from melgenre_jax.models.layers import Dropout
+
+_TIMBRAL = (('timbral_74', 0.4), ('timbral_77', 0.7))  # (name, fraction of the mel bands)
+_TEMPORAL = (('temporal_128', 128), ('temporal_64', 64), ('temporal_32', 32))  # frames
+_MIDEND_LAYERS = 3
+_MIDEND_PAD = 3  # the 7-frame kernels' 'same' padding, written out as the original does
+
+
+class MusiCNN(nn.Module):
+  """``[B, frames, mels]`` log-mel (log10(1 + 10000 mel)) -> 50 tag logits."""
+
+  num_classes: int
+  frontend_filters: float = 1.6
+  midend_filters: int = 64
+  backend_units: int = 200
+  dropout: float = 0.5
+  bn_momentum: float = 0.99
+  bn_epsilon: float = 1e-3
+  bn_axis_name: str | None = None
+
+  def _bn(self, name: str, train: bool) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                        epsilon=self.bn_epsilon, axis_name=self.bn_axis_name if train else None,
+                        name=name)
+
+  def _conv_block(self, x: jax.Array, name: str, features: int, kernel: Sequence[int],
+                  padding: str, train: bool) -> jax.Array:
+    """conv -> ReLU -> BatchNorm -> max over the mel axis: ``[B, T, F, C] -> [B, T, features]``."""
+    x = nn.Conv(features, tuple(kernel), padding=padding, name=f'{name}_conv')(x)
+    x = self._bn(f'{name}_bn', train)(nn.relu(x))
+    return jnp.max(x, axis=2)
+
+  def frontend(self, logmel: jax.Array, train: bool) -> jax.Array:
+    """``[B, T, F]`` -> ``[B, T, 561]``: timbral then temporal features, concatenated."""
+    n_mels = logmel.shape[-1]
+    x = self._bn('input_bn', train)(logmel[..., None])
+    padded = jnp.pad(x, ((0, 0), (3, 3), (0, 0), (0, 0)))
+    timbral_filters = int(self.frontend_filters * 128)
+    temporal_filters = int(self.frontend_filters * 32)
+    outs = [self._conv_block(padded, name, timbral_filters, (7, int(frac * n_mels)), 'VALID', train)
+            for name, frac in _TIMBRAL]
+    outs += [self._conv_block(x, name, temporal_filters, (frames, 1), 'SAME', train)
+             for name, frames in _TEMPORAL]
+    return jnp.concatenate(outs, axis=-1)
+
+  def midend(self, front: jax.Array, train: bool) -> jax.Array:
+    """``[B, T, C]`` -> ``[B, T, C + 3 x 64]``: three 7-frame convs, two residual."""
+    outs, x = [front], front
+    for i in range(_MIDEND_LAYERS):
+      padded = jnp.pad(x[..., None], ((0, 0), (_MIDEND_PAD, _MIDEND_PAD), (0, 0), (0, 0)))
+      y = nn.Conv(self.midend_filters, (7, x.shape[-1]), padding='VALID',
+                  name=f'midend_{i + 1}_conv')(padded)
+      y = self._bn(f'midend_{i + 1}_bn', train)(nn.relu(y))[:, :, 0, :]
+      x = y if i == 0 else y + x
+      outs.append(x)
+    return jnp.concatenate(outs, axis=-1)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False,
+               return_embedding: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+    features = self.midend(self.frontend(x, train), train)
+    # The original flattens concat([max, mean], axis=2) of [B, C, 1] maps: max and mean interleave.
+    pooled = jnp.stack([jnp.max(features, axis=1), jnp.mean(features, axis=1)], axis=-1)
+    h = self._bn('pool_bn', train)(pooled.reshape(pooled.shape[0], -1))
+    h = Dropout(self.dropout)(h, deterministic=not train)
+    h = nn.relu(nn.Dense(self.backend_units, name='penultimate_dense')(h))
+    embedding = self._bn('penultimate_bn', train)(h)
+    h = Dropout(self.dropout)(embedding, deterministic=not train)
+    logits = nn.Dense(self.num_classes, name='head')(h)
+    return (logits, embedding) if return_embedding else logits
+
+
+def embedding_dim(model_config: ml_collections.ConfigDict) -> int:
+  """The penultimate BatchNorm's width (the head's input)."""
+  return int(model_config.get('backend_units', 200))
+
+
+def create(model_config: ml_collections.ConfigDict, num_classes: int,
+           bn_axis_name: str | None = None) -> MusiCNN:
+  return MusiCNN(
+      num_classes=num_classes,
+      frontend_filters=float(model_config.get('frontend_filters', 1.6)),
+      midend_filters=int(model_config.get('midend_filters', 64)),
+      backend_units=int(model_config.get('backend_units', 200)),
+      dropout=float(model_config.get('dropout', 0.5)),
+      bn_momentum=float(model_config.get('batchnorm_momentum', 0.99)),
+      bn_epsilon=float(model_config.get('bn_epsilon', 1e-3)),
+      bn_axis_name=bn_axis_name)

@@ -1,0 +1,222 @@
+"""musicnn's trained taggers (musicnn 0.1.0, ISC licence) as ordinary workdirs.
+
+Where the weights come from (``resolve``): a spec ``musicnn:MSD_musicnn`` or
+``musicnn:MTT_musicnn`` fetches the wheel once with ``pip download --no-deps
+musicnn==0.1.0`` into ``$MELGENRE_CACHE/wheels`` (default
+``~/.cache/melgenre_jax/wheels``); a path to that wheel, or to an unpacked
+checkpoint folder (``.../musicnn/MSD_musicnn/``) works too. The package
+itself is never installed: its dependencies (TensorFlow 1, numpy < 1.17) do
+not exist for this Python, and only its checkpoint files and tag names are
+needed. The tag names are read from its ``configuration.py`` with ``ast``.
+
+``map_variables`` puts every TensorFlow variable onto the Flax tree by name
+(creation order of ``tf.compat.v1.layers`` in musicnn/models.py); Adam slots
+and beta powers are training state and are skipped by rule; anything else
+unmapped, missing or of another shape is an error naming it.
+``import_to_workdir`` writes config.json, dataset.json and a checkpoint that
+predict, embed, export and ``--config.init_from`` read like any run's.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from melgenre_jax.errors import ConfigError, UserError
+from melgenre_jax.pretrained import tf_checkpoint
+
+PACKAGE = 'musicnn'
+VERSION = '0.1.0'
+WHEEL = f'{PACKAGE}-{VERSION}-py3-none-any.whl'
+MODELS = ('MSD_musicnn', 'MTT_musicnn')
+CACHE_ENV = 'MELGENRE_CACHE'
+# TF variables that are optimizer state, not the model: skipped by rule.
+_OPTIMIZER_SUFFIXES = ('/Adam', '/Adam_1')
+_OPTIMIZER_NAMES = ('beta1_power', 'beta2_power', 'global_step')
+
+
+class PretrainedError(UserError, ValueError):
+  """The pretrained source cannot be found, fetched or mapped; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+  """One musicnn checkpoint on disk: the bundle prefix, its model name, its tag names."""
+
+  model: str
+  prefix: str
+  labels: tuple[str, ...]
+
+
+# ------------------------------------------------------------ where from
+
+def cache_dir() -> str:
+  root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser('~'), '.cache',
+                                                   'melgenre_jax')
+  return os.path.join(root, 'wheels')
+
+
+def fetch_wheel(directory: str | None = None) -> str:
+  """The cached wheel, downloaded first (pip, no dependencies) when missing."""
+  directory = directory or cache_dir()
+  path = os.path.join(directory, WHEEL)
+  if os.path.isfile(path):
+    return path
+  os.makedirs(directory, exist_ok=True)
+  cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
+         '--dest', directory, f'{PACKAGE}=={VERSION}']
+  result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if result.returncode != 0 or not os.path.isfile(path):
+    tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ['']
+    raise PretrainedError(f'Could not download {PACKAGE}=={VERSION} ({tail[0]}); download it '
+                       f'elsewhere (pip download --no-deps {PACKAGE}=={VERSION}) and pass '
+                       f'--import_from=PATH/{WHEEL}.')
+  return path
+
+
+def labels_from_source(configuration_py: str, model: str) -> tuple[str, ...]:
+  """MSD_LABELS or MTT_LABELS from musicnn's configuration.py, parsed, never executed."""
+  wanted = 'MSD_LABELS' if model.startswith('MSD') else 'MTT_LABELS'
+  for node in ast.parse(configuration_py).body:
+    if (isinstance(node, ast.Assign) and len(node.targets) == 1
+        and getattr(node.targets[0], 'id', None) == wanted):
+      return tuple(str(x) for x in ast.literal_eval(node.value))
+  raise PretrainedError(f'{wanted} not found in musicnn\'s configuration.py: not musicnn '
+                     f'{VERSION}? Pass its wheel ({WHEEL}).')
+
+
+def _check_model(model: str) -> str:
+  if model not in MODELS:
+    raise ConfigError(f'--import_from: unknown musicnn model {model!r}; choose one of '
+                      f'{", ".join(MODELS)} (e.g. --import_from=musicnn:MSD_musicnn).')
+  return model
+
+
+def _from_wheel(wheel: str, model: str, scratch: str) -> Checkpoint:
+  try:
+    with zipfile.ZipFile(wheel) as z:
+      config_py = z.read(f'{PACKAGE}/configuration.py').decode('utf-8')
+      for suffix in ('.index', '.data-00000-of-00001'):
+        with open(os.path.join(scratch, suffix), 'wb') as f:
+          f.write(z.read(f'{PACKAGE}/{model}/{suffix}'))
+  except (zipfile.BadZipFile, KeyError, OSError) as e:
+    raise PretrainedError(f'{wheel}: not a readable {WHEEL} ({e}); delete it and rerun the '
+                       'import to download it again.') from e
+  return Checkpoint(model, scratch + os.sep, labels_from_source(config_py, model))
+
+
+def _from_folder(folder: str) -> Checkpoint:
+  folder = os.path.abspath(folder.rstrip(os.sep))
+  model = _check_model(os.path.basename(folder))
+  config_py = os.path.join(os.path.dirname(folder), 'configuration.py')
+  if not os.path.isfile(os.path.join(folder, '.index')) or not os.path.isfile(config_py):
+    raise PretrainedError(f'{folder}: expected an unpacked musicnn checkpoint folder (with .index, '
+                       '.data-00000-of-00001, and configuration.py in its parent).')
+  with open(config_py, encoding='utf-8') as f:
+    return Checkpoint(model, folder + os.sep, labels_from_source(f.read(), model))
+
+
+def resolve(spec: str, scratch: str) -> Checkpoint:
+  """``musicnn:MODEL`` | ``WHEEL[:MODEL]`` | checkpoint folder -> a Checkpoint (files in scratch)."""
+  if spec.startswith(f'{PACKAGE}:'):
+    return _from_wheel(fetch_wheel(), _check_model(spec.split(':', 1)[1]), scratch)
+  path, _, model = spec.partition('.whl')
+  if model or spec.endswith('.whl'):
+    model = model.lstrip(':') or 'MSD_musicnn'
+    wheel = os.path.expanduser(path + '.whl')
+    if not os.path.isfile(wheel):
+      raise PretrainedError(f'--import_from={spec!r}: {wheel} does not exist.')
+    return _from_wheel(wheel, _check_model(model), scratch)
+  if os.path.isdir(os.path.expanduser(spec)):
+    return _from_folder(os.path.expanduser(spec))
+  raise PretrainedError(f'--import_from={spec!r}: give musicnn:MSD_musicnn or musicnn:MTT_musicnn, '
+                     f'a path to {WHEEL} (optionally WHEEL:MODEL), or an unpacked checkpoint '
+                     'folder.')
+
+
+# ------------------------------------------------------------- mapping
+
+def layer_names() -> list[tuple[str, str, str]]:
+  """(TF layer name, Flax module name, kind) in the order musicnn/models.py creates them."""
+  flax_order = [('input_bn', 'bn')]
+  for name in ('timbral_74', 'timbral_77', 'temporal_128', 'temporal_64', 'temporal_32',
+               'midend_1', 'midend_2', 'midend_3'):
+    flax_order += [(f'{name}_conv', 'conv'), (f'{name}_bn', 'bn')]
+  flax_order += [('pool_bn', 'bn'), ('penultimate_dense', 'dense'), ('penultimate_bn', 'bn'),
+                 ('head', 'dense')]
+  counts = {'bn': 0, 'conv': 0, 'dense': 0}
+  tf_base = {'bn': 'batch_normalization', 'conv': 'conv2d', 'dense': 'dense'}
+  out = []
+  for flax_name, kind in flax_order:
+    n = counts[kind]
+    counts[kind] += 1
+    out.append((tf_base[kind] + (f'_{n}' if n else ''), flax_name, kind))
+  return out
+
+
+_VARIABLES = {
+    'bn': (('gamma', 'params', 'scale'), ('beta', 'params', 'bias'),
+           ('moving_mean', 'batch_stats', 'mean'), ('moving_variance', 'batch_stats', 'var')),
+    'conv': (('kernel', 'params', 'kernel'), ('bias', 'params', 'bias')),
+    'dense': (('kernel', 'params', 'kernel'), ('bias', 'params', 'bias')),
+}
+
+
+def is_optimizer_state(name: str) -> bool:
+  return name in _OPTIMIZER_NAMES or name.endswith(_OPTIMIZER_SUFFIXES)
+
+
+def map_variables(tensors: dict[str, np.ndarray], target: dict[str, Any]) -> dict[str, Any]:
+  """TF name -> array onto ``target`` ({'params': ..., 'batch_stats': ...} of the Flax model).
+
+  Returns a tree of the target's structure filled with the checkpoint's arrays.
+  Every model variable of the checkpoint is used exactly once and every Flax
+  leaf is filled, with the same shape; otherwise the error names the variable.
+  """
+  out = {'params': {}, 'batch_stats': {}}
+  used = set()
+  for tf_layer, flax_name, kind in layer_names():
+    for tf_var, collection, flax_var in _VARIABLES[kind]:
+      name = f'{tf_layer}/{tf_var}'
+      try:
+        want = target[collection][flax_name][flax_var]
+      except KeyError:
+        raise PretrainedError(f'The Flax model has no {collection}/{flax_name}/{flax_var} for '
+                           f'checkpoint variable {name}: not a musicnn checkpoint?') from None
+      if name not in tensors:
+        raise PretrainedError(f'Checkpoint variable {name} (for {collection}/{flax_name}/'
+                           f'{flax_var}) is missing: not a musicnn {"/".join(MODELS)} checkpoint.')
+      value = np.asarray(tensors[name], np.float32)
+      if tuple(value.shape) != tuple(want.shape):
+        raise PretrainedError(f'Checkpoint variable {name} has shape {value.shape}, the Flax '
+                           f'{collection}/{flax_name}/{flax_var} {tuple(want.shape)}: '
+                           'another musicnn variant? Use MSD_musicnn or MTT_musicnn.')
+      out[collection].setdefault(flax_name, {})[flax_var] = value
+      used.add(name)
+  left = sorted(n for n in tensors if n not in used and not is_optimizer_state(n))
+  if left:
+    raise PretrainedError(f'Checkpoint variables not mapped onto the Flax model: {", ".join(left)} '
+                       '(a different musicnn architecture?).')
+  for collection, modules in target.items():
+    for module, leaves in modules.items():
+      for leaf in leaves:
+        if leaf not in out[collection].get(module, {}):
+          raise PretrainedError(f'Flax variable {collection}/{module}/{leaf} got no checkpoint '
+                             'value.')
+  return out
+
+
+def load(spec: str, scratch: str | None = None) -> tuple[Checkpoint, dict[str, np.ndarray]]:
+  """The checkpoint's description and all its tensors (crc-checked), read without TensorFlow."""
+  with tempfile.TemporaryDirectory() as tmp:
+    ckpt = resolve(spec, scratch or tmp)
+    return ckpt, tf_checkpoint.read_bundle(ckpt.prefix)

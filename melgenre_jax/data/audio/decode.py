@@ -12,7 +12,6 @@ import and this module runs in every cache worker.
 from __future__ import annotations
 
 import fractions
-import math
 from typing import Iterator
 
 from absl import logging

@@ -47,16 +47,19 @@ class AudioInfo:
 
 
 def has_pyav() -> bool:
+  """Whether PyAV is installed; patched in tests to try the audioread path."""
   # find_spec does not import av (~75 ms); this runs at module import.
   return importlib.util.find_spec('av') is not None
 
 
 def import_av():
+  """PyAV, imported on first use: it costs ~75 ms and most files never need it."""
   import av  # pylint: disable=g-import-not-at-top
   return av
 
 
 def import_audioread():
+  """audioread without its deprecation warnings, imported on first use."""
   # Its raw backend imports aifc/audioop/sunau, deprecated in Python 3.11+.
   with warnings.catch_warnings():
     warnings.simplefilter('ignore', DeprecationWarning)

@@ -39,6 +39,9 @@ import numpy as np
 import scipy.signal
 
 MEL_NORMS = {'slaney': 'slaney', 'none': None}
+# config.features.compression: 'db' = power_to_db(S, ref=max) per clip (the reference);
+# 'log10_10000' = log10(10000 S + 1), musicnn's 'logC' (no reference level, no floor).
+COMPRESSIONS = ('db', 'log10_10000')
 _STD_FLOOR = 1e-5
 # Mel bands per block of the block-sparse mel matmul (CPU only).
 _MELS_PER_BLOCK = 16
@@ -188,6 +191,20 @@ def power_to_db_per_clip(mel_power: jax.Array, *, amin: float, top_db: float) ->
   return log_spec
 
 
+def compression_of(feature_cfg: Any) -> str:
+  """``config.features.compression``, 'db' for configs written before it existed."""
+  compression = str(getattr(feature_cfg, 'compression', 'db'))
+  if compression not in COMPRESSIONS:
+    raise ValueError(f'config.features.compression must be one of {list(COMPRESSIONS)}, '
+                     f'got {compression!r}')
+  return compression
+
+
+def log10_10000(mel_power: Any) -> Any:
+  """musicnn's 'logC' compression, in float32 (its extractor's float16 cast overflows)."""
+  return jnp.log10(10000.0 * mel_power + 1.0)
+
+
 def _on_cpu() -> bool:
   return jax.default_backend() == 'cpu'
 
@@ -195,7 +212,7 @@ def _on_cpu() -> bool:
 def log_mel_spectrogram(waves: jax.Array, mel_basis: Any, *, n_fft: int, hop_length: int,
                         top_db: float, amin: float, framing: str = 'auto',
                         clips_per_step: int | None | str = 'auto',
-                        block_sparse: bool | str = 'auto') -> jax.Array:
+                        block_sparse: bool | str = 'auto', compression: str = 'db') -> jax.Array:
   """waves [B, S] float32 -> log-mel dB [B, frames, n_mels], librosa-exact conventions.
 
   Args:
@@ -208,6 +225,7 @@ def log_mel_spectrogram(waves: jax.Array, mel_basis: Any, *, n_fft: int, hop_len
       to keep the working set small. None: whole batch at once. 'auto': 1 on
       CPU, None elsewhere.
     block_sparse: skip the mel basis' zero blocks ('auto': on CPU only).
+    compression: 'db' (power_to_db per clip) or 'log10_10000' (see COMPRESSIONS).
   """
   if waves.ndim != 2:
     raise ValueError(f'waves must be [batch, samples], got shape {waves.shape}')
@@ -226,6 +244,8 @@ def log_mel_spectrogram(waves: jax.Array, mel_basis: Any, *, n_fft: int, hop_len
     # dB inside the step too: it is per clip anyway, and the [B, frames, mels]
     # result is then written once instead of passing over it four more times.
     power = _mel_power(w, mel_basis, n_fft, hop_length, framing, bool(block_sparse))
+    if compression == 'log10_10000':
+      return log10_10000(power)
     return power_to_db_per_clip(power, amin=amin, top_db=top_db)
 
   batch, samples = waves.shape
@@ -252,13 +272,14 @@ def make_frontend(audio_cfg: Any, feature_cfg: Any) -> Callable[[jax.Array], jax
   hop_length = int(feature_cfg.hop_length)
   top_db = float(feature_cfg.top_db)
   amin = float(feature_cfg.amin)
+  compression = compression_of(feature_cfg)
   num_frames(0, hop_length)  # validates hop_length early, with the field name.
   if amin <= 0:
     raise ValueError(f'config.features.amin must be > 0, got {amin}')
 
   def frontend(waves: jax.Array) -> jax.Array:
     return log_mel_spectrogram(waves, mel_basis, n_fft=n_fft, hop_length=hop_length,
-                               top_db=top_db, amin=amin)
+                               top_db=top_db, amin=amin, compression=compression)
 
   return frontend
 
@@ -276,6 +297,8 @@ def librosa_log_mel(wave: np.ndarray, audio_cfg: Any, feature_cfg: Any) -> np.nd
       fmin=float(feature_cfg.fmin), fmax=_resolve_fmax(sample_rate, float(feature_cfg.fmax)),
       norm=_check_norm(str(feature_cfg.mel_norm)), htk=bool(feature_cfg.htk), power=2.0,
       center=True, pad_mode='constant')
+  if compression_of(feature_cfg) == 'log10_10000':
+    return np.ascontiguousarray(np.log10(10000.0 * mel_power.T + 1.0), dtype=np.float32)
   db = librosa.power_to_db(mel_power, ref=np.max, amin=float(feature_cfg.amin),
                            top_db=top_db if top_db > 0 else None)
   return np.ascontiguousarray(db.T, dtype=np.float32)

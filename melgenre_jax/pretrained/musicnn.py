@@ -29,10 +29,15 @@ import tempfile
 import zipfile
 from typing import Any
 
+import jax
+import ml_collections
 import numpy as np
 
+from melgenre_jax import models
+from melgenre_jax import steps
 from melgenre_jax.errors import ConfigError, UserError
-from melgenre_jax.pretrained import tf_checkpoint
+from melgenre_jax.input_spec import InputSpec
+from melgenre_jax.pretrained import tf_checkpoint, to_workdir
 
 PACKAGE = 'musicnn'
 VERSION = '0.1.0'
@@ -220,3 +225,61 @@ def load(spec: str, scratch: str | None = None) -> tuple[Checkpoint, dict[str, n
   with tempfile.TemporaryDirectory() as tmp:
     ckpt = resolve(spec, scratch or tmp)
     return ckpt, tf_checkpoint.read_bundle(ckpt.prefix)
+
+
+# -------------------------------------------------------------- workdir
+
+# The fields a musicnn checkpoint fixes: its input format and architecture
+# (configs/musicnn.py spells the same values out as a recipe).
+FAMILY_FIELDS = (
+    ('task', 'multilabel'),
+    ('audio.sample_rate', 16000),
+    ('audio.segment_seconds', 186 * 256 / 16000),  # 187 centred frames at hop 256
+    ('audio.segment_hop_seconds', 186 * 256 / 16000),
+    ('features.n_fft', 512), ('features.hop_length', 256), ('features.n_mels', 96),
+    ('features.fmin', 0.0), ('features.fmax', 0.0), ('features.mel_norm', 'slaney'),
+    ('features.htk', False), ('features.compression', 'log10_10000'),
+    ('features.normalize', False),
+    ('model.name', 'musicnn'), ('model.frontend_filters', 1.6), ('model.midend_filters', 64),
+    ('model.backend_units', 200), ('model.dropout', 0.5), ('model.batchnorm_momentum', 0.99),
+    ('model.bn_epsilon', 1e-3), ('model.dtype', 'float32'),
+)
+
+
+def family_config(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``base`` (e.g. configs/musicnn.py, or any recipe) with the checkpoint's fixed fields set."""
+  config = ml_collections.ConfigDict(base.to_dict())
+  model = {'name': 'musicnn'}
+  for dotted, value in FAMILY_FIELDS:
+    *parents, name = dotted.split('.')
+    if parents == ['model']:
+      model[name] = value
+      continue
+    node = config
+    for part in parents:
+      node = node[part]
+    node[name] = value
+  config.model = ml_collections.ConfigDict(model)  # the reference's crnn fields do not apply
+  config.init_from = ''
+  return config
+
+
+def flax_target(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
+  """The Flax model's variables as shapes only (what ``map_variables`` fills)."""
+  spec = InputSpec.from_config(config)
+  model = models.create_model(config.model, num_classes)
+  fresh = jax.eval_shape(lambda rng: steps.init_variables(spec, model, rng),
+                         jax.random.PRNGKey(0))
+  return {'params': fresh.params, 'batch_stats': fresh.batch_stats}
+
+
+def import_to_workdir(spec: str, workdir: str, base: ml_collections.ConfigDict) -> str:
+  """Reads the checkpoint named by ``spec``, maps it, writes an ordinary workdir; its path."""
+  ckpt, tensors = load(spec)
+  config = family_config(base)
+  variables = map_variables(tensors, flax_target(config, len(ckpt.labels)))
+  source = {'import_from': spec, 'package': f'{PACKAGE}=={VERSION}', 'model': ckpt.model,
+            'licence': 'ISC (musicnn, Jordi Pons and Xavier Serra)',
+            'variables': len(tensors),
+            'optimizer_state_skipped': sorted(n for n in tensors if is_optimizer_state(n))[:4]}
+  return to_workdir.write(config, workdir, list(ckpt.labels), variables, source)

@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.features.compression = 'log10_10000'
   config.features.normalize = False
 
-  config.model = ml_collections.ConfigDict()
+  # The reference's crnn fields stay (unused by this family; config_checks validates them).
   config.model.name = 'musicnn'
   config.model.frontend_filters = 1.6  # x 128 timbral, x 32 temporal filters
   config.model.midend_filters = 64

@@ -249,17 +249,12 @@ FAMILY_FIELDS = (
 def family_config(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """``base`` (e.g. configs/musicnn.py, or any recipe) with the checkpoint's fixed fields set."""
   config = ml_collections.ConfigDict(base.to_dict())
-  model = {'name': 'musicnn'}
   for dotted, value in FAMILY_FIELDS:
     *parents, name = dotted.split('.')
-    if parents == ['model']:
-      model[name] = value
-      continue
     node = config
     for part in parents:
       node = node[part]
-    node[name] = value
-  config.model = ml_collections.ConfigDict(model)  # the reference's crnn fields do not apply
+    node[name] = value  # new keys too (ConfigDict item assignment adds them)
   config.init_from = ''
   return config
 

@@ -323,8 +323,8 @@ def write_bundle(prefix: str, tensors: dict[str, np.ndarray], restart_interval: 
   reverse = {np.dtype(v).str: k for k, v in _DTYPES.items()}
   data, rows, offset = bytearray(), [(b'', _put_field(1, 0, 1) + _put_field(3, 0, 1))], 0
   for name in sorted(tensors):
-    arr = np.ascontiguousarray(tensors[name])
-    arr = arr.astype(arr.dtype.newbyteorder('<'))
+    arr = np.asarray(tensors[name])
+    arr = arr.astype(arr.dtype.newbyteorder('<'), order='C')  # 0-d stays 0-d
     raw = arr.tobytes()
     shape = b''.join(_put_field(2, 2, _put_field(1, 0, d)) for d in arr.shape)
     value = (_put_field(1, 0, reverse[arr.dtype.str]) + _put_field(2, 2, shape)
@@ -355,7 +355,8 @@ def write_bundle(prefix: str, tensors: dict[str, np.ndarray], restart_interval: 
   data_handle = _put_varint(0) + _put_varint(len(block))
   meta_offset = len(out)
   out += framed(struct.pack('<I', 0))  # empty metaindex block: no entries, zero restarts
-  index = (_put_varint(0) + _put_varint(1) + _put_varint(len(data_handle)) + rows[-1][0]
+  last_key = rows[-1][0]  # an index key is >= every key of its block
+  index = (_put_varint(0) + _put_varint(len(last_key)) + _put_varint(len(data_handle)) + last_key
            + data_handle + struct.pack('<I', 0) + struct.pack('<I', 1))
   index_offset = len(out)
   out += framed(index)

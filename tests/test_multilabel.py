@@ -92,17 +92,17 @@ def test_synthetic_tags_follow_the_rendered_brightness():
     assert s.tags[1] == ('swung' if s.genre == 'jazz' else 'straight')
     # The renderer's own draw: synthesize_style builds its context from the first draw.
     captured = {}
-    original = render._Ctx
+    original = render.Ctx
 
     def spy(**kwargs):
       captured.update(kwargs)
       return original(**kwargs)
 
-    render._Ctx = spy
+    render.Ctx = spy
     try:
       synthetic.synthesize_song(s.key, 4000, 0.2)
     finally:
-      render._Ctx = original
+      render.Ctx = original
     bright = captured['bright'] > render.BRIGHT_ABOVE
     assert ('bright' in s.tags) == bright, (s.key, captured['bright'])
     seen_bright.add(bright)

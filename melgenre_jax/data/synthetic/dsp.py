@@ -9,7 +9,7 @@ import numpy as np
 
 _TABLE_BITS = 11
 _TABLE = 1 << _TABLE_BITS  # wavetable length: the top bits of a 32-bit phase index it
-_LAYERS = ('drums', 'bass', 'chords', 'lead', 'texture')
+LAYERS = ('drums', 'bass', 'chords', 'lead', 'texture')
 
 
 # ----------------------------------------------------------------------------
@@ -17,7 +17,7 @@ _LAYERS = ('drums', 'bass', 'chords', 'lead', 'texture')
 
 
 @dataclasses.dataclass
-class _Ctx:
+class Ctx:
   """Per-song rendering state: the generator, sizes, and index/time ramps that every note slices."""
   rng: np.random.Generator
   sr: int
@@ -40,7 +40,7 @@ class _Ctx:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Score:
+class Score:
   """Timing grid of a phrase: ``num_bars`` bars of ``steps`` grid steps, integer samples per bar."""
   sr: int
   bar_len: int
@@ -65,16 +65,16 @@ class _Score:
     return max(16, int(round(steps * self.step_len)))
 
 
-def _score(ctx: _Ctx, bpm: float, steps: int, bars: int, swing: float = 0.0,
-           beats: int = 4) -> _Score:
+def make_score(ctx: Ctx, bpm: float, steps: int, bars: int, swing: float = 0.0,
+               beats: int = 4) -> Score:
   """Grid for a phrase of ``bars`` bars, capped to what the song needs (fewer bars render faster)."""
   bar_len = max(64, int(round(beats * 60.0 / bpm * ctx.sr)))
   needed = -(-ctx.num_samples // bar_len)
-  return _Score(sr=ctx.sr, bar_len=bar_len, steps=steps, swing=swing, num_bars=max(1, min(bars, needed)))
+  return Score(sr=ctx.sr, bar_len=bar_len, steps=steps, swing=swing, num_bars=max(1, min(bars, needed)))
 
 
 @dataclasses.dataclass
-class _Arrangement:
+class Arrangement:
   """How a style tends to vary over the song (probabilities of sections)."""
   intro_prob: float = 0.4
   intro_keeps: tuple[str, ...] = ('chords', 'texture')  # layers that play in the intro
@@ -84,19 +84,19 @@ class _Arrangement:
 
 
 @dataclasses.dataclass
-class _Phrase:
-  score: _Score
+class Phrase:
+  score: Score
   layers: dict[str, np.ndarray]
   levels: dict[str, float]
-  arrangement: _Arrangement
+  arrangement: Arrangement
   snr_db: float  # background noise level under the music
 
 
-def _new_phrase(ctx: _Ctx, score: _Score, levels: dict[str, float], arrangement: _Arrangement,
-                snr_db: tuple[float, float] = (28.0, 55.0)) -> _Phrase:
-  layers = {name: np.zeros(score.length, np.float32) for name in _LAYERS}
-  return _Phrase(score=score, layers=layers, levels=levels, arrangement=arrangement,
-                 snr_db=float(ctx.rng.uniform(*snr_db)))
+def new_phrase(ctx: Ctx, score: Score, levels: dict[str, float], arrangement: Arrangement,
+               snr_db: tuple[float, float] = (28.0, 55.0)) -> Phrase:
+  layers = {name: np.zeros(score.length, np.float32) for name in LAYERS}
+  return Phrase(score=score, layers=layers, levels=levels, arrangement=arrangement,
+                snr_db=float(ctx.rng.uniform(*snr_db)))
 
 
 # ----------------------------------------------------------------------------
@@ -105,11 +105,11 @@ def _new_phrase(ctx: _Ctx, score: _Score, levels: dict[str, float], arrangement:
 # loops only over notes.
 
 
-def _midi_hz(midi: float) -> float:
+def midi_hz(midi: float) -> float:
   return 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
 
 
-def _add(buf: np.ndarray, start: int, clip: np.ndarray, gain: float = 1.0) -> None:
+def add_looped(buf: np.ndarray, start: int, clip: np.ndarray, gain: float = 1.0) -> None:
   """buf[start:start+len(clip)] += gain * clip, wrapping around the end (the phrase is a loop)."""
   size = buf.shape[0]
   if clip.shape[0] > size:
@@ -136,11 +136,11 @@ def _shift_add(y: np.ndarray, src: np.ndarray, delay: int, gain: float) -> None:
   y[:delay] += g * src[-delay:]
 
 
-def _decay(ctx: _Ctx, n: int, tau: float) -> np.ndarray:
+def decay_envelope(ctx: Ctx, n: int, tau: float) -> np.ndarray:
   return np.exp(ctx.time(n) * np.float32(-1.0 / max(tau, 1e-4)))
 
 
-def _declick(ctx: _Ctx, env: np.ndarray, attack: float = 0.002, release: float = 0.004) -> np.ndarray:
+def declick(ctx: Ctx, env: np.ndarray, attack: float = 0.002, release: float = 0.004) -> np.ndarray:
   """Short linear fades at both ends so cut notes do not click."""
   n = env.shape[0]
   a = min(n // 2, max(1, int(attack * ctx.sr)))
@@ -151,7 +151,7 @@ def _declick(ctx: _Ctx, env: np.ndarray, attack: float = 0.002, release: float =
   return env
 
 
-def _noise(ctx: _Ctx, n: int) -> np.ndarray:
+def white_noise(ctx: Ctx, n: int) -> np.ndarray:
   """White noise in [-1, 1) from an integer hash (lowbias32) of the sample index: fast and seeded."""
   seed = np.uint32(ctx.rng.integers(0, 2**32))
   h = ctx.index(n) * np.uint32(0x9E3779B1) + seed
@@ -163,7 +163,7 @@ def _noise(ctx: _Ctx, n: int) -> np.ndarray:
   return (h >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -23) - np.float32(1.0)
 
 
-def _smooth(x: np.ndarray, octaves: int) -> np.ndarray:
+def smooth(x: np.ndarray, octaves: int) -> np.ndarray:
   """Circular moving average over 2**octaves samples (a cheap low-pass), by repeated doubling."""
   y = x
   for k in range(octaves):
@@ -171,19 +171,19 @@ def _smooth(x: np.ndarray, octaves: int) -> np.ndarray:
   return y * np.float32(0.5 ** octaves) if octaves else y
 
 
-def _highpass(x: np.ndarray) -> np.ndarray:
+def highpass(x: np.ndarray) -> np.ndarray:
   """Second difference: +12 dB/octave, leaves only the hiss (hats, cymbals)."""
   y = np.zeros_like(x)
   y[2:] = x[2:] - 2 * x[1:-1] + x[:-2]
   return y * np.float32(0.25)
 
 
-def _room(ctx: _Ctx, x: np.ndarray, wet: float, size_s: float, stages: int = 3) -> np.ndarray:
+def room(ctx: Ctx, x: np.ndarray, wet: float, size_s: float, stages: int = 3) -> np.ndarray:
   """Reverb-ish smoothing: a low-passed send through a cascade of circular echoes (2**stages taps)."""
   if wet <= 0.0 or x.shape[0] < 64:
     return x
   rng = ctx.rng
-  send = _smooth(x, int(rng.integers(1, 4)))
+  send = smooth(x, int(rng.integers(1, 4)))
   echoes = np.roll(send, int(ctx.sr * rng.uniform(0.01, 0.03)))
   for k in range(stages):
     delay = int(ctx.sr * size_s * rng.uniform(0.5, 1.0) / (1 << k))
@@ -192,7 +192,7 @@ def _room(ctx: _Ctx, x: np.ndarray, wet: float, size_s: float, stages: int = 3) 
   return x + echoes * np.float32(wet / (1.55 ** stages))
 
 
-def _distort(x: np.ndarray, drive: float) -> np.ndarray:
+def distort(x: np.ndarray, drive: float) -> np.ndarray:
   """Soft clipping (tanh) after normalising, so ``drive`` means the same at any level."""
   peak = float(max(x.max(), -x.min()))
   if peak <= 0:
@@ -200,15 +200,15 @@ def _distort(x: np.ndarray, drive: float) -> np.ndarray:
   return np.tanh(x * np.float32(drive / peak)) * np.float32(peak)
 
 
-def _presence(x: np.ndarray, amount: float) -> np.ndarray:
+def presence(x: np.ndarray, amount: float) -> np.ndarray:
   """Treble lift (x plus its first difference): the bite of a guitar cabinet."""
   y = x * np.float32(1.0 + amount)
   y[1:] -= x[:-1] * np.float32(amount)
   return y
 
 
-def _wavetable(ratios: Sequence[int], amps: np.ndarray, f0: float, sr: int, cutoff_hz: float,
-               rng: np.random.Generator) -> np.ndarray:
+def wavetable(ratios: Sequence[int], amps: np.ndarray, f0: float, sr: int, cutoff_hz: float,
+              rng: np.random.Generator) -> np.ndarray:
   """One period of a (chord) tone whose common fundamental is ``f0``.
 
   Partial h of chord tone r sits at bin r*h; a 4-pole-like roll-off above
@@ -229,13 +229,13 @@ def _wavetable(ratios: Sequence[int], amps: np.ndarray, f0: float, sr: int, cuto
   return (table / peak if peak > 0 else table).astype(np.float32)
 
 
-def _phase_index(ctx: _Ctx, hz: float, n: int) -> np.ndarray:
+def _phase_index(ctx: Ctx, hz: float, n: int) -> np.ndarray:
   """Table indices of a tone at ``hz``: a 32-bit phase accumulator that wraps exactly (no drift)."""
   inc = np.uint32(int(round(hz / ctx.sr * 2.0**32)) % 2**32)
   return (ctx.index(n) * inc) >> np.uint32(32 - _TABLE_BITS)
 
 
-def _osc(ctx: _Ctx, table: np.ndarray, hz: float, n: int) -> np.ndarray:
+def osc(ctx: Ctx, table: np.ndarray, hz: float, n: int) -> np.ndarray:
   """Steady tone: one ~0.5 s loop of a whole number of periods, tiled (a memcpy, not a gather).
 
   The loop's pitch is off by under 0.1 cent (half a sample over the loop), and
@@ -248,14 +248,14 @@ def _osc(ctx: _Ctx, table: np.ndarray, hz: float, n: int) -> np.ndarray:
   return np.resize(np.take(table, _phase_index(ctx, cycles * ctx.sr / loop, loop)), n)
 
 
-def _wobble(ctx: _Ctx, n: int, rate: float, delay: float) -> np.ndarray:
+def vibrato_phase(ctx: Ctx, n: int, rate: float, delay: float) -> np.ndarray:
   """Vibrato phase deviation in cycles per Hz of depth: the integral of a sine that fades in after ``delay``."""
   t = ctx.time(n)
   onset = np.clip((t - np.float32(delay)) * np.float32(1 / 0.3), 0.0, 1.0)
   return onset * (np.float32(1.0) - np.cos(t * np.float32(2 * np.pi * rate))) * np.float32(1 / (2 * np.pi * rate))
 
 
-def _osc_vibrato(ctx: _Ctx, table: np.ndarray, hz: float, n: int, wobble: np.ndarray, cents: float) -> np.ndarray:
+def osc_vibrato(ctx: Ctx, table: np.ndarray, hz: float, n: int, wobble: np.ndarray, cents: float) -> np.ndarray:
   """Oscillator whose pitch wobbles by ``cents`` along ``wobble`` (bowed strings, voices, bends)."""
   depth = hz * (2.0 ** (cents / 1200.0) - 1.0)
   offset = (wobble[:n] * np.float32(depth * _TABLE)).astype(np.int32)

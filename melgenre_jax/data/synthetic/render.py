@@ -11,10 +11,12 @@ import numpy as np
 
 from melgenre_jax import errors
 from melgenre_jax.data.songs import Song
-from melgenre_jax.data.synthetic.dsp import _LAYERS, _Ctx, _Phrase, _noise, _smooth
-from melgenre_jax.data.synthetic.instruments import _pick
-from melgenre_jax.data.synthetic.styles_straight import _ambient, _classical, _disco, _metal, _rock
-from melgenre_jax.data.synthetic.styles_swung import _blues, _funk, _hiphop, _jazz, _reggae
+from melgenre_jax.data.synthetic.dsp import LAYERS, Ctx, Phrase, white_noise, smooth
+from melgenre_jax.data.synthetic.instruments import pick
+from melgenre_jax.data.synthetic.styles_straight import (
+    ambient_phrase, classical_phrase, disco_phrase, metal_phrase, rock_phrase)
+from melgenre_jax.data.synthetic.styles_swung import (
+    blues_phrase, funk_phrase, hiphop_phrase, jazz_phrase, reggae_phrase)
 
 GENRES: tuple[str, ...] = (
     'ambient', 'blues', 'classical', 'disco', 'funk',
@@ -133,14 +135,15 @@ def synthesize_style(genre: str, rng: np.random.Generator, sample_rate: int,
   if num_samples < 1:
     raise ValueError(f'seconds={seconds!r} at {sample_rate} Hz gives no samples; ask for at least one.')
   # The first draw: song_tags_for_key reads the same one to tag a song 'bright'.
-  ctx = _Ctx(rng=rng, sr=sample_rate, num_samples=num_samples, bright=_draw_brightness(rng))
+  ctx = Ctx(rng=rng, sr=sample_rate, num_samples=num_samples, bright=_draw_brightness(rng))
   phrase = _STYLES[genre](ctx)
   return _mixdown(ctx, phrase)
 
 
-_STYLES: dict[str, Callable[[_Ctx], _Phrase]] = {
-    'ambient': _ambient, 'blues': _blues, 'classical': _classical, 'disco': _disco, 'funk': _funk,
-    'hiphop': _hiphop, 'jazz': _jazz, 'metal': _metal, 'reggae': _reggae, 'rock': _rock,
+_STYLES: dict[str, Callable[[Ctx], Phrase]] = {
+    'ambient': ambient_phrase, 'blues': blues_phrase, 'classical': classical_phrase,
+    'disco': disco_phrase, 'funk': funk_phrase, 'hiphop': hiphop_phrase, 'jazz': jazz_phrase,
+    'metal': metal_phrase, 'reggae': reggae_phrase, 'rock': rock_phrase,
 }
 assert tuple(sorted(_STYLES)) == GENRES
 
@@ -149,30 +152,30 @@ assert tuple(sorted(_STYLES)) == GENRES
 # Arrangement and mixdown.
 
 
-def _bar_gains(ctx: _Ctx, phrase: _Phrase, total_bars: int) -> dict[str, np.ndarray]:
+def _bar_gains(ctx: Ctx, phrase: Phrase, total_bars: int) -> dict[str, np.ndarray]:
   """Per-bar gain of every layer: level x (intro / breakdown / lead on-off sections)."""
   rng, arr, nbars = ctx.rng, phrase.arrangement, phrase.score.num_bars
-  on = {name: np.ones(total_bars, bool) for name in _LAYERS}
+  on = {name: np.ones(total_bars, bool) for name in LAYERS}
   # Sections stay short next to the song (at most a quarter / a fifth of its bars), so even a
   # short song mostly plays in its style.
-  intro = min(int(_pick(ctx, (1, 2, 4))), total_bars // 4)
+  intro = min(int(pick(ctx, (1, 2, 4))), total_bars // 4)
   if rng.random() < arr.intro_prob and intro > 0:
-    for name in _LAYERS:
+    for name in LAYERS:
       if name not in arr.intro_keeps:
         on[name][:intro] = False
-  length = min(int(_pick(ctx, (2, 4))), total_bars // 5)
+  length = min(int(pick(ctx, (2, 4))), total_bars // 5)
   if rng.random() < arr.break_prob and length > 0:
     start = int(rng.integers(max(1, intro), total_bars - length + 1))
-    for name in _LAYERS:
+    for name in LAYERS:
       if name not in arr.break_keeps:
         on[name][start:start + length] = False
   repeats = -(-total_bars // nbars)
   lead_on = rng.random(repeats) < arr.lead_prob
   on['lead'] &= np.repeat(lead_on, nbars)[:total_bars]
-  return {name: on[name] * np.float32(phrase.levels[name]) for name in _LAYERS}
+  return {name: on[name] * np.float32(phrase.levels[name]) for name in LAYERS}
 
 
-def _mixdown(ctx: _Ctx, phrase: _Phrase) -> np.ndarray:
+def _mixdown(ctx: Ctx, phrase: Phrase) -> np.ndarray:
   """Lays the phrase out bar by bar with arrangement gains, adds the noise floor, normalises.
 
   Each distinct (gains, bar of the phrase) mix is computed once and copied
@@ -182,7 +185,7 @@ def _mixdown(ctx: _Ctx, phrase: _Phrase) -> np.ndarray:
   bar_len, nbars = phrase.score.bar_len, phrase.score.num_bars
   total_bars = -(-n // bar_len)
   gains = _bar_gains(ctx, phrase, total_bars)
-  layers = [name for name in _LAYERS if phrase.levels[name] > 0]
+  layers = [name for name in LAYERS if phrase.levels[name] > 0]
   out = np.empty(n, np.float32)
   cache: dict[tuple, np.ndarray] = {}
   for bar in range(total_bars):
@@ -199,8 +202,8 @@ def _mixdown(ctx: _Ctx, phrase: _Phrase) -> np.ndarray:
     out[start:stop] = cache[state][:stop - start]
   rms = math.sqrt(float(np.dot(out, out)) / n)
   # Noise floor: a short pinkish noise buffer laid end to end under the music.
-  floor = _noise(ctx, min(n, int(1.3 * sr)))
-  floor = floor + np.float32(rng.uniform(0.0, 6.0)) * _smooth(floor, 3)
+  floor = white_noise(ctx, min(n, int(1.3 * sr)))
+  floor = floor + np.float32(rng.uniform(0.0, 6.0)) * smooth(floor, 3)
   floor_rms = math.sqrt(float(np.dot(floor, floor)) / floor.shape[0])
   floor *= np.float32(max(rms, 1e-4) * 10.0 ** (-phrase.snr_db / 20.0) / max(1e-9, floor_rms))
   for start in range(0, n, floor.shape[0]):

@@ -36,14 +36,15 @@ FRAMES = 187
 # Measured: the librosa host path equals the original's log-mel bit for bit
 # (same librosa calls, float32); the in-graph front end differs by 1.0e-6 (its
 # float32 FFT is not numpy's; values reach 5.6). The imported models' outputs:
-# probabilities within 6e-7, embeddings within 3.5e-6 of TensorFlow's.
+# probabilities within 6e-7, embeddings within 3.5e-6 (musicnn) / 5.8e-6 (vgg's
+# last pool) of TensorFlow's.
 HOST_LOGMEL_ATOL = 1e-6
 DEVICE_LOGMEL_ATOL = 1e-5
 OUTPUT_ATOL = 1e-4
 
 
-def _config() -> ml_collections.ConfigDict:
-  return musicnn.family_config(musicnn_config.get_config())
+def _config(family: str = 'musicnn') -> ml_collections.ConfigDict:
+  return musicnn.family_config(musicnn_config.get_config(), family)
 
 
 def _one_line(e: pytest.ExceptionInfo) -> str:
@@ -140,10 +141,10 @@ def test_snappy_block_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- (b) mapping
 
-def _fake_checkpoint(target: dict) -> dict[str, np.ndarray]:
+def _fake_checkpoint(target: dict, family: str = 'musicnn') -> dict[str, np.ndarray]:
   """TF-named arrays for every Flax leaf, by the inverse of the mapping, plus Adam slots."""
   out = {'beta1_power': np.float32(0.9), 'beta2_power': np.float32(0.999)}
-  for tf_layer, flax_name, kind in musicnn.layer_names():
+  for tf_layer, flax_name, kind in musicnn.layer_names(family):
     for tf_var, collection, flax_var in musicnn._VARIABLES[kind]:
       shape = target[collection][flax_name][flax_var].shape
       value = np.full(shape, hash((flax_name, flax_var)) % 97, np.float32)
@@ -154,15 +155,16 @@ def _fake_checkpoint(target: dict) -> dict[str, np.ndarray]:
   return out
 
 
-def test_mapping_uses_every_variable_once():
-  target = musicnn.flax_target(_config(), 50)
-  names = musicnn.layer_names()
+@pytest.mark.parametrize('family', ['musicnn', 'vgg'])
+def test_mapping_uses_every_variable_once(family):
+  target = musicnn.flax_target(_config(family), 50)
+  names = musicnn.layer_names(family)
   assert len({n[0] for n in names}) == len({n[1] for n in names}) == len(names)
   leaves = {(c, m, v) for c, mods in target.items() for m, vs in mods.items() for v in vs}
   mapped = {(c, f, v) for _, f, kind in names for _, c, v in musicnn._VARIABLES[kind]}
   assert mapped == leaves
-  tensors = _fake_checkpoint(target)
-  out = musicnn.map_variables(tensors, target)
+  tensors = _fake_checkpoint(target, family)
+  out = musicnn.map_variables(tensors, target, family)
   for tf_layer, flax_name, kind in names:
     for tf_var, collection, flax_var in musicnn._VARIABLES[kind]:
       np.testing.assert_array_equal(out[collection][flax_name][flax_var],
@@ -204,8 +206,9 @@ def test_compression_default_is_db():
     features.compression_of(types.SimpleNamespace(compression='log'))
 
 
-def test_model_shapes_and_train_mode():
-  config = _config()
+@pytest.mark.parametrize('family', ['musicnn', 'vgg'])
+def test_model_shapes_and_train_mode(family):
+  config = _config(family)
   model = models.create_model(config.model, 50)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, FRAMES, 96))
   variables = model.init(jax.random.PRNGKey(1), x)
@@ -265,16 +268,22 @@ def test_device_logmel_matches_original(audio):
 @pytest.mark.parametrize('name', musicnn.MODELS)
 def test_probabilities_and_embedding_equal_original(wheel, audio, name):
   ref = _reference(name)
+  family = musicnn.family_of(name)
+  # The vgg files keep the log-mel once (in the musicnn file) and the flattenable last pool.
+  logmel = _reference(name.replace('_vgg', '_musicnn'))['logmel']
+  ref_emb = ref['pool5'].reshape(len(logmel), -1) if family == 'vgg' else ref['penultimate']
   ckpt, tensors = musicnn.load(f'{wheel}:{name}')
   assert list(ckpt.labels) == [str(t) for t in ref['tags']]
-  config = _config()
-  variables = musicnn.map_variables(tensors, musicnn.flax_target(config, len(ckpt.labels)))
+  config = _config(family)
+  variables = musicnn.map_variables(
+      tensors, musicnn.flax_target(config, len(ckpt.labels)), family)
   model = models.create_model(config.model, len(ckpt.labels))
   device = np.asarray(features.make_frontend(*_feature_cfgs())(audio[None]))[0]
-  for logmel in (ref['logmel'], _patches(device, len(ref['logmel']))):
-    logits, emb = model.apply(variables, logmel, return_embedding=True)
+  for x in (logmel, _patches(device, len(logmel))):
+    logits, emb = model.apply(variables, x, return_embedding=True)
+    assert emb.shape[1] == models.embedding_dim(config.model)
     prob_diff = np.abs(np.asarray(jax.nn.sigmoid(logits)) - ref['taggram']).max()
-    emb_diff = np.abs(np.asarray(emb) - ref['penultimate']).max()
+    emb_diff = np.abs(np.asarray(emb) - ref_emb).max()
     assert prob_diff <= OUTPUT_ATOL and emb_diff <= OUTPUT_ATOL, (prob_diff, emb_diff)
 
 
@@ -297,7 +306,7 @@ def test_import_writes_an_ordinary_workdir(wheel, tmp_path):
 
 
 def test_bad_specs_are_one_line(tmp_path):
-  for spec in ('musicnn:MSD_big', str(tmp_path / 'nowhere.whl'), str(tmp_path / 'nothing')):
+  for spec in ('musicnn:MSD_musicnn_big', str(tmp_path / 'nowhere.whl'), str(tmp_path / 'nothing')):
     with pytest.raises(UserError) as e:
       musicnn.load(spec)
     _one_line(e)

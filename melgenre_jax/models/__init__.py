@@ -14,9 +14,9 @@ import flax.linen as nn
 import ml_collections
 
 from melgenre_jax.errors import ConfigError
-from melgenre_jax.models import crnn, musicnn
+from melgenre_jax.models import crnn, musicnn, vgg
 
-FAMILIES: dict[str, types.ModuleType] = {'crnn': crnn, 'musicnn': musicnn}
+FAMILIES: dict[str, types.ModuleType] = {'crnn': crnn, 'musicnn': musicnn, 'vgg': vgg}
 DEFAULT_FAMILY = 'crnn'
 
 

@@ -1,7 +1,7 @@
 """musicnn's trained taggers (musicnn 0.1.0, ISC licence) as ordinary workdirs.
 
-Where the weights come from (``resolve``): a spec ``musicnn:MSD_musicnn`` or
-``musicnn:MTT_musicnn`` fetches the wheel once with ``pip download --no-deps
+Where the weights come from (``resolve``): a spec ``musicnn:MSD_musicnn``,
+``musicnn:MTT_musicnn`` (or ``MSD_vgg`` / ``MTT_vgg``, the VGG baselines) fetches the wheel once with ``pip download --no-deps
 musicnn==0.1.0`` into ``$MELGENRE_CACHE/wheels`` (default
 ``~/.cache/melgenre_jax/wheels``); a path to that wheel, or to an unpacked
 checkpoint folder (``.../musicnn/MSD_musicnn/``) works too. The package
@@ -10,7 +10,8 @@ not exist for this Python, and only its checkpoint files and tag names are
 needed. The tag names are read from its ``configuration.py`` with ``ast``.
 
 ``map_variables`` puts every TensorFlow variable onto the Flax tree by name
-(creation order of ``tf.compat.v1.layers`` in musicnn/models.py); Adam slots
+(creation order of ``tf.compat.v1.layers`` in musicnn/models.py; families
+'musicnn' and 'vgg', melgenre_jax/models/); Adam slots
 and beta powers are training state and are skipped by rule; anything else
 unmapped, missing or of another shape is an error naming it.
 ``import_to_workdir`` writes config.json, dataset.json and a checkpoint that
@@ -42,7 +43,7 @@ from melgenre_jax.pretrained import tf_checkpoint, to_workdir
 PACKAGE = 'musicnn'
 VERSION = '0.1.0'
 WHEEL = f'{PACKAGE}-{VERSION}-py3-none-any.whl'
-MODELS = ('MSD_musicnn', 'MTT_musicnn')
+MODELS = ('MSD_musicnn', 'MTT_musicnn', 'MSD_vgg', 'MTT_vgg')
 CACHE_ENV = 'MELGENRE_CACHE'
 # TF variables that are optimizer state, not the model: skipped by rule.
 _OPTIMIZER_SUFFIXES = ('/Adam', '/Adam_1')
@@ -150,21 +151,41 @@ def resolve(spec: str, scratch: str) -> Checkpoint:
 
 # ------------------------------------------------------------- mapping
 
-def layer_names() -> list[tuple[str, str, str]]:
-  """(TF layer name, Flax module name, kind) in the order musicnn/models.py creates them."""
-  flax_order = [('input_bn', 'bn')]
+def family_of(model: str) -> str:
+  """The Flax family (config.model.name) of a musicnn checkpoint name."""
+  return 'vgg' if model.endswith('_vgg') else 'musicnn'
+
+
+def _flax_order(family: str) -> list[tuple[str, str]]:
+  """(Flax module, kind) in the order musicnn/models.py creates the TF layers."""
+  order = [('input_bn', 'bn')]
+  if family == 'vgg':
+    for i in range(1, 6):
+      order += [(f'conv{i}', 'conv'), (f'bn{i}', 'bn')]
+    return order + [('head', 'dense')]
   for name in ('timbral_74', 'timbral_77', 'temporal_128', 'temporal_64', 'temporal_32',
                'midend_1', 'midend_2', 'midend_3'):
-    flax_order += [(f'{name}_conv', 'conv'), (f'{name}_bn', 'bn')]
-  flax_order += [('pool_bn', 'bn'), ('penultimate_dense', 'dense'), ('penultimate_bn', 'bn'),
-                 ('head', 'dense')]
+    order += [(f'{name}_conv', 'conv'), (f'{name}_bn', 'bn')]
+  return order + [('pool_bn', 'bn'), ('penultimate_dense', 'dense'), ('penultimate_bn', 'bn'),
+                  ('head', 'dense')]
+
+
+def layer_names(family: str = 'musicnn') -> list[tuple[str, str, str]]:
+  """(TF layer name, Flax module name, kind): TF's automatic names count per layer type.
+
+  The VGG names its convolutions ('1CNN' .. '5CNN'); everything else is
+  ``batch_normalization[_N]``, ``conv2d[_N]``, ``dense[_N]`` in creation order.
+  """
   counts = {'bn': 0, 'conv': 0, 'dense': 0}
   tf_base = {'bn': 'batch_normalization', 'conv': 'conv2d', 'dense': 'dense'}
   out = []
-  for flax_name, kind in flax_order:
+  for flax_name, kind in _flax_order(family):
     n = counts[kind]
     counts[kind] += 1
-    out.append((tf_base[kind] + (f'_{n}' if n else ''), flax_name, kind))
+    tf_name = tf_base[kind] + (f'_{n}' if n else '')
+    if family == 'vgg' and kind == 'conv':
+      tf_name = f'{n + 1}CNN'
+    out.append((tf_name, flax_name, kind))
   return out
 
 
@@ -180,7 +201,8 @@ def is_optimizer_state(name: str) -> bool:
   return name in _OPTIMIZER_NAMES or name.endswith(_OPTIMIZER_SUFFIXES)
 
 
-def map_variables(tensors: dict[str, np.ndarray], target: dict[str, Any]) -> dict[str, Any]:
+def map_variables(tensors: dict[str, np.ndarray], target: dict[str, Any],
+                  family: str = 'musicnn') -> dict[str, Any]:
   """TF name -> array onto ``target`` ({'params': ..., 'batch_stats': ...} of the Flax model).
 
   Returns a tree of the target's structure filled with the checkpoint's arrays.
@@ -189,7 +211,7 @@ def map_variables(tensors: dict[str, np.ndarray], target: dict[str, Any]) -> dic
   """
   out = {'params': {}, 'batch_stats': {}}
   used = set()
-  for tf_layer, flax_name, kind in layer_names():
+  for tf_layer, flax_name, kind in layer_names(family):
     for tf_var, collection, flax_var in _VARIABLES[kind]:
       name = f'{tf_layer}/{tf_var}'
       try:
@@ -199,12 +221,12 @@ def map_variables(tensors: dict[str, np.ndarray], target: dict[str, Any]) -> dic
                            f'checkpoint variable {name}: not a musicnn checkpoint?') from None
       if name not in tensors:
         raise PretrainedError(f'Checkpoint variable {name} (for {collection}/{flax_name}/'
-                           f'{flax_var}) is missing: not a musicnn {"/".join(MODELS)} checkpoint.')
+                           f'{flax_var}) is missing: not a musicnn {family} checkpoint.')
       value = np.asarray(tensors[name], np.float32)
       if tuple(value.shape) != tuple(want.shape):
         raise PretrainedError(f'Checkpoint variable {name} has shape {value.shape}, the Flax '
                            f'{collection}/{flax_name}/{flax_var} {tuple(want.shape)}: '
-                           'another musicnn variant? Use MSD_musicnn or MTT_musicnn.')
+                           f'another musicnn variant? Use one of {", ".join(MODELS)}.')
       out[collection].setdefault(flax_name, {})[flax_var] = value
       used.add(name)
   left = sorted(n for n in tensors if n not in used and not is_optimizer_state(n))
@@ -240,16 +262,21 @@ FAMILY_FIELDS = (
     ('features.fmin', 0.0), ('features.fmax', 0.0), ('features.mel_norm', 'slaney'),
     ('features.htk', False), ('features.compression', 'log10_10000'),
     ('features.normalize', False),
-    ('model.name', 'musicnn'), ('model.frontend_filters', 1.6), ('model.midend_filters', 64),
-    ('model.backend_units', 200), ('model.dropout', 0.5), ('model.batchnorm_momentum', 0.99),
-    ('model.bn_epsilon', 1e-3), ('model.dtype', 'float32'),
+    ('model.dropout', 0.5), ('model.batchnorm_momentum', 0.99), ('model.bn_epsilon', 1e-3),
+    ('model.dtype', 'float32'),
 )
+MODEL_FIELDS = {
+    'musicnn': (('model.name', 'musicnn'), ('model.frontend_filters', 1.6),
+                ('model.midend_filters', 64), ('model.backend_units', 200)),
+    'vgg': (('model.name', 'vgg'), ('model.filters', 128), ('model.conv_dropout', 0.25)),
+}
 
 
-def family_config(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def family_config(base: ml_collections.ConfigDict,
+                  family: str = 'musicnn') -> ml_collections.ConfigDict:
   """``base`` (e.g. configs/musicnn.py, or any recipe) with the checkpoint's fixed fields set."""
   config = ml_collections.ConfigDict(base.to_dict())
-  for dotted, value in FAMILY_FIELDS:
+  for dotted, value in FAMILY_FIELDS + MODEL_FIELDS[family]:
     *parents, name = dotted.split('.')
     node = config
     for part in parents:
@@ -271,8 +298,9 @@ def flax_target(config: ml_collections.ConfigDict, num_classes: int) -> dict[str
 def import_to_workdir(spec: str, workdir: str, base: ml_collections.ConfigDict) -> str:
   """Reads the checkpoint named by ``spec``, maps it, writes an ordinary workdir; its path."""
   ckpt, tensors = load(spec)
-  config = family_config(base)
-  variables = map_variables(tensors, flax_target(config, len(ckpt.labels)))
+  family = family_of(ckpt.model)
+  config = family_config(base, family)
+  variables = map_variables(tensors, flax_target(config, len(ckpt.labels)), family)
   source = {'import_from': spec, 'package': f'{PACKAGE}=={VERSION}', 'model': ckpt.model,
             'licence': 'ISC (musicnn, Jordi Pons and Xavier Serra)',
             'variables': len(tensors),

@@ -1,13 +1,14 @@
 """musicnn's trained taggers (musicnn 0.1.0, ISC licence) as ordinary workdirs.
 
 Where the weights come from (``resolve``): a spec ``musicnn:MSD_musicnn``,
-``musicnn:MTT_musicnn`` (or ``MSD_vgg`` / ``MTT_vgg``, the VGG baselines) fetches the wheel once with ``pip download --no-deps
-musicnn==0.1.0`` into ``$MELGENRE_CACHE/wheels`` (default
-``~/.cache/melgenre_jax/wheels``); a path to that wheel, or to an unpacked
-checkpoint folder (``.../musicnn/MSD_musicnn/``) works too. The package
-itself is never installed: its dependencies (TensorFlow 1, numpy < 1.17) do
-not exist for this Python, and only its checkpoint files and tag names are
-needed. The tag names are read from its ``configuration.py`` with ``ast``.
+``musicnn:MTT_musicnn`` (or ``MSD_vgg`` / ``MTT_vgg``, the VGG baselines)
+fetches the wheel once with ``pip download --no-deps musicnn==0.1.0`` into
+``$MELGENRE_CACHE/wheels`` (default ``~/.cache/melgenre_jax/wheels``); a path
+to that wheel (``WHEEL:MODEL`` picks the model), or to an unpacked checkpoint
+folder (``.../musicnn/MSD_musicnn/``) works too. The package itself is never
+installed: its dependencies (TensorFlow 1, numpy < 1.17) do not exist for this
+Python, and only its checkpoint files and tag names are needed. The tag names
+are read from its ``configuration.py`` with ``ast``.
 
 ``map_variables`` puts every TensorFlow variable onto the Flax tree by name
 (creation order of ``tf.compat.v1.layers`` in musicnn/models.py; families
@@ -84,8 +85,8 @@ def fetch_wheel(directory: str | None = None) -> str:
   if result.returncode != 0 or not os.path.isfile(path):
     tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ['']
     raise PretrainedError(f'Could not download {PACKAGE}=={VERSION} ({tail[0]}); download it '
-                       f'elsewhere (pip download --no-deps {PACKAGE}=={VERSION}) and pass '
-                       f'--import_from=PATH/{WHEEL}.')
+                          f'elsewhere (pip download --no-deps {PACKAGE}=={VERSION}) and pass '
+                          f'--import_from=PATH/{WHEEL}.')
   return path
 
 
@@ -97,7 +98,7 @@ def labels_from_source(configuration_py: str, model: str) -> tuple[str, ...]:
         and getattr(node.targets[0], 'id', None) == wanted):
       return tuple(str(x) for x in ast.literal_eval(node.value))
   raise PretrainedError(f'{wanted} not found in musicnn\'s configuration.py: not musicnn '
-                     f'{VERSION}? Pass its wheel ({WHEEL}).')
+                        f'{VERSION}? Pass its wheel ({WHEEL}).')
 
 
 def _check_model(model: str) -> str:
@@ -116,7 +117,7 @@ def _from_wheel(wheel: str, model: str, scratch: str) -> Checkpoint:
           f.write(z.read(f'{PACKAGE}/{model}/{suffix}'))
   except (zipfile.BadZipFile, KeyError, OSError) as e:
     raise PretrainedError(f'{wheel}: not a readable {WHEEL} ({e}); delete it and rerun the '
-                       'import to download it again.') from e
+                          'import to download it again.') from e
   return Checkpoint(model, scratch + os.sep, labels_from_source(config_py, model))
 
 
@@ -125,14 +126,14 @@ def _from_folder(folder: str) -> Checkpoint:
   model = _check_model(os.path.basename(folder))
   config_py = os.path.join(os.path.dirname(folder), 'configuration.py')
   if not os.path.isfile(os.path.join(folder, '.index')) or not os.path.isfile(config_py):
-    raise PretrainedError(f'{folder}: expected an unpacked musicnn checkpoint folder (with .index, '
-                       '.data-00000-of-00001, and configuration.py in its parent).')
+    raise PretrainedError(f'{folder}: expected an unpacked musicnn checkpoint folder (with '
+                          '.index, .data-00000-of-00001, and configuration.py in its parent).')
   with open(config_py, encoding='utf-8') as f:
     return Checkpoint(model, folder + os.sep, labels_from_source(f.read(), model))
 
 
 def resolve(spec: str, scratch: str) -> Checkpoint:
-  """``musicnn:MODEL`` | ``WHEEL[:MODEL]`` | checkpoint folder -> a Checkpoint (files in scratch)."""
+  """``musicnn:MODEL`` | ``WHEEL[:MODEL]`` | checkpoint folder -> a Checkpoint (in scratch)."""
   if spec.startswith(f'{PACKAGE}:'):
     return _from_wheel(fetch_wheel(), _check_model(spec.split(':', 1)[1]), scratch)
   path, _, model = spec.partition('.whl')
@@ -144,9 +145,9 @@ def resolve(spec: str, scratch: str) -> Checkpoint:
     return _from_wheel(wheel, _check_model(model), scratch)
   if os.path.isdir(os.path.expanduser(spec)):
     return _from_folder(os.path.expanduser(spec))
-  raise PretrainedError(f'--import_from={spec!r}: give musicnn:MSD_musicnn or musicnn:MTT_musicnn, '
-                     f'a path to {WHEEL} (optionally WHEEL:MODEL), or an unpacked checkpoint '
-                     'folder.')
+  raise PretrainedError(f'--import_from={spec!r}: give musicnn:MODEL ({", ".join(MODELS)}), '
+                        f'a path to {WHEEL} (optionally WHEEL:MODEL), or an unpacked '
+                        'checkpoint folder.')
 
 
 # ------------------------------------------------------------- mapping
@@ -218,27 +219,27 @@ def map_variables(tensors: dict[str, np.ndarray], target: dict[str, Any],
         want = target[collection][flax_name][flax_var]
       except KeyError:
         raise PretrainedError(f'The Flax model has no {collection}/{flax_name}/{flax_var} for '
-                           f'checkpoint variable {name}: not a musicnn checkpoint?') from None
+                              f'checkpoint variable {name}: not a musicnn checkpoint?') from None
       if name not in tensors:
         raise PretrainedError(f'Checkpoint variable {name} (for {collection}/{flax_name}/'
-                           f'{flax_var}) is missing: not a musicnn {family} checkpoint.')
+                              f'{flax_var}) is missing: not a musicnn {family} checkpoint.')
       value = np.asarray(tensors[name], np.float32)
       if tuple(value.shape) != tuple(want.shape):
         raise PretrainedError(f'Checkpoint variable {name} has shape {value.shape}, the Flax '
-                           f'{collection}/{flax_name}/{flax_var} {tuple(want.shape)}: '
-                           f'another musicnn variant? Use one of {", ".join(MODELS)}.')
+                              f'{collection}/{flax_name}/{flax_var} {tuple(want.shape)}: '
+                              f'another musicnn variant? Use one of {", ".join(MODELS)}.')
       out[collection].setdefault(flax_name, {})[flax_var] = value
       used.add(name)
   left = sorted(n for n in tensors if n not in used and not is_optimizer_state(n))
   if left:
     raise PretrainedError(f'Checkpoint variables not mapped onto the Flax model: {", ".join(left)} '
-                       '(a different musicnn architecture?).')
+                          '(a different musicnn architecture?).')
   for collection, modules in target.items():
     for module, leaves in modules.items():
       for leaf in leaves:
         if leaf not in out[collection].get(module, {}):
           raise PretrainedError(f'Flax variable {collection}/{module}/{leaf} got no checkpoint '
-                             'value.')
+                                'value.')
   return out
 
 

@@ -280,7 +280,7 @@ def read_bundle(prefix: str) -> dict[str, np.ndarray]:
       data = f.read()
   except OSError as e:
     raise CheckpointError(f'{path}: cannot read the checkpoint data ({e.strerror}); '
-                          'the bundle needs its .data-00000-of-00001 file beside the .index.') from e
+                          'a bundle needs its .data-00000-of-00001 beside the .index.') from e
   out = {}
   for name, e in entries.items():
     if e.dtype not in _DTYPES:

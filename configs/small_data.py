@@ -11,10 +11,10 @@ smaller or wider model, batch 8, twice the learning rate, twice the epochs,
 running BatchNorm averages, standardised bands, and shorter windows at random
 offsets alone or combined all landed within one standard deviation of it or
 below (5-fold by artist on 409 real 2-3 s GTZAN excerpts; the table and
-commands are in README.md, "Small data"), and it scores what MFCC statistics
+commands are in docs/small_data.md), and it scores what MFCC statistics
 + logistic regression score on the same folds (benchmarks/bench_baselines.py
 prints that bar for any manifest or folder). What did help on the same clips is
-a backbone pretrained on other artists (config.init_from, README "Transfer").
+a backbone pretrained on other artists (config.init_from, docs/transfer.md).
 Each lever is a command-line override: --config.ema_decay=0.99,
 --config.optim.label_smoothing=0.1, --config.audio.train_offsets=random,
 --config.augment.time_masks=2, ...

@@ -29,6 +29,7 @@ from melgenre_jax.input_spec import InputSpec
 from melgenre_jax.modes import import_pretrained
 from melgenre_jax.pretrained import musicnn
 from melgenre_jax.pretrained import tf_checkpoint
+from melgenre_jax.train import transfer
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'musicnn')
 EXCERPT = os.path.join(FIXTURE, 'excerpt.flac')
@@ -300,6 +301,9 @@ def test_import_writes_an_ordinary_workdir(wheel, tmp_path):
   mapped = musicnn.map_variables(tensors, musicnn.flax_target(config, 50))
   restored = {'params': model.variables.params, 'batch_stats': model.variables.batch_stats}
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), mapped)
+  with pytest.raises(UserError) as e:  # the reference's inputs are not musicnn's
+    transfer.check_front_end(transfer.resolve_source(workdir), default_config.get_config())
+  assert 'features.compression' in str(e.value)
   with pytest.raises(UserError) as e:  # never over an existing run
     import_pretrained.import_workdir(musicnn_config.get_config(), workdir, f'{wheel}:MSD_musicnn')
   _one_line(e)

@@ -43,7 +43,7 @@ from melgenre_jax.runtime import parallel
 FRONT_END_FIELDS = (
     'audio.sample_rate', 'audio.segment_seconds', 'features.n_fft', 'features.hop_length',
     'features.n_mels', 'features.fmin', 'features.fmax', 'features.mel_norm', 'features.htk',
-    'features.top_db', 'features.amin', 'features.normalize',
+    'features.top_db', 'features.amin', 'features.normalize', 'features.compression',
 )
 
 

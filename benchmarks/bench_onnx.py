@@ -1,9 +1,10 @@
 """ONNX Runtime (CPU) beside JAX on the exported inference function (#32): segments/s.
 
-Run from the repository root:  python benchmarks/bench_onnx.py  [--tiny]
+Run from the repository root:  python benchmarks/bench_onnx.py  [--model=musicnn|tiny]
 
 The function is ``onnx_export.inference_outputs`` of a freshly initialised
-reference model (throughput does not depend on the weights): waveform
+model (throughput does not depend on the weights; the reference CRNN by
+default, musicnn, or configs/tiny.py for a smoke run): waveform
 segments in, probabilities and embedding out, log-mel front end included.
 Rows per batch size:
 - JAX: that function jitted on one device, batched as ``export.py`` exports it;
@@ -43,16 +44,17 @@ from melgenre_jax.runtime import parallel  # noqa: E402
 _BATCHES = flags.DEFINE_list('batch_sizes', ['1', '8', '32'], 'Batch sizes to time.')
 _SEGMENTS = flags.DEFINE_integer('segments', 64, 'Segments per timed call (whole batches).')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds; the median is reported.')
-_TINY = flags.DEFINE_bool('tiny', False, 'configs/tiny.py instead of the reference (a smoke run).')
+_MODEL = flags.DEFINE_enum('model', 'reference', ['reference', 'musicnn', 'tiny'],
+                           'configs/default.py, configs/musicnn.py or configs/tiny.py (a smoke run).')
 
 GENRES = list(synthetic.GENRES)
 
 
 def _config():
-  if _TINY.value:
-    from configs import tiny  # pylint: disable=g-import-not-at-top
-    return tiny.get_config()
-  return common.reference_config()
+  if _MODEL.value == 'reference':
+    return common.reference_config()
+  from configs import musicnn, tiny  # pylint: disable=g-import-not-at-top
+  return (musicnn if _MODEL.value == 'musicnn' else tiny).get_config()
 
 
 def _segments(spec, count: int) -> np.ndarray:
@@ -108,7 +110,7 @@ def main(argv):
 
   seconds = model.spec.seconds(model.spec.segment_samples)
   print()
-  print(f'ONNX Runtime vs JAX, CPU: {"tiny" if _TINY.value else "reference"} model, '
+  print(f'ONNX Runtime vs JAX, CPU: {_MODEL.value} model, '
         f'{seconds:g} s segments at {model.spec.sample_rate} Hz (waveform in, log-mel in the '
         f'graph), {len(inputs)} segments per call, median of {_REPEATS.value} rounds, '
         'compile excluded')

@@ -8,8 +8,10 @@ A command line is a line of a ```bash block (continuations joined, comments drop
   so no benchmark's heavy imports are needed), its --config the same way as main.py's;
 - `pip install -r F`, `pytest ... PATHS`, `bash SCRIPT`: the files they name exist.
 A line no checker knows fails, so a new kind of command gets a check. The lines that read
-runs/synthetic (predict, embed, eval, calibrate) also run verbatim, in slow tests, on a tiny run.
-`[--flag=value]` in a line marks an optional flag (checked as given); `[WORD]` a placeholder (dropped).
+runs/synthetic (predict, eval, calibrate; embed: README.md's in tests/test_embed.py, docs' here) also
+run verbatim, in slow tests, on a tiny run. `[--flag=value]` in a line marks an optional flag
+(checked as given); `[WORD]` a placeholder (dropped). The pages' ```python blocks import what they
+name, and their relative links reach files and headings that exist.
 """
 
 import ast
@@ -17,6 +19,7 @@ import csv
 import glob
 import io
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -281,6 +284,50 @@ def test_a_wrong_command_line_fails_its_check(text, tmp_path):
   with pytest.raises(AssertionError):
     for part in parts(argv_of(text)):
       check_part(part, tmp_path)
+
+
+def _fenced(page: str, language: str) -> list[str]:
+  """The lines of a page's code blocks in ``language``."""
+  out, fence = [], None
+  with open(os.path.join(ROOT, page), encoding='utf-8') as f:
+    for line in f:
+      if line.startswith('```'):
+        fence = None if fence is not None else line[3:].strip()
+      elif fence == language:
+        out.append(line.strip())
+  return out
+
+
+@pytest.mark.parametrize('page', PAGES)
+def test_python_snippets_import_what_they_name(page):
+  """A ```python block's package imports name things that exist."""
+  for line in _fenced(page, 'python'):
+    if line.startswith('from melgenre_jax') or line.startswith('import melgenre_jax'):
+      exec(line.split('#')[0], {})  # pylint: disable=exec-used
+
+
+def _slug(heading: str) -> str:
+  """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+  text = re.sub(r'[^\w\- ]', '', heading.strip().lower())
+  return text.replace(' ', '-')
+
+
+@pytest.mark.parametrize('page', PAGES + ['benchmarks/README.md'])
+def test_relative_links_resolve(page):
+  """Links between README.md, docs/ and benchmarks/README.md point at files and headings that exist."""
+  with open(os.path.join(ROOT, page), encoding='utf-8') as f:
+    text = f.read()
+  for target in re.findall(r'\]\(([^)\s]+)\)', text):
+    if re.match(r'[a-z]+://', target):
+      continue
+    path, _, anchor = target.partition('#')
+    file = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), path)) if path else (
+        os.path.join(ROOT, page))
+    assert os.path.exists(file), f'{page}: {target}: no such file'
+    if anchor:
+      with open(file, encoding='utf-8') as f:
+        slugs = {_slug(line.lstrip('#')) for line in f if line.startswith('#')}
+      assert anchor in slugs, f'{page}: {target}: no such heading'
 
 
 # ---- verbatim runs ------------------------------------------------------------------------------

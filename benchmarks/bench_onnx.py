@@ -45,7 +45,7 @@ _BATCHES = flags.DEFINE_list('batch_sizes', ['1', '8', '32'], 'Batch sizes to ti
 _SEGMENTS = flags.DEFINE_integer('segments', 64, 'Segments per timed call (whole batches).')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds; the median is reported.')
 _MODEL = flags.DEFINE_enum('model', 'reference', ['reference', 'musicnn', 'tiny'],
-                           'configs/default.py, configs/musicnn.py or configs/tiny.py (a smoke run).')
+                           'configs/default.py, configs/musicnn.py, configs/tiny.py (smoke run).')
 
 GENRES = list(synthetic.GENRES)
 

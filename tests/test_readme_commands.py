@@ -253,6 +253,14 @@ def test_pages_have_the_commands_ci_reads():
   assert len(PAGES) > 1 and len(ALL_LINES) > 20, PAGES
 
 
+def test_readme_names_every_mode():
+  """The README's list of modes is dispatch.MODES (a new mode gets its line there)."""
+  from melgenre_jax.modes import dispatch  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
+    line = next(p for p in f.read().split('\n\n') if p.startswith('`--mode` is one of'))
+  assert set(re.findall(r'`(\w+)`', line)) - {'train'} >= set(dispatch.MODES) - {'train'}, line
+
+
 def test_readme_is_short():
   with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
     assert len(f.readlines()) <= 300

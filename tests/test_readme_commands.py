@@ -261,6 +261,21 @@ def test_readme_names_every_mode():
   assert set(re.findall(r'`(\w+)`', line)) - {'train'} >= set(dispatch.MODES) - {'train'}, line
 
 
+def test_readme_code_map_names_every_module():
+  """Every module of the package (two levels deep) and every deeper folder is in the README's code map."""
+  with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
+    layout = f.read().split('## Layout', 1)[1]
+  names = set(re.findall(r'[A-Za-z_]\w*', layout))
+  package = os.path.join(ROOT, 'melgenre_jax')
+  missing = []
+  for path in glob.glob(os.path.join(package, '**', '*.py'), recursive=True):
+    parts_ = os.path.relpath(path, package).split(os.sep)
+    name = parts_[-1][:-3] if len(parts_) <= 2 else parts_[1]
+    if name != '__init__' and name not in names:
+      missing.append(os.path.relpath(path, ROOT))
+  assert not missing, f'add these to the code map in README.md ("## Layout"): {sorted(missing)}'
+
+
 def test_readme_is_short():
   with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
     assert len(f.readlines()) <= 300

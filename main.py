@@ -6,6 +6,7 @@
   python main.py --workdir runs/synthetic --mode predict song.mp3 my_folder/
   python main.py --workdir runs/synthetic --mode predict --output csv --write_tags ~/Music
   python main.py --workdir runs/synthetic --mode embed my_folder/ --per_segment
+  python main.py --mode=import --import_from=musicnn:MSD_musicnn --workdir runs/msd_musicnn
 
 Any config field can be overridden with --config.some.field=value.
 """
@@ -19,6 +20,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from configs import musicnn as musicnn_config
 from melgenre_jax import errors
 from melgenre_jax.modes import dispatch
 from melgenre_jax.runtime import parallel
@@ -52,6 +54,9 @@ flags.DEFINE_bool('per_segment', False, 'embed: also write every segment\'s embe
                   '(segment_embeddings.npy/.csv), not only each song\'s mean.')
 flags.DEFINE_string('embed_dir', None, 'embed: folder the embeddings are written to '
                     '(default WORKDIR/embeddings).')
+flags.DEFINE_string('import_from', '', 'import: pretrained weights, musicnn:MSD_musicnn | '
+                    'musicnn:MTT_musicnn | musicnn:MSD_vgg | musicnn:MTT_vgg, a path to the '
+                    'musicnn wheel (WHEEL:MODEL) or an unpacked checkpoint folder.')
 flags.DEFINE_string('coordinator_address', '', 'Multi-host: host:port of process 0.')
 flags.DEFINE_integer('num_processes', 0, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', -1, 'Multi-host: index of this process.')
@@ -142,7 +147,8 @@ def run_options(paths: list[str]) -> dispatch.RunOptions:
       hop_seconds=FLAGS.hop_seconds, min_confidence=FLAGS.min_confidence,
       write_tags=FLAGS.write_tags, per_segment=FLAGS.per_segment, embed_dir=FLAGS.embed_dir,
       coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
-      process_id=FLAGS.process_id, peer_timeout_seconds=FLAGS.peer_timeout_seconds)
+      process_id=FLAGS.process_id, peer_timeout_seconds=FLAGS.peer_timeout_seconds,
+      import_from=FLAGS.import_from)
 
 
 def loaded_config():
@@ -163,6 +169,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {paths} (only --mode=predict takes audio '
                          'paths after the flags, and --mode=embed).')
   config = loaded_config()
+  if config is None and FLAGS.mode == 'import':  # the family's recipe is the import's base
+    config = musicnn_config.get_config()
   dispatch.quiet_library_logs()
   try:
     with parallel.peer_failures_as_errors():

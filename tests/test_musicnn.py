@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import struct
+import subprocess
+import sys
 import types
 
 import jax
@@ -317,3 +318,16 @@ def test_bad_specs_are_one_line(tmp_path):
   with pytest.raises(UserError) as e:
     import_pretrained.import_workdir(musicnn_config.get_config(), str(tmp_path / 'w'), '')
   _one_line(e)
+
+
+@pytest.mark.slow
+def test_cli_import_then_predict_prints_tags(wheel, tmp_path):
+  """The issue's command, then predict on the imported workdir (two processes, as a user would)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  workdir = str(tmp_path / 'msd')
+  env = dict(os.environ, MELGENRE_CACHE=os.path.dirname(os.path.dirname(wheel)))
+  subprocess.run([sys.executable, 'main.py', '--mode=import', '--import_from=musicnn:MSD_musicnn',
+                  f'--workdir={workdir}'], cwd=root, env=env, check=True, capture_output=True)
+  out = subprocess.run([sys.executable, 'main.py', f'--workdir={workdir}', '--mode=predict',
+                        EXCERPT], cwd=root, env=env, check=True, capture_output=True, text=True)
+  assert 'tags (p >= 0.5): metal' in out.stdout, out.stdout

@@ -28,7 +28,7 @@ from melgenre_jax.runtime import cpu_devices
 from melgenre_jax.runtime import hostmem
 from melgenre_jax.runtime import parallel
 
-MODES = ('train', 'eval', 'predict', 'embed', 'export', 'tune', 'calibrate', 'cv')
+MODES = ('train', 'eval', 'predict', 'embed', 'export', 'tune', 'calibrate', 'cv', 'import')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +59,7 @@ class RunOptions:
   num_processes: int = 0
   process_id: int = -1
   peer_timeout_seconds: int = parallel.DEFAULT_PEER_TIMEOUT_SECONDS
+  import_from: str = ''  # import: the pretrained weights (modes/import_pretrained.py)
 
 
 class _DropLibraryInfo(std_logging.Filter):
@@ -129,6 +130,9 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str,
   if mode == 'cv':
     from melgenre_jax.modes import cv
     return cv.run_cv(config, workdir)
+  if mode == 'import':
+    from melgenre_jax.modes import import_pretrained
+    return import_pretrained.import_workdir(config, workdir, options.import_from)
   config = config if config is not None else workdir_lib.load_workdir_config(workdir)
   if mode == 'train':
     from melgenre_jax import train

@@ -51,6 +51,7 @@ from melgenre_jax.data import splits
 from melgenre_jax.data.songs import Song
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import DataError
+from melgenre_jax.modes import eval_format
 from melgenre_jax.modes import evaluate
 from melgenre_jax.runtime import parallel
 from melgenre_jax.runtime import processes
@@ -422,7 +423,7 @@ def format_markdown(summary: dict[str, Any]) -> str:
     out += ['', f"## Confusion matrix (songs, pooled over all test folds: {p['songs']} "
             f"song tests, accuracy {_pct(p['song_accuracy'])})", '',
             '![pooled song confusion matrix](confusion_matrix.png)', '']
-    out += evaluate._md_confusion(p['song_confusion_matrix'], genres)  # pylint: disable=protected-access
+    out += eval_format.md_confusion(p['song_confusion_matrix'], genres)
   out += ['', 'Per run: `fold_<repeat>_<fold>/eval/report.md` and `predictions.npz`; the '
           'fold assignment: `folds.json`.', '']
   return '\n'.join(out)

@@ -109,3 +109,14 @@ class Dropout(nn.Module):
     halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:x.size]
     keep = halves.reshape(x.shape) < threshold
     return jnp.where(keep, x * (65536.0 / threshold), 0.0).astype(x.dtype)
+
+
+def tf_batch_norm(name: str, train: bool, momentum: float, epsilon: float,
+                  axis_name: str | None) -> nn.BatchNorm:
+  """``nn.BatchNorm`` as the ported TF taggers used it (batch statistics across devices in training).
+
+  One place for the ported families (musicnn, vgg): their checkpoints' statistics
+  are only right with the epsilon and momentum they were trained with.
+  """
+  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
+                      axis_name=axis_name if train else None, name=name)

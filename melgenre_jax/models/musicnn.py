@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from melgenre_jax.models.layers import Dropout
+from melgenre_jax.models.layers import Dropout, tf_batch_norm
 
 _TIMBRAL = (('timbral_74', 0.4), ('timbral_77', 0.7))  # (name, fraction of the mel bands)
 _TEMPORAL = (('temporal_128', 128), ('temporal_64', 64), ('temporal_32', 32))  # frames
@@ -52,9 +52,7 @@ class MusiCNN(nn.Module):
   bn_axis_name: str | None = None
 
   def _bn(self, name: str, train: bool) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                        epsilon=self.bn_epsilon, axis_name=self.bn_axis_name if train else None,
-                        name=name)
+    return tf_batch_norm(name, train, self.bn_momentum, self.bn_epsilon, self.bn_axis_name)
 
   def _conv_block(self, x: jax.Array, name: str, features: int, kernel: Sequence[int],
                   padding: str, train: bool) -> jax.Array:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from melgenre_jax.models.layers import Dropout
+from melgenre_jax.models.layers import Dropout, tf_batch_norm
 
 # (window, strides) of the max pool after each convolution.
 POOLS = (((4, 1), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)),
@@ -34,9 +34,7 @@ class VGG(nn.Module):
   bn_axis_name: str | None = None
 
   def _bn(self, name: str, train: bool) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                        epsilon=self.bn_epsilon, axis_name=self.bn_axis_name if train else None,
-                        name=name)
+    return tf_batch_norm(name, train, self.bn_momentum, self.bn_epsilon, self.bn_axis_name)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,

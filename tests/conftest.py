@@ -23,6 +23,7 @@ if ROOT not in sys.path:
 import shutil  # noqa: E402  (after the environment set-up above)
 
 import pytest  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
 
 from melgenre_jax.runtime import hostmem  # noqa: E402
 
@@ -35,6 +36,20 @@ def pytest_configure(config):
 # As train_and_evaluate does (config.keep_host_memory): every test's steps run
 # the way the product's do, and ~1.5x faster.
 hostmem.keep_freed_memory()
+
+
+@pytest.fixture(autouse=True)
+def _absl_info_logs():
+  """Every test starts with absl at INFO, whatever an earlier test or library left.
+
+  Tests read absl's INFO lines through caplog; a test that ran a mode (or a
+  library that set absl's verbosity) would otherwise decide, by test order,
+  whether those lines exist.
+  """
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  yield
+  absl_logging.set_verbosity(verbosity)
 
 
 @pytest.fixture(scope='session')

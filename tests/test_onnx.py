@@ -1,7 +1,8 @@
 """export/model.onnx (#32): jax2onnx's graph run by onnxruntime equals the JAX model within 1e-4.
 
 Every model family is converted: the reference CRNN (waveform and log-mel
-input) and musicnn (waveform in, its own log10 front end, multi-label).
+input), musicnn (waveform in, its own log10 front end, multi-label) and vgg
+(musicnn's front end, 2-D max pools over time and frequency).
 The models are freshly initialised and then given non-trivial statistics
 (BatchNorm running mean/variance, negative BatchNorm scales, which take the
 min-pool branch, feature normalisation from real log-mels), so that a graph
@@ -25,6 +26,7 @@ from melgenre_jax.data import features
 from melgenre_jax.data import synthetic
 from melgenre_jax.input_spec import InputSpec
 from melgenre_jax.modes import onnx_export
+from melgenre_jax.pretrained import musicnn as pretrained_musicnn
 from melgenre_jax.runtime import parallel
 
 GENRES = ['ambient', 'blues', 'classical', 'disco']
@@ -33,11 +35,12 @@ TOL = onnx_export.TOLERANCE
 
 
 CASES = {'crnn': ('crnn', 'device'), 'crnn_log_mel': ('crnn', 'host'),
-         'musicnn': ('musicnn', 'device')}
+         'musicnn': ('musicnn', 'device'), 'vgg': ('vgg', 'device')}
 
 
 def _config(family: str = 'crnn', where: str = 'device'):
-  config = tiny.get_config() if family == 'crnn' else musicnn.get_config()
+  config = (tiny.get_config() if family == 'crnn' else
+            pretrained_musicnn.family_config(musicnn.get_config(), family))
   config.features.where = where
   return config
 
@@ -150,6 +153,8 @@ def test_graph_keeps_the_lstm_as_a_loop(exported):
   if exported[0].config.model.get('name', 'crnn') == 'crnn':
     assert found.count('Loop') >= 4  # two LSTM layers per branch, each one loop
   assert 'Conv' in found
+  if exported[0].config.model.name == 'vgg':  # pooled over (time, freq) only: onnxruntime runs it
+    assert 'MaxPool' in found
   if exported[0].spec.takes_waves:
     assert 'DFT' in found  # the log-mel front end is in the graph
 

@@ -7,10 +7,17 @@
     with ``jax.export.deserialize``, no Python model code needed);
   * ``embed.stablehlo`` - the same for ``segments -> embeddings [b, D]``, the
     classifier head's input (see modes/embed.py); ``load_exported(d, 'embed')``;
+  * ``model.onnx`` - the same ``inputs -> (probabilities, embedding)`` as an
+    ONNX graph (jax2onnx; modes/onnx_export.py), checked with onnxruntime
+    against JAX on segments of the run's own data before it is kept;
   * ``contract.json`` - what the function expects and returns (sample rate,
     segment length and hop, genre names, shapes/dtypes, platforms, JAX
     version, checkpoint step) and ``calibration``: the song-level temperature
-    fitted on validation for that step (1 when it never was).
+    fitted on validation for that step (1 when it never was);
+  * ``config.json`` - the run's config (a copy of the workdir's), so that the
+    folder alone rebuilds the input format (predict ``--model EXPORT_DIR``);
+  * ``MODEL_CARD.md`` - what the model is and how well it did, written from
+    the workdir's records (modes/model_card.py).
 
 Design choices:
   * The function is ``waves [b, segment_samples] float32 -> probabilities
@@ -52,9 +59,14 @@ EXPORT_DIR = 'export'
 MODEL_FILE = 'model.stablehlo'
 EMBED_FILE = 'embed.stablehlo'
 CONTRACT_FILE = 'contract.json'
-# 2: adds ``functions`` (predict and embed, each with its file and output).
-CONTRACT_VERSION = 2
+# 2: adds ``functions`` (predict and embed, each with its file and output);
+# 3: adds ``functions.onnx`` and the folder's config.json and MODEL_CARD.md.
+CONTRACT_VERSION = 3
 FUNCTIONS = ('predict', 'embed')
+CONFIG_FILE = 'config.json'
+CARD_FILE = 'MODEL_CARD.md'
+# Segments of the run's own data the ONNX graph is checked on (onnx_export.write_onnx).
+ONNX_CHECK_ROWS = 8
 
 
 # ----------------------------------------------------------------------------
@@ -267,15 +279,50 @@ def _contract(model, exported, info: dict[str, Any],
   }
 
 
-def export_workdir(config, workdir: str, step: int | None = None,
-                   platforms: tuple[str, ...] = ('cpu', 'cuda')) -> dict[str, Any]:
-  """``--mode=export``: writes WORKDIR/export/{model.stablehlo,contract.json}.
+def check_segments(workdir: str, input_shape: tuple[int, ...],
+                   rows: int = ONNX_CHECK_ROWS) -> Any:
+  """Up to ``rows`` model inputs from the run's data cache, spread over it (None: none usable).
 
-  Returns the contract (with ``path`` added).
+  The ONNX graph is checked on these: real segments of the songs the model
+  was trained and evaluated on, not only noise. An imported workdir has no
+  cache; a cache of another input shape is not used.
   """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  try:
+    with open(os.path.join(workdir, 'data_summary.json')) as f:
+      cache = json.load(f).get('cache') or ''
+    inputs = np.load(os.path.join(cache, 'inputs.npy'), mmap_mode='r')
+  except (OSError, ValueError):
+    return None
+  if tuple(inputs.shape[1:]) != tuple(input_shape) or not len(inputs):
+    return None
+  pick = np.unique(np.linspace(0, len(inputs) - 1, min(rows, len(inputs))).astype(int))
+  return np.asarray(inputs[pick], np.float32)
+
+
+def _write_atomic(path: str, data: bytes | bytearray | str) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w' if isinstance(data, str) else 'wb') as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def export_workdir(config, workdir: str, step: int | None = None,
+                   platforms: tuple[str, ...] = ('cpu', 'cuda'),
+                   command: str | None = None) -> dict[str, Any]:
+  """``--mode=export``: writes WORKDIR/export/ (StableHLO, ONNX, contract, config, model card).
+
+  ``command``: the command line recorded in the card (default: this
+  process's). Returns the contract (with ``path`` added).
+  """
+  import sys  # pylint: disable=g-import-not-at-top
+
   from melgenre_jax import calibration  # pylint: disable=g-import-not-at-top
   from melgenre_jax import config_checks  # pylint: disable=g-import-not-at-top
   from melgenre_jax import inference  # pylint: disable=g-import-not-at-top
+  from melgenre_jax.modes import model_card  # pylint: disable=g-import-not-at-top
+  from melgenre_jax.modes import onnx_export  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
   config_checks.check_workdir_compatible(config, workdir)
@@ -287,13 +334,23 @@ def export_workdir(config, workdir: str, step: int | None = None,
   out_dir = os.path.join(workdir, EXPORT_DIR)
   os.makedirs(out_dir, exist_ok=True)
   blob = exported.serialize()
-  for name, data in ((MODEL_FILE, blob), (EMBED_FILE, embedded.serialize())):
-    tmp = os.path.join(out_dir, name + '.tmp')
-    with open(tmp, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, os.path.join(out_dir, name))
-  with open(os.path.join(out_dir, CONTRACT_FILE), 'w') as f:  # last: it lists both files
+  _write_atomic(os.path.join(out_dir, MODEL_FILE), blob)
+  _write_atomic(os.path.join(out_dir, EMBED_FILE), embedded.serialize())
+  rows = check_segments(workdir, model.spec.input_shape)
+  contract['functions']['onnx'] = {
+      **onnx_export.write_onnx(onnx_export.inference_outputs(model), model.spec.input_shape,
+                               os.path.join(out_dir, onnx_export.ONNX_FILE), inputs=rows),
+      'checked_on': (f"{len(rows)} segments of the run's data cache" if rows is not None
+                     else f'{len(onnx_export.check_inputs(model.spec.input_shape))} '
+                          'noise segments (no data cache in the workdir)')}
+  _write_atomic(os.path.join(out_dir, CONFIG_FILE), config.to_json_best_effort(
+      indent=1, sort_keys=True))
+  command = command if command is not None else ' '.join(['python', *sys.argv])
+  _write_atomic(os.path.join(out_dir, CARD_FILE),
+                model_card.card(model_card.read_run(workdir, contract, command)))
+  with open(os.path.join(out_dir, CONTRACT_FILE), 'w') as f:  # last: it lists the files
     json.dump(contract, f, indent=1)
   print(f'Exported step {model.step} for {", ".join(contract["platforms"])} '  # CLI output
-        f'({len(blob) / 1e6:.2f} MB, song temperature {model.temperature:.4g}) to {out_dir}')
+        f'({len(blob) / 1e6:.2f} MB, song temperature {model.temperature:.4g}) to {out_dir} '
+        f'(StableHLO, ONNX, {CARD_FILE})')
   return {**contract, 'path': out_dir}

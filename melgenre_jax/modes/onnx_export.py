@@ -25,6 +25,10 @@ jax 0.10.2 / flax 0.12.8; each answers a failure seen on the reference model:
   * Dead code dropped (JAX's own ``dce_jaxpr``): ``nn.RNN`` draws a PRNG key
     for its all-zero initial carry that nothing reads, and jax2onnx has no
     rule for ``random_split``.
+  * Max pools as ONNX pools over the pooled axes only (``_MaxPoolOverPooledAxes``):
+    jax2onnx 0.13.0 makes every axis of ``reduce_window_max`` a spatial one, so
+    vgg's ``nn.max_pool`` on ``[1, T, F, C]`` became a 4-D MaxPool, which
+    onnxruntime refuses ("Unsupported pooling size"); ONNX pools 1 to 3 axes.
 """
 
 from __future__ import annotations
@@ -41,10 +45,15 @@ import jax.numpy as jnp
 import jax2onnx
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime
 from jax.extend import core as jax_core
 from jax.interpreters import partial_eval
 from jax2onnx.plugins import plugin_system
+from jax2onnx.plugins._ir_shapes import _ensure_value_metadata
+from jax2onnx.plugins._ir_shapes import _stamp_type_and_shape
+from jax2onnx.plugins.jax.lax import reduce_window_max
+from jax2onnx.plugins.jax.lax._index_utils import _const_i64
 
 ONNX_FILE = 'model.onnx'
 OUTPUTS = ('probabilities', 'embedding')
@@ -97,6 +106,67 @@ def _traced(fn: Callable, arg: jax.ShapeDtypeStruct) -> Callable:
   return jax_core.jaxpr_as_fun(jax_core.ClosedJaxpr(jaxpr, closed.consts))
 
 
+class _MaxPoolOverPooledAxes(reduce_window_max.ReduceWindowMaxPrimitivePlugin):
+  """``reduce_window_max`` as Transpose -> Reshape -> MaxPool over the pooled axes -> back.
+
+  The axes the window leaves alone (size 1, stride 1, no padding) are
+  moved to the front and merged into ONNX's channel axis, so the MaxPool has
+  only the pooled axes as spatial ones. All shapes are static here (one
+  segment at a time, see the module docstring); otherwise the base rule runs.
+  """
+
+  def lower(self, ctx: Any, eqn: Any) -> None:
+    p = eqn.params
+    operand, out = eqn.invars[0], eqn.outvars[0]
+    shape, out_shape = tuple(operand.aval.shape), tuple(out.aval.shape)
+    rank = len(shape)
+    pooled = [i for i in range(rank) if (p['window_dimensions'][i], p['window_strides'][i],
+                                         tuple(p['padding'][i]), p['window_dilation'][i],
+                                         p['base_dilation'][i]) != (1, 1, (0, 0), 1, 1)]
+    free = [i for i in range(rank) if i not in pooled]
+    if (not free or not 1 <= len(pooled) <= 3
+        or not all(isinstance(d, int) for d in shape + out_shape)):
+      return super().lower(ctx, eqn)
+    perm = free + pooled
+    x = ctx.get_value_for_var(operand, name_hint=ctx.fresh_name('pool_in'))
+
+    def emit(value: Any, dims: Sequence[int]) -> Any:
+      value.type = ir.TensorType(x.type.dtype)
+      _stamp_type_and_shape(value, tuple(dims))
+      _ensure_value_metadata(ctx, value)
+      return value
+
+    def reshape(value: Any, dims: Sequence[int]) -> Any:
+      dims = [int(d) for d in dims]
+      return emit(ctx.builder.Reshape(value, _const_i64(ctx, np.asarray(dims, np.int64),
+                                                         'pool_shape'),
+                                      _outputs=[ctx.fresh_name('pool_reshape')]), dims)
+
+    moved = emit(ctx.builder.Transpose(x, perm=perm, _outputs=[ctx.fresh_name('pool_perm')]),
+                 [shape[i] for i in perm])
+    channels = int(np.prod([shape[i] for i in free]))
+    x4 = reshape(moved, [1, channels, *(shape[i] for i in pooled)])
+    pads = [int(p['padding'][i][0]) for i in pooled] + [int(p['padding'][i][1]) for i in pooled]
+    kwargs: dict[str, Any] = {
+        'kernel_shape': tuple(int(p['window_dimensions'][i]) for i in pooled),
+        'strides': tuple(int(p['window_strides'][i]) for i in pooled)}
+    if any(pads):
+      kwargs['pads'] = tuple(pads)
+    if any(p['window_dilation'][i] != 1 for i in pooled):
+      kwargs['dilations'] = tuple(int(p['window_dilation'][i]) for i in pooled)
+    if any(p['base_dilation'][i] != 1 for i in pooled):
+      return super().lower(ctx, eqn)
+    pooled_out = [out_shape[i] for i in pooled]
+    y = emit(ctx.builder.MaxPool(x4, _outputs=[ctx.fresh_name('pool')], **kwargs),
+             [1, channels, *pooled_out])
+    y = reshape(y, [*(shape[i] for i in free), *pooled_out])
+    spec = ctx.get_value_for_var(out, name_hint=ctx.fresh_name('pool_out'))
+    result = emit(ctx.builder.Transpose(
+        y, perm=[perm.index(i) for i in range(rank)],
+        _outputs=[getattr(spec, 'name', None) or ctx.fresh_name('pool_out')]), out_shape)
+    ctx.bind_value_for_var(out, result)
+
+
 @functools.cache
 def _load_plugins() -> None:
   """jax2onnx's conversion rules, loaded once (seconds: it imports every plugin it ships).
@@ -111,6 +181,9 @@ def _load_plugins() -> None:
   plugin_system.import_all_plugins()
   registry = plugin_system.PLUGIN_REGISTRY
   registry.setdefault('stack', registry['jax.numpy.stack'])
+  base, rule = registry['reduce_window_max'], _MaxPoolOverPooledAxes()
+  rule.primitive, rule.metadata = base.primitive, base.metadata
+  registry['reduce_window_max'] = rule
 
 
 def convert(fn: Callable, input_shape: Sequence[int],

@@ -107,8 +107,8 @@ def training_data(run: dict[str, Any]) -> list[str]:
            f"{', manifest ' + s['manifest'] if s.get('manifest') else ''}; "
            f"{s.get('num_songs')} songs found, {s.get('num_good')} usable, "
            f"{s.get('num_bad')} skipped as unreadable; {s.get('num_segments')} segments.",
-           f"- Groups: {split.get('by', 'songs')} (songs of one group never cross splits)"
-           if split.get('by') == 'group' else
+           '- Groups: the split was made by group (e.g. artist): no group has songs in '
+           'two splits.' if split.get('by') == 'group' else
            '- Groups: none recorded: each song is its own unit of the split.',
            f"- Split protocol: {split.get('name')} (seed {split.get('seed')}"
            + (', LEAKY: segments of one song in several splits' if split.get('leaky') else '')

@@ -7,6 +7,7 @@
   python main.py --workdir runs/synthetic --mode predict --output csv --write_tags ~/Music
   python main.py --workdir runs/synthetic --mode embed my_folder/ --per_segment
   python main.py --mode=import --import_from=musicnn:MSD_musicnn --workdir runs/msd_musicnn
+  python main.py --mode=predict --model runs/synthetic/export song.mp3   # the export folder alone
 
 Any config field can be overridden with --config.some.field=value.
 """
@@ -57,6 +58,9 @@ flags.DEFINE_string('embed_dir', None, 'embed: folder the embeddings are written
 flags.DEFINE_string('import_from', '', 'import: pretrained weights, musicnn:MSD_musicnn | '
                     'musicnn:MTT_musicnn | musicnn:MSD_vgg | musicnn:MTT_vgg, a path to the '
                     'musicnn wheel (WHEEL:MODEL) or an unpacked checkpoint folder.')
+flags.DEFINE_string('model', '', 'predict: an export folder (WORKDIR/export, written by '
+                    '--mode=export) to predict with instead of a --workdir: no checkpoint or '
+                    'training code needed.')
 flags.DEFINE_string('coordinator_address', '', 'Multi-host: host:port of process 0.')
 flags.DEFINE_integer('num_processes', 0, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', -1, 'Multi-host: index of this process.')
@@ -66,7 +70,9 @@ flags.DEFINE_integer('peer_timeout_seconds', parallel.DEFAULT_PEER_TIMEOUT_SECON
 config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/*.py). Optional for eval/predict/export, '
     'which read WORKDIR/config.json.', lock_config=True)
-flags.mark_flags_as_required(['workdir'])
+flags.register_multi_flags_validator(
+    ['workdir', 'model'], lambda f: bool(f['workdir'] or f['model']),
+    message='--workdir is required (or --model EXPORT_DIR with --mode=predict).')
 
 
 def bare_write_tags(argv: list[str]) -> list[str]:
@@ -148,7 +154,7 @@ def run_options(paths: list[str]) -> dispatch.RunOptions:
       write_tags=FLAGS.write_tags, per_segment=FLAGS.per_segment, embed_dir=FLAGS.embed_dir,
       coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
       process_id=FLAGS.process_id, peer_timeout_seconds=FLAGS.peer_timeout_seconds,
-      import_from=FLAGS.import_from)
+      import_from=FLAGS.import_from, model=FLAGS.model)
 
 
 def loaded_config():

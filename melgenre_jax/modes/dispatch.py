@@ -29,6 +29,8 @@ from melgenre_jax.runtime import hostmem
 from melgenre_jax.runtime import parallel
 
 MODES = ('train', 'eval', 'predict', 'embed', 'export', 'tune', 'calibrate', 'cv', 'import')
+# The modes that take --model EXPORT_DIR (an export folder) instead of a workdir.
+MODEL_DIR_MODES = ('predict',)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,7 @@ class RunOptions:
   process_id: int = -1
   peer_timeout_seconds: int = parallel.DEFAULT_PEER_TIMEOUT_SECONDS
   import_from: str = ''  # import: the pretrained weights (modes/import_pretrained.py)
+  model: str = ''  # predict: an export folder to predict with, no workdir (modes/exported_model.py)
 
 
 class _DropLibraryInfo(std_logging.Filter):
@@ -117,6 +120,8 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str,
   """Runs one mode. Training needs --config; the others fall back to the workdir's."""
   if mode not in MODES:
     raise ConfigError(f'--mode={mode!r}: allowed values are {", ".join(MODES)}.')
+  if options.model:
+    return _run_export_dir(mode, config, workdir, options)
   check_workdir_path(workdir)
   _start_runtime(config, workdir, options)
   # pylint: disable=g-import-not-at-top  (after the runtime settings; see the module doc)
@@ -160,3 +165,38 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str,
     return calibrate.calibrate_workdir(config, workdir, step=options.step)
   from melgenre_jax.modes import export
   return export.export_workdir(config, workdir, step=options.step)
+
+
+def check_model_dir(mode: str, config: ml_collections.ConfigDict | None,
+                    options: RunOptions, modes: tuple[str, ...] = MODEL_DIR_MODES) -> None:
+  """Refuses ``--model`` where it cannot be used (another mode, --config, --step, no folder)."""
+  if mode not in modes:
+    raise ConfigError(f'--model is for --mode={" or --mode=".join(modes)}; --mode={mode} '
+                      'works on a --workdir.')
+  if config is not None:
+    raise ConfigError('--model EXPORT_DIR carries its own config (config.json there): drop '
+                      '--config.')
+  if options.step is not None:
+    raise ConfigError(f'--step={options.step}: an export folder holds one checkpoint; drop '
+                      '--step (or export that step: --mode=export --step N on the workdir).')
+  if not os.path.isfile(os.path.join(options.model, 'contract.json')):
+    raise WorkdirError(f'--model={options.model} is not an export folder (no contract.json '
+                       'in it): give the export/ folder of a run (python main.py --workdir W '
+                       '--mode export writes W/export), or use --workdir W.')
+
+
+def _run_export_dir(mode: str, config: ml_collections.ConfigDict | None, workdir: str | None,
+                    options: RunOptions) -> Any:
+  """``--model EXPORT_DIR``: predict from an export folder alone (no workdir, no checkpoint)."""
+  check_model_dir(mode, config, options)
+  if workdir:
+    check_workdir_path(workdir)
+  _start_runtime(None, options.model, options)  # the folder's config.json sets the CPU devices
+  # pylint: disable=g-import-not-at-top  (after the runtime settings; see the module doc)
+  from melgenre_jax.modes import predict
+  return predict.predict_paths(
+      None, workdir, list(options.audio), output=options.output, top_k=options.top_k,
+      plot=options.plot, output_file=options.output_file,
+      offset_seconds=options.offset_seconds, max_seconds=options.max_seconds,
+      hop_seconds=options.hop_seconds, min_confidence=options.min_confidence,
+      write_tags=options.write_tags, model_dir=options.model)

@@ -19,6 +19,7 @@ from melgenre_jax import reporting
 from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import NothingClassifiedError
+from melgenre_jax.modes import exported_model
 from melgenre_jax.modes.predict import classify
 from melgenre_jax.modes.predict import inputs
 from melgenre_jax.modes.predict import output as out_lib
@@ -68,9 +69,14 @@ def predict_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[s
                   offset_seconds: float = 0.0, max_seconds: float | None = None,
                   hop_seconds: float | None = None, min_confidence: float = 0.0,
                   write_tags: str = 'off',
-                  decode_workers: int = classify.DEFAULT_DECODE_WORKERS
-                  ) -> list[dict[str, Any]]:
+                  decode_workers: int = classify.DEFAULT_DECODE_WORKERS,
+                  model_dir: str | None = None) -> list[dict[str, Any]]:
   """Classifies files/folders with the workdir's best checkpoint (or ``step``).
+
+  ``model_dir``: an export folder to predict with instead (``--model``; no
+  workdir or checkpoint needed: modes/exported_model.py); ``config`` is then
+  the folder's and ``workdir`` only the default place of the output files
+  (None: the current directory).
 
   ``output``: 'text' prints the answers; 'json' writes one report at the end
   (``output_file``, default ``WORKDIR/predictions/predictions.json``); 'csv'
@@ -84,15 +90,19 @@ def predict_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[s
     NothingClassifiedError: no input file has an answer.
   """
   _check_flags(paths, output, output_file, write_tags)
+  model = exported_model.load_export_dir(model_dir) if model_dir else None
+  config = model.config if model is not None else config
   options = classify.Options(top_k=top_k, hop_seconds=hop_seconds,
                              offset_seconds=offset_seconds, max_seconds=max_seconds,
                              min_confidence=min_confidence)
   classify.check_options(options, config)
   _check_genre_flags(config, min_confidence, write_tags)
-  workdir = os.path.abspath(workdir)
-  config_checks.check_workdir_compatible(config, workdir)
+  workdir = os.path.abspath(workdir or os.getcwd())
+  if model is None:
+    config_checks.check_workdir_compatible(config, workdir)
   jobs = classify.file_jobs(paths)
-  model = inference.load_for_inference(config, workdir, step)
+  if model is None:
+    model = inference.load_for_inference(config, workdir, step)
   chief = jax.process_index() == 0
   out_path = os.path.abspath(output_file or default_output_file(workdir, output))
   out_dir = os.path.join(workdir, PREDICTIONS_DIR)
@@ -191,7 +201,8 @@ def _tag(r: dict[str, Any], apply_writes: bool):
   return action
 
 
-def _plot(r: dict[str, Any], out_dir: str, used: set[str], model: inference.InferenceModel,
+def _plot(r: dict[str, Any], out_dir: str, used: set[str],
+          model: inference.InferenceModel | exported_model.ExportedModel,
           config: ml_collections.ConfigDict) -> str:
   path = os.path.join(out_dir, out_lib.plot_name(r['path'], used))
   probs = np.asarray(r['segment_probabilities'])
@@ -203,10 +214,13 @@ def _plot(r: dict[str, Any], out_dir: str, used: set[str], model: inference.Infe
   return path
 
 
-def _json_header(workdir: str, model: inference.InferenceModel,
+def _json_header(workdir: str, model: inference.InferenceModel | exported_model.ExportedModel,
                  config: ml_collections.ConfigDict,
                  options: classify.Options) -> dict[str, Any]:
-  return {'workdir': workdir, 'checkpoint_step': model.step, 'genres': model.genres,
+  exported = isinstance(model, exported_model.ExportedModel)
+  return {'workdir': None if exported else workdir,
+          **({'model': model.export_dir} if exported else {}),
+          'checkpoint_step': model.step, 'genres': model.genres,
           'sample_rate': int(config.audio.sample_rate),
           'segment_seconds': float(config.audio.segment_seconds),
           'segment_hop_seconds': float(config.audio.segment_hop_seconds),

@@ -8,6 +8,7 @@
   python main.py --workdir runs/synthetic --mode embed my_folder/ --per_segment
   python main.py --mode=import --import_from=musicnn:MSD_musicnn --workdir runs/msd_musicnn
   python main.py --mode=predict --model runs/synthetic/export song.mp3   # the export folder alone
+  python main.py --workdir runs/synthetic --mode serve   # a web page on 127.0.0.1:8000
 
 Any config field can be overridden with --config.some.field=value.
 """
@@ -42,7 +43,8 @@ flags.DEFINE_integer('top_k', 3, 'predict: how many genres to show per song.')
 flags.DEFINE_bool('plot', False, 'predict: save a genre-over-time PNG per song.')
 flags.DEFINE_float('offset_seconds', 0.0, 'predict/embed: skip this much of every file.')
 flags.DEFINE_float('max_seconds', None, 'predict/embed: read at most this much of every file '
-                   '(after --offset_seconds; default: to the end).')
+                   '(after --offset_seconds; default: to the end). serve: refuse longer '
+                   'uploads (default 1200).')
 flags.DEFINE_float('hop_seconds', None, 'predict/embed: time between window starts (shorter than '
                    'a window: overlapping windows; default: the training hop).')
 flags.DEFINE_float('min_confidence', 0.0, 'predict: a song whose top calibrated probability '
@@ -58,6 +60,12 @@ flags.DEFINE_string('embed_dir', None, 'embed: folder the embeddings are written
 flags.DEFINE_string('import_from', '', 'import: pretrained weights, musicnn:MSD_musicnn | '
                     'musicnn:MTT_musicnn | musicnn:MSD_vgg | musicnn:MTT_vgg, a path to the '
                     'musicnn wheel (WHEEL:MODEL) or an unpacked checkpoint folder.')
+flags.DEFINE_string('host', '127.0.0.1', 'serve: the address to listen on (0.0.0.0: every '
+                    'interface; the page has no login, so only on a trusted network).')
+flags.DEFINE_integer('port', 8000, 'serve: the port to listen on (0: any free port; the '
+                     'address is printed).')
+flags.DEFINE_float('max_upload_mb', 200.0, 'serve: the largest upload accepted, in MB '
+                   '(larger ones get 413 once this much has arrived).')
 flags.DEFINE_string('model', '', 'predict: an export folder (WORKDIR/export, written by '
                     '--mode=export) to predict with instead of a --workdir: no checkpoint or '
                     'training code needed.')
@@ -154,7 +162,8 @@ def run_options(paths: list[str]) -> dispatch.RunOptions:
       write_tags=FLAGS.write_tags, per_segment=FLAGS.per_segment, embed_dir=FLAGS.embed_dir,
       coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
       process_id=FLAGS.process_id, peer_timeout_seconds=FLAGS.peer_timeout_seconds,
-      import_from=FLAGS.import_from, model=FLAGS.model)
+      import_from=FLAGS.import_from, model=FLAGS.model, host=FLAGS.host, port=FLAGS.port,
+      max_upload_mb=FLAGS.max_upload_mb)
 
 
 def loaded_config():

@@ -28,7 +28,8 @@ from melgenre_jax.runtime import cpu_devices
 from melgenre_jax.runtime import hostmem
 from melgenre_jax.runtime import parallel
 
-MODES = ('train', 'eval', 'predict', 'embed', 'export', 'tune', 'calibrate', 'cv', 'import')
+MODES = ('train', 'eval', 'predict', 'embed', 'export', 'tune', 'calibrate', 'cv', 'import',
+         'serve')
 # The modes that take --model EXPORT_DIR (an export folder) instead of a workdir.
 MODEL_DIR_MODES = ('predict',)
 
@@ -63,6 +64,9 @@ class RunOptions:
   peer_timeout_seconds: int = parallel.DEFAULT_PEER_TIMEOUT_SECONDS
   import_from: str = ''  # import: the pretrained weights (modes/import_pretrained.py)
   model: str = ''  # predict: an export folder to predict with, no workdir (modes/exported_model.py)
+  host: str = '127.0.0.1'  # serve: where it listens (modes/serve/mode.py)
+  port: int = 8000  # serve: 0 picks a free port
+  max_upload_mb: float = 200.0  # serve: the largest upload accepted
 
 
 class _DropLibraryInfo(std_logging.Filter):
@@ -129,6 +133,9 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str,
     raise ConfigError(f'--mode={mode} needs --config ('
                       + ('with a config.tune search space).' if mode == 'tune' else
                          'the recipe each fold trains with).'))
+  if config is not None and mode in ('train', 'cv', 'tune'):
+    from melgenre_jax.modes import import_pretrained
+    config = import_pretrained.resolve_specs(config)  # musicnn:MODEL -> its imported workdir
   if mode == 'tune':
     from melgenre_jax.modes.tune import search
     return search.run_search(config, workdir)
@@ -160,6 +167,16 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str,
         per_segment=options.per_segment, embed_dir=options.embed_dir,
         offset_seconds=options.offset_seconds, max_seconds=options.max_seconds,
         hop_seconds=options.hop_seconds)
+  if mode == 'serve':
+    from melgenre_jax.modes import predict, serve
+    return serve.serve_workdir(
+        config, workdir, step=options.step,
+        options=predict.Options(top_k=options.top_k, hop_seconds=options.hop_seconds,
+                                offset_seconds=options.offset_seconds,
+                                max_seconds=options.max_seconds,
+                                min_confidence=options.min_confidence),
+        serve=serve.ServeOptions(host=options.host, port=options.port,
+                                 max_upload_mb=options.max_upload_mb))
   if mode == 'calibrate':
     from melgenre_jax.modes import calibrate
     return calibrate.calibrate_workdir(config, workdir, step=options.step)

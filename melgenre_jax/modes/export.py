@@ -51,6 +51,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -316,8 +317,6 @@ def export_workdir(config, workdir: str, step: int | None = None,
   ``command``: the command line recorded in the card (default: this
   process's). Returns the contract (with ``path`` added).
   """
-  import sys  # pylint: disable=g-import-not-at-top
-
   from melgenre_jax import calibration  # pylint: disable=g-import-not-at-top
   from melgenre_jax import config_checks  # pylint: disable=g-import-not-at-top
   from melgenre_jax import inference  # pylint: disable=g-import-not-at-top

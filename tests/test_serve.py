@@ -40,6 +40,7 @@ LIMIT_MB = 0.5
 def write_inputs(folder) -> dict[str, str]:
   """A song (3.5 s at 22.05 kHz), one longer than MAX_SECONDS, and files that are no song."""
   folder = str(folder)
+  os.makedirs(folder, exist_ok=True)
   paths = {name: os.path.join(folder, name) for name in (
       'song.wav', 'long.wav', 'big.wav', 'notes.txt', 'empty.wav', 'truncated.wav')}
   sf.write(paths['song.wav'], synthetic.synthesize_song('synthetic/blues/0100', 22050, 3.5),

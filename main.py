@@ -66,7 +66,7 @@ flags.DEFINE_integer('port', 8000, 'serve: the port to listen on (0: any free po
                      'address is printed).')
 flags.DEFINE_float('max_upload_mb', 200.0, 'serve: the largest upload accepted, in MB '
                    '(larger ones get 413 once this much has arrived).')
-flags.DEFINE_string('model', '', 'predict: an export folder (WORKDIR/export, written by '
+flags.DEFINE_string('model', '', 'predict/serve: an export folder (WORKDIR/export, written by '
                     '--mode=export) to predict with instead of a --workdir: no checkpoint or '
                     'training code needed.')
 flags.DEFINE_string('coordinator_address', '', 'Multi-host: host:port of process 0.')

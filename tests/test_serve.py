@@ -10,8 +10,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import http.client
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +29,7 @@ import soundfile as sf
 from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import synthetic
 from melgenre_jax.errors import ConfigError
+from melgenre_jax.modes import dispatch
 from melgenre_jax.modes import predict
 from melgenre_jax.modes import serve
 from melgenre_jax.modes.serve import mode as serve_mode
@@ -60,11 +63,11 @@ def write_inputs(folder) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_server(workdir: str, **options):
-  """The tiny run served on a free port from a thread; yields the Bound server."""
-  config = workdir_lib.load_workdir_config(workdir)
+def running_server(workdir: str | None, model_dir: str | None = None, **options):
+  """The tiny run (or an export folder) served on a free port from a thread; yields the Bound server."""
+  config = workdir_lib.load_workdir_config(workdir) if workdir else None
   classifier = serve.load_classifier(
-      config, workdir, None, predict.Options(max_seconds=MAX_SECONDS, **options))
+      config, workdir, None, predict.Options(max_seconds=MAX_SECONDS, **options), model_dir)
   try:
     with serve.server(classifier, serve.ServeOptions(port=0, max_upload_mb=LIMIT_MB)) as bound:
       thread = threading.Thread(target=bound.run, daemon=True)
@@ -236,6 +239,25 @@ def test_bad_serve_options_are_one_line_errors(tiny_run_dir):
   config = workdir_lib.load_workdir_config(tiny_run_dir)
   with pytest.raises(ConfigError, match='--max_seconds'):
     serve.load_classifier(config, tiny_run_dir, None, predict.Options(max_seconds=0.1))
+
+
+def test_an_export_folder_is_served_like_its_workdir(bound, inputs, tiny_run_dir, tmp_path):
+  """--model EXPORT_DIR: the export folder alone answers as the workdir does."""
+  workdir = shutil.copytree(tiny_run_dir, str(tmp_path / 'run'))
+  with contextlib.redirect_stdout(io.StringIO()):
+    dispatch.run('export', None, workdir)
+  alone = shutil.copytree(os.path.join(workdir, 'export'), str(tmp_path / 'model'))
+  shutil.rmtree(workdir)
+  status, on_workdir = post(bound.url, inputs['song.wav'])
+  assert status == 200
+  with running_server(None, model_dir=alone) as from_export:
+    status, body = post(from_export.url, inputs['song.wav'])
+  assert status == 200, body
+  assert body['model'] == alone and body['workdir'] is None
+  row, want = body['results'][0], on_workdir['results'][0]
+  assert row['genre'] == want['genre'] and row['num_segments'] == want['num_segments']
+  for genre, p in want['probabilities'].items():
+    assert row['probabilities'][genre] == pytest.approx(p, abs=1e-5)
 
 
 @pytest.mark.slow

@@ -23,9 +23,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.modes import predict
-from test_serve import MAX_SECONDS
-from test_serve import running_server
-from test_serve import write_inputs
+from tests.test_serve import MAX_SECONDS
+from tests.test_serve import running_server
+from tests.test_serve import write_inputs
 
 CHROMIUM = next(filter(None, map(shutil.which, ('chromium', 'chromium-browser'))), None)
 CHROMEDRIVER = shutil.which('chromedriver')

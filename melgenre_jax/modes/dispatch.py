@@ -31,7 +31,7 @@ from melgenre_jax.runtime import parallel
 MODES = ('train', 'eval', 'predict', 'embed', 'export', 'tune', 'calibrate', 'cv', 'import',
          'serve')
 # The modes that take --model EXPORT_DIR (an export folder) instead of a workdir.
-MODEL_DIR_MODES = ('predict',)
+MODEL_DIR_MODES = ('predict', 'serve')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,15 +168,7 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str,
         offset_seconds=options.offset_seconds, max_seconds=options.max_seconds,
         hop_seconds=options.hop_seconds)
   if mode == 'serve':
-    from melgenre_jax.modes import predict, serve
-    return serve.serve_workdir(
-        config, workdir, step=options.step,
-        options=predict.Options(top_k=options.top_k, hop_seconds=options.hop_seconds,
-                                offset_seconds=options.offset_seconds,
-                                max_seconds=options.max_seconds,
-                                min_confidence=options.min_confidence),
-        serve=serve.ServeOptions(host=options.host, port=options.port,
-                                 max_upload_mb=options.max_upload_mb))
+    return _serve(config, workdir, options)
   if mode == 'calibrate':
     from melgenre_jax.modes import calibrate
     return calibrate.calibrate_workdir(config, workdir, step=options.step)
@@ -202,6 +194,21 @@ def check_model_dir(mode: str, config: ml_collections.ConfigDict | None,
                        '--mode export writes W/export), or use --workdir W.')
 
 
+def _serve(config: ml_collections.ConfigDict | None, workdir: str | None,
+           options: RunOptions) -> None:
+  """``--mode=serve`` on a workdir, or on an export folder (``--model``)."""
+  # pylint: disable=g-import-not-at-top  (after the runtime settings; see the module doc)
+  from melgenre_jax.modes import predict, serve
+  return serve.serve_workdir(
+      config, workdir, step=options.step, model_dir=options.model or None,
+      options=predict.Options(top_k=options.top_k, hop_seconds=options.hop_seconds,
+                              offset_seconds=options.offset_seconds,
+                              max_seconds=options.max_seconds,
+                              min_confidence=options.min_confidence),
+      serve=serve.ServeOptions(host=options.host, port=options.port,
+                               max_upload_mb=options.max_upload_mb))
+
+
 def _run_export_dir(mode: str, config: ml_collections.ConfigDict | None, workdir: str | None,
                     options: RunOptions) -> Any:
   """``--model EXPORT_DIR``: predict from an export folder alone (no workdir, no checkpoint)."""
@@ -209,6 +216,8 @@ def _run_export_dir(mode: str, config: ml_collections.ConfigDict | None, workdir
   if workdir:
     check_workdir_path(workdir)
   _start_runtime(None, options.model, options)  # the folder's config.json sets the CPU devices
+  if mode == 'serve':
+    return _serve(None, None, options)
   # pylint: disable=g-import-not-at-top  (after the runtime settings; see the module doc)
   from melgenre_jax.modes import predict
   return predict.predict_paths(

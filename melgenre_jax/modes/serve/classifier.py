@@ -23,6 +23,7 @@ import numpy as np
 
 from melgenre_jax import inference
 from melgenre_jax.data import audio
+from melgenre_jax.modes import exported_model
 from melgenre_jax.modes.predict import classify
 from melgenre_jax.modes.predict import inputs
 from melgenre_jax.modes.serve.uploads import Upload
@@ -42,7 +43,8 @@ class Answer:
 class Classifier:
   """The server's one model; ``answer`` queues an upload for the worker thread."""
 
-  def __init__(self, model: inference.InferenceModel, options: classify.Options,
+  def __init__(self, model: inference.InferenceModel | exported_model.ExportedModel,
+               options: classify.Options,
                header: dict[str, Any]):
     self.model = model
     self.options = options  # options.max_seconds: the longest upload answered

@@ -24,6 +24,7 @@ import uvicorn
 from melgenre_jax import config_checks
 from melgenre_jax import inference
 from melgenre_jax.errors import ConfigError
+from melgenre_jax.modes import exported_model
 from melgenre_jax.modes.predict import classify
 from melgenre_jax.modes.predict import mode as predict_mode
 from melgenre_jax.modes.serve import app as app_lib
@@ -81,16 +82,24 @@ def url_of(sock: socket.socket) -> str:
   return f'http://[{host}]:{port}/' if ':' in host else f'http://{host}:{port}/'
 
 
-def load_classifier(config: ml_collections.ConfigDict, workdir: str, step: int | None,
-                    options: classify.Options) -> Classifier:
-  """The workdir's model (best checkpoint or ``step``), compiled, behind one queue."""
+def load_classifier(config: ml_collections.ConfigDict | None, workdir: str | None,
+                    step: int | None, options: classify.Options,
+                    model_dir: str | None = None) -> Classifier:
+  """The workdir's model (best checkpoint or ``step``), or an export folder's, behind one queue.
+
+  ``model_dir`` (``--model``): an export folder, which carries its own config;
+  ``config``, ``workdir`` and ``step`` are then unused.
+  """
+  model = exported_model.load_export_dir(model_dir) if model_dir else None
+  config = model.config if model is not None else config
   if options.max_seconds is None:
     options = dataclasses.replace(options, max_seconds=DEFAULT_MAX_SECONDS)
   classify.check_options(options, config)
   predict_mode._check_genre_flags(config, options.min_confidence, 'off')  # pylint: disable=protected-access
-  workdir = os.path.abspath(workdir)
-  config_checks.check_workdir_compatible(config, workdir)
-  model = inference.load_for_inference(config, workdir, step)
+  workdir = os.path.abspath(workdir) if workdir else None
+  if model is None:
+    config_checks.check_workdir_compatible(config, workdir)
+    model = inference.load_for_inference(config, workdir, step)
   header = predict_mode._json_header(workdir, model, config, options)  # pylint: disable=protected-access
   classifier = Classifier(model, options, header)
   classifier.warm_up()
@@ -142,16 +151,17 @@ def server(classifier: Classifier, serve: ServeOptions) -> Iterator[Bound]:
     yield Bound(_Server(config), sock, url_of(sock), upload_dir)
 
 
-def serve_workdir(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
-                  options: classify.Options = classify.Options(),
-                  serve: ServeOptions = ServeOptions()) -> None:
-  """Serves the workdir's model until interrupted (Ctrl+C)."""
+def serve_workdir(config: ml_collections.ConfigDict | None, workdir: str | None,
+                  step: int | None = None, options: classify.Options = classify.Options(),
+                  serve: ServeOptions = ServeOptions(), model_dir: str | None = None) -> None:
+  """Serves the workdir's model (or ``model_dir``'s, an export folder) until Ctrl+C."""
   check_serve_options(serve)
-  classifier = load_classifier(config, workdir, step, options)
+  classifier = load_classifier(config, workdir, step, options, model_dir)
+  source = os.path.abspath(model_dir or workdir)
   try:
     with server(classifier, serve) as bound:
-      print(f'Serving {os.path.abspath(workdir)} (step {classifier.model.step}) on '
-            f'{bound.url} (Ctrl+C stops)', flush=True)  # CLI output: the address to open
+      print(f'Serving {source} (step {classifier.model.step}) on {bound.url} (Ctrl+C stops)',
+            flush=True)  # CLI output: the address to open
       bound.run()
   finally:
     classifier.close()

@@ -68,26 +68,32 @@ def overview(run: dict[str, Any]) -> list[str]:
           f"## Labels ({len(c['genres'])} {kind})", '', ', '.join(c['genres']), '']
 
 
+def _onnx_note(onnx: dict[str, Any] | None) -> str:
+  """model.onnx's converter and its measured distance from JAX (contract's functions.onnx)."""
+  if not onnx:
+    return ''
+  diffs = ', '.join(f'{k} {v:.1e}' for k, v in onnx['max_abs_difference'].items())
+  return (f"; model.onnx (opset {onnx['opset']}, {onnx['converter']}, outputs "
+          f"{', '.join(onnx['outputs'])}; max |ONNX - JAX| {diffs} under onnxruntime on "
+          f"{onnx.get('checked_on', 'test inputs')})")
+
+
 def input_format(c: dict[str, Any]) -> list[str]:
   """Sample rate, segment, features and the files that take them."""
   f = c.get('features', {})
-  onnx = c.get('functions', {}).get('onnx')
-  lines = ['## Input format', '',
-           f"- Audio: mono, {c['sample_rate']} Hz, cut into segments of "
-           f"{c['segment_seconds']:g} s ({c['segment_samples']} samples), hop "
-           f"{c['segment_hop_seconds']:g} s; {c.get('song_aggregation', '')}.",
-           f"- Model input: {c['input']['kind']} {c['input']['shape']} float32: "
-           f"{c['input']['description']}.",
-           f"- Features: log-mel, {f.get('n_mels')} bands, n_fft {f.get('n_fft')}, hop "
-           f"{f.get('hop_length')} samples, computed on {f.get('where')} "
-           f"(compression {f.get('compression', 'db')}, normalize {f.get('normalize')}).",
-           f"- Files: model.stablehlo (jax.export, JAX {c.get('jax_version')}, platforms "
-           f"{', '.join(c.get('platforms', []))})"
-           + (f"; model.onnx (opset {onnx['opset']}, {onnx['converter']}, outputs "
-              f"{', '.join(onnx['outputs'])}; max |ONNX - JAX| "
-              + ', '.join(f'{k} {v:.1e}' for k, v in onnx['max_abs_difference'].items())
-              + f" under onnxruntime on {onnx.get('checked_on', 'test inputs')})" if onnx else '') + '; contract.json describes both.', '']
-  return lines
+  return ['## Input format', '',
+          f"- Audio: mono, {c['sample_rate']} Hz, cut into segments of "
+          f"{c['segment_seconds']:g} s ({c['segment_samples']} samples), hop "
+          f"{c['segment_hop_seconds']:g} s; {c.get('song_aggregation', '')}.",
+          f"- Model input: {c['input']['kind']} {c['input']['shape']} float32: "
+          f"{c['input']['description']}.",
+          f"- Features: log-mel, {f.get('n_mels')} bands, n_fft {f.get('n_fft')}, hop "
+          f"{f.get('hop_length')} samples, computed on {f.get('where')} "
+          f"(compression {f.get('compression', 'db')}, normalize {f.get('normalize')}).",
+          f"- Files: model.stablehlo (jax.export, JAX {c.get('jax_version')}, platforms "
+          f"{', '.join(c.get('platforms', []))})"
+          f"{_onnx_note(c.get('functions', {}).get('onnx'))}; contract.json describes both.",
+          '']
 
 
 def training_data(run: dict[str, Any]) -> list[str]:

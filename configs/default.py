@@ -165,6 +165,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_host_memory = True
   config.eval_every_epochs = 1
 
+  # --- Temperature scaling (melgenre_jax/calibration.py), fitted on validation at
+  # the end of training and by --mode=calibrate. A fitted T is applied only with
+  # at least min_songs validation songs and when it lowers the song NLL of
+  # held-out validation songs (cross-fitted) by min_nll_gain; otherwise T = 1.
+  config.calibration = ml_collections.ConfigDict()
+  config.calibration.min_songs = 20
+  config.calibration.min_nll_gain = 0.01  # nats per song
+
   # --- Test hooks (never set in real runs).
   config.debug = ml_collections.ConfigDict()
   config.debug.max_steps = -1  # stop after this many steps (tests)

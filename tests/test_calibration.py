@@ -112,6 +112,76 @@ def test_fit_entry_nll_never_worse_than_raw():
     assert entry['songs'] == 10 and entry['fitted_on'] == 'validation'
 
 
+def _songs(n: int, true_t: float, seed: int, segments: int = 3):
+  """``n`` songs of ``segments`` equal segment rows, over-confident by ``true_t``."""
+  probs, labels = _overconfident(n, true_t=true_t, seed=seed)
+  return (np.repeat(probs, segments, axis=0), np.repeat(labels, segments),
+          np.repeat(np.arange(n), segments))
+
+
+@pytest.mark.parametrize('n', [2, 4])
+def test_too_few_songs_keep_temperature_one_and_say_why(n):
+  probs, labels, song_index = _songs(n, true_t=6.0, seed=n)
+  fitted = calibration.fit_temperature(*calibration.songs_of(probs, labels, song_index, n))
+  assert fitted != pytest.approx(1.0, abs=0.05)  # a fit would move it
+  entry = calibration.fit_entry(probs, labels, song_index, n)
+  assert entry['temperature'] == 1.0 and not entry['applied']
+  assert entry['fitted_temperature'] == pytest.approx(fitted)
+  assert f'{n} validation songs' in entry['reason'] and 'min_songs = 20' in entry['reason']
+  assert entry['nll_after'] == pytest.approx(entry['nll_before'])
+  json.dumps(entry)  # recordable as it is
+
+
+def test_fifty_miscalibrated_songs_get_their_temperature():
+  probs, labels, song_index = _songs(50, true_t=4.0, seed=11)
+  entry = calibration.fit_entry(probs, labels, song_index, 50)
+  assert entry['applied'] and entry['reason'] == ''
+  assert entry['temperature'] == entry['fitted_temperature'] > 2.0
+  assert entry['cross_fitted_gain'] >= calibration.DEFAULT_MIN_NLL_GAIN
+  assert entry['nll_after'] < entry['nll_before'] - 0.1
+  # The same songs with a lower min_songs and an unreachable gain: T = 1, said why.
+  strict = calibration.fit_entry(probs, labels, song_index, 50, min_songs=5, min_gain=10.0)
+  assert strict['temperature'] == 1.0 and 'min_nll_gain = 10' in strict['reason']
+
+
+def test_calibrated_songs_are_left_alone():
+  # Labels drawn from the model's own probabilities: any fitted T is noise,
+  # which the held-out songs expose.
+  probs, labels, song_index = _songs(60, true_t=1.0, seed=12)
+  entry = calibration.fit_entry(probs, labels, song_index, 60)
+  assert entry['temperature'] == 1.0 and not entry['applied']
+  assert entry['cross_fitted_gain'] < calibration.DEFAULT_MIN_NLL_GAIN
+  assert 'cross-fitted' in entry['reason']
+
+
+def test_cross_fitted_gain_scores_songs_the_fit_did_not_see():
+  probs, labels = _overconfident(40, true_t=4.0, seed=13)
+  raw = calibration.negative_log_likelihood(probs, labels)
+  own = raw - calibration.negative_log_likelihood(
+      calibration.apply_temperature(probs, calibration.fit_temperature(probs, labels)), labels)
+  held_out = calibration.cross_fitted_gain(probs, labels)
+  assert 0 < held_out < own  # a fit always looks better on its own songs
+  # Leave-one-out by hand on a handful.
+  few_p, few_y = probs[:6], labels[:6]
+  loo = [calibration.apply_temperature(
+      few_p[i:i + 1], calibration.fit_temperature(np.delete(few_p, i, 0), np.delete(few_y, i)))
+         for i in range(6)]
+  assert calibration.cross_fitted_gain(few_p, few_y) == pytest.approx(
+      calibration.negative_log_likelihood(few_p, few_y)
+      - calibration.negative_log_likelihood(np.concatenate(loo), few_y))
+  assert calibration.cross_fitted_gain(probs[:1], labels[:1]) == 0.0
+
+
+def test_thresholds_come_from_the_config_or_default_for_old_configs():
+  config = tiny.get_config()
+  assert calibration.thresholds(config) == (20, 0.01)
+  config.calibration.min_songs = 3
+  assert calibration.thresholds(config)[0] == 3
+  del config['calibration']  # a config.json written before the field existed
+  assert calibration.thresholds(config) == (calibration.DEFAULT_MIN_SONGS,
+                                            calibration.DEFAULT_MIN_NLL_GAIN)
+
+
 def test_temperature_keeps_every_argmax_at_segment_and_song_level():
   rng = np.random.default_rng(4)
   probs = rng.dirichlet(np.full(6, 0.5), size=200).astype(np.float32)
@@ -203,6 +273,9 @@ def test_training_calibrates_and_calibrate_mode_refits_the_same(tiny_run):
   assert list(trained) == [str(step)]  # written by the end of training
   entry = trained[str(step)]
   assert entry['fitted_on'] == 'validation' and entry['songs'] == len(validation)
+  # tiny's 4 validation songs cannot pin a temperature down: T = 1, said why.
+  assert len(validation) < 20 and not entry['applied'] and entry['temperature'] == 1.0
+  assert 'min_songs' in entry['reason']
   assert entry['nll_after'] <= entry['nll_before'] + 1e-9
   # A rerun of the finished run finds the step calibrated and rewrites nothing.
   path = os.path.join(workdir, 'calibration.json')
@@ -225,8 +298,11 @@ def test_training_calibrates_and_calibrate_mode_refits_the_same(tiny_run):
   assert f"{again['temperature']:.4f}" in stdout and 'ECE' in stdout
   assert os.path.exists(workdir_lib.path(workdir, workdir_lib.CALIBRATION_PLOT))
 
+  assert 'Not applied (temperature 1)' in stdout
+  calibration.record(workdir, step, {**again, 'temperature': 1.7, 'applied': True})
   model = inference.load_for_inference(workdir_lib.load_workdir_config(workdir), workdir)
-  assert model.temperature == pytest.approx(again['temperature'])
+  calibration.record(workdir, step, again)  # the module's later tests see the fitted entry
+  assert model.temperature == pytest.approx(1.7)
   segments = np.random.default_rng(0).dirichlet(np.ones(len(model.genres)), size=3)
   np.testing.assert_allclose(model.song_probabilities(segments),
                              calibration.apply_temperature(segments.mean(axis=0),

@@ -52,4 +52,6 @@ def calibrate_workdir(config: ml_collections.ConfigDict, workdir: str,
           f"{entry['song_ece_after']:.4f}, song NLL {entry['nll_before']:.4f} -> "
           f"{entry['nll_after']:.4f}\nWritten to {path} and "
           f'{workdir_lib.path(workdir, workdir_lib.CALIBRATION_PLOT)}')
+    if not entry.get('applied', True):
+      print(f"Not applied (temperature 1): {entry['reason']}.")  # CLI output
   return {**entry, 'step': model.step, 'path': path}

@@ -276,7 +276,7 @@ class JaxRunner:
     from melgenre_jax.runtime import cpu_devices  # pylint: disable=g-import-not-at-top
     cpu_devices.configure(config.cpu_devices, BATCH)
     mesh = parallel.create_mesh(jax.devices())
-    tx = steps.create_optimizer(config, schedules.create_learning_rate_schedule(config.schedule, 313))
+    tx = schedules.create_optimizer(config, schedules.create_learning_rate_schedule(config.schedule, 313))
     state = steps.build_state(config, NUM_CLASSES, mesh, tx, jax.random.PRNGKey(0))
     if self.opts.get('donate', True):
       step = steps.make_train_step(mesh, config, NUM_CLASSES)

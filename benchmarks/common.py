@@ -32,7 +32,7 @@ def untrained_state(config: ml_collections.ConfigDict, num_classes: int, mesh,
   """
   if config.keep_host_memory:
     hostmem.keep_freed_memory()
-  tx = steps.create_optimizer(config, schedules.create_learning_rate_schedule(config.schedule, 100))
+  tx = schedules.create_optimizer(config, schedules.create_learning_rate_schedule(config.schedule, 100))
   return steps.build_state(config, num_classes, mesh, tx, jax.random.PRNGKey(seed))
 
 

@@ -102,6 +102,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.leaky_slope = 0.3
   config.model.batchnorm_momentum = 0.99
   config.model.dtype = 'float32'  # float32 | bfloat16 (CNN compute dtype)
+  config.model.distill_outputs = 0  # > 0: a distill head of this width (config.distill)
 
   # --- What is learned: 'genre' (one label per song, softmax, cross-entropy) or
   # 'multilabel' (a manifest label holding several ';'-separated tags, as in
@@ -119,6 +120,15 @@ def get_config() -> ml_collections.ConfigDict:
   # epochs, then trains; -1 = frozen for the whole run (a linear probe on it).
   config.finetune.freeze_backbone_epochs = 0
   config.finetune.backbone_lr_multiplier = 1.0  # backbone learning rate = schedule x this
+
+  # --- Distillation (melgenre_jax/train/distill.py): also learn a pretrained
+  # tagger's view of each training song. '' = off; 'musicnn:MSD_musicnn' or a
+  # run's workdir. Needs config.model.distill_outputs = the targets' width.
+  config.distill = ml_collections.ConfigDict()
+  config.distill.teacher = ''
+  config.distill.target = 'embedding'  # embedding (standardised, MSE) | tags (probabilities, BCE)
+  config.distill.weight = 1.0
+  config.distill.short_clip = 'repeat'  # how the teacher fills clips shorter than its window
 
   # --- Optimisation.
   config.batch_size = 32  # global, over all devices and hosts

@@ -45,4 +45,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.batchnorm_momentum = 0.99
   config.model.bn_epsilon = 1e-3
   config.model.dtype = 'float32'
+  config.model.frozen = ''  # 'frontend' | 'backbone': layers kept as imported (models/musicnn.py)
   return config

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from melgenre_jax import input_spec
+from melgenre_jax import models
 from melgenre_jax import schedules
 from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import audio
@@ -101,6 +102,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 'checkpoint.every_epochs', 'log_every_steps', 'eval_every_epochs',
                 'data.synthetic.songs_per_genre'):
     _positive_int(config, field)
+  frozen = config.model.get('frozen', '')
+  family = models.family(config.model)
+  require(not frozen or hasattr(family, 'is_frozen'), 'model.frozen', frozen,
+           f'model.name={config.model.get("name", "crnn")!r} trains every layer; keeping layers '
+           'fixed is for the pretrained families (musicnn): remove --config.model.frozen')
+  if frozen:
+    family.frozen(config.model)  # its own message for an unknown value
   short_clip = config.audio.get('short_clip', 'pad')
   require(short_clip in audio.SHORT_CLIP_RULES, 'audio.short_clip', short_clip,
            'allowed values are ' + ', '.join(audio.SHORT_CLIP_RULES))

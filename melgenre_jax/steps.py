@@ -69,7 +69,7 @@ class TrainState(FlaxTrainState):
 
 
 # ----------------------------------------------------------------------------
-# Model, optimizer and state.
+# Model and state (the optimizer is schedules.create_optimizer).
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
@@ -79,70 +79,6 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
   only happens in training mode (inside the shard_mapped train step).
   """
   return models.create_model(config.model, num_classes, bn_axis_name=AXIS)
-
-
-def kernel_mask(params: Any) -> Any:
-  """True on kernels (conv, dense, LSTM), False on biases and BatchNorm."""
-  flat = flax.traverse_util.flatten_dict(params)
-  return flax.traverse_util.unflatten_dict(
-      {path: path[-1] == 'kernel' for path in flat})
-
-
-def create_optimizer(config: ml_collections.ConfigDict, learning_rate: optax.Schedule,
-                     steps_per_epoch: int | None = None) -> optax.GradientTransformation:
-  """Adam with a coupled L2 penalty on kernels, fine-tuning settings applied.
-
-  ``add_decayed_weights(2 * l2)`` before Adam's scaling adds the gradient of
-  ``l2 * sum(W**2)`` - the same as Keras' ``kernel_regularizer=l2(l2)`` in the
-  reference - without computing the penalty inside the loss.
-  ``steps_per_epoch`` is needed when ``config.finetune`` freezes the backbone
-  for some epochs.
-  """
-  def adam(lr: optax.ScalarOrSchedule) -> optax.GradientTransformation:
-    return optax.chain(
-        optax.add_decayed_weights(2.0 * config.optim.l2, mask=kernel_mask),
-        optax.scale_by_adam(b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps),
-        optax.scale_by_learning_rate(lr),
-    )
-
-  return with_finetune(config.get('finetune'), adam, learning_rate, steps_per_epoch)
-
-
-def param_groups(params: Any) -> Any:
-  """'head' for the classifier layer, 'backbone' for everything before it."""
-  flat = flax.traverse_util.flatten_dict(params)
-  return flax.traverse_util.unflatten_dict(
-      {path: 'head' if path[0] == 'head' else 'backbone' for path in flat})
-
-
-def with_finetune(finetune: ml_collections.ConfigDict | None,
-                  make: Callable[[optax.ScalarOrSchedule], optax.GradientTransformation],
-                  learning_rate: optax.Schedule,
-                  steps_per_epoch: int | None = None) -> optax.GradientTransformation:
-  """``make(learning_rate)``, with the backbone frozen or slowed as ``finetune`` says.
-
-  Head and backbone get their own copy of the optimizer (``multi_transform``).
-  A backbone frozen for N epochs runs at learning rate 0 for those steps, so
-  its Adam moments follow its gradients and are warm when it starts to move;
-  frozen for the whole run (-1), it has no optimizer state at all.
-  """
-  freeze = int(finetune.freeze_backbone_epochs) if finetune is not None else 0
-  multiplier = float(finetune.backbone_lr_multiplier) if finetune is not None else 1.0
-  if freeze == 0 and multiplier == 1.0:
-    return make(learning_rate)
-  if freeze < 0:
-    backbone = optax.set_to_zero()
-  else:
-    if freeze > 0 and not steps_per_epoch:
-      raise ValueError('freezing the backbone for some epochs needs steps_per_epoch')
-    frozen_steps = freeze * (steps_per_epoch or 0)
-
-    def backbone_lr(step: jax.Array) -> jax.Array:
-      return jnp.where(step < frozen_steps, 0.0, multiplier * learning_rate(step))
-
-    backbone = make(backbone_lr)
-  return optax.multi_transform({'head': make(learning_rate), 'backbone': backbone},
-                               param_groups)
 
 
 def init_variables(spec: InputSpec, model: nn.Module,
@@ -231,14 +167,20 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   if config.augment.mixup_alpha > 0:
     spec, targets = augment.mixup(k_mix, spec, targets, config.augment.mixup_alpha)
 
+  teacher = batch.get('teacher')  # present when config.distill.teacher is set
+
   def loss_fn(params):
     logits, new_vars = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, spec, train=True,
-        rngs={'dropout': k_drop}, mutable=['batch_stats'])
+        rngs={'dropout': k_drop},
+        mutable=['batch_stats'] + (['intermediates'] if teacher is not None else []))
     if multilabel:
       loss = optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets).mean()
     else:
       loss = optax.softmax_cross_entropy(logits, targets).mean()
+    if teacher is not None:
+      outputs = new_vars['intermediates']['distill'][0]
+      loss = loss + config.distill.weight * distill_loss(outputs, teacher, config.distill.target)
     return loss, (logits, new_vars['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
@@ -260,6 +202,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                            new_state, state)
   return new_state, {'loss': loss, 'accuracy': accuracy, 'finite': finite}
+
+
+def distill_loss(outputs: jax.Array, teacher: jax.Array, target: str) -> jax.Array:
+  """The student's distill head against the teacher's targets (train/distill.py).
+
+  'embedding': mean squared error to the teacher's standardised embedding;
+  'tags': binary cross-entropy to the teacher's tag probabilities (soft labels).
+  """
+  if target == 'tags':
+    return optax.sigmoid_binary_cross_entropy(outputs, teacher).mean()
+  return jnp.mean((outputs - teacher) ** 2)
 
 
 def make_train_step(mesh, config: ml_collections.ConfigDict, num_classes: int, *,

@@ -50,7 +50,7 @@ TUNE = 'tune'
 
 # Fields added after runs were first saved, with the meaning an older
 # config.json had without them: task (a genre run), model.name (the one family).
-OLD_CONFIG_DEFAULTS = (('task', 'genre'), ('model.name', 'crnn'))
+OLD_CONFIG_DEFAULTS = (('task', 'genre'), ('model.name', 'crnn'), ('model.distill_outputs', 0))
 
 
 def path(workdir: str, name: str) -> str:

@@ -26,7 +26,7 @@ def _config(**overrides):
 
 
 def _state_and_step(config, mesh, tx=None):
-  tx = tx or steps.create_optimizer(config, schedules.create_learning_rate_schedule(
+  tx = tx or schedules.create_optimizer(config, schedules.create_learning_rate_schedule(
       config.schedule, steps_per_epoch=10))
   state = steps.build_state(config, NUM_CLASSES, mesh, tx, jax.random.PRNGKey(0))
   return state, steps.make_train_step(mesh, config, NUM_CLASSES)
@@ -130,7 +130,7 @@ def test_indivisible_batch_names_both_numbers():
 def test_kernel_mask_selects_kernels_only():
   params = {'Conv_0': {'kernel': 1, 'bias': 2}, 'BatchNorm_0': {'scale': 3, 'bias': 4},
             'cell': {'ii': {'kernel': 5}}}
-  mask = steps.kernel_mask(params)
+  mask = schedules.kernel_mask(params)
   assert mask == {'Conv_0': {'kernel': True, 'bias': False},
                   'BatchNorm_0': {'scale': False, 'bias': False},
                   'cell': {'ii': {'kernel': True}}}

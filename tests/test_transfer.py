@@ -13,6 +13,7 @@ import pytest
 from configs import tiny
 from melgenre_jax import checkpointing
 from melgenre_jax import inference
+from melgenre_jax import schedules
 from melgenre_jax import steps
 from melgenre_jax import train
 from melgenre_jax.errors import ConfigError
@@ -110,7 +111,7 @@ def _two_part_params():
 
 
 def _updates_per_step(finetune, steps_per_epoch=2, n=4):
-  tx = steps.with_finetune(finetune, optax.sgd, optax.constant_schedule(0.1), steps_per_epoch)
+  tx = schedules.with_finetune(finetune, optax.sgd, optax.constant_schedule(0.1), steps_per_epoch)
   params = _two_part_params()
   grads = jax.tree.map(jnp.ones_like, params)
   opt_state = tx.init(params)
@@ -145,7 +146,7 @@ def test_fine_tuning_step_one_and_two_devices_give_the_same_update():
   results = []
   for devices in (jax.devices()[:1], jax.devices()[:2]):
     mesh = parallel.create_mesh(devices)
-    tx = steps.with_finetune(config.finetune, optax.sgd, optax.constant_schedule(0.05))
+    tx = schedules.with_finetune(config.finetune, optax.sgd, optax.constant_schedule(0.05))
     state = steps.build_state(config, 4, mesh, tx, jax.random.PRNGKey(0))
     step = steps.make_train_step(mesh, config, 4)
     for i in range(2):

@@ -2,15 +2,18 @@
 
 ``config.model.name`` picks the family (``crnn``, the reference, by default);
 each family module has ``create(model_config, num_classes, bn_axis_name)`` and
-``embedding_dim(model_config)``. Every family maps a model input ``[B, ...]``
+``embedding_dim(model_config)``, and may have ``is_frozen(model_config, layer)``
+(top-level parameter groups kept fixed while the rest trains). Every family maps a model input ``[B, ...]``
 to logits, and with ``return_embedding=True`` to ``(logits, embedding)``.
 """
 
 from __future__ import annotations
 
 import types
+from typing import Any
 
 import flax.linen as nn
+import jax
 import ml_collections
 
 from melgenre_jax.errors import ConfigError
@@ -38,3 +41,16 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int,
 def embedding_dim(model_config: ml_collections.ConfigDict) -> int:
   """Width of the family's embedding (the head's input)."""
   return family(model_config).embedding_dim(model_config)
+
+
+def frozen_mask(model_config: ml_collections.ConfigDict, params: Any) -> Any:
+  """True on every parameter the family keeps fixed (``config.model.frozen``)."""
+  is_frozen = getattr(family(model_config), 'is_frozen', None)
+  return {layer: jax.tree.map(lambda _, f=bool(is_frozen and is_frozen(model_config, layer)): f,
+                              subtree)
+          for layer, subtree in params.items()}
+
+
+def family_freezes(model_config: ml_collections.ConfigDict) -> bool:
+  """Whether ``config.model.frozen`` asks the family to keep some layers fixed."""
+  return bool(model_config.get('frozen', '')) and hasattr(family(model_config), 'is_frozen')

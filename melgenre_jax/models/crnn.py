@@ -155,6 +155,11 @@ class DualBranchCRNN(nn.Module):
   embedding ``[B, 2 * lstm_sizes[-1]]`` being the head's input. A call argument
   rather than ``sow``: inference and export stay pure functions without a
   mutable collection, and the parameters are the same either way.
+
+  ``distill_outputs > 0`` adds ``distill_head``, a dense layer from the
+  embedding to a teacher's targets (train/distill.py). Training reads it with
+  ``sow`` (collection 'intermediates'); inference never asks for that
+  collection, so the layer's output is unused there and compiled away.
   """
 
   num_classes: int
@@ -172,6 +177,7 @@ class DualBranchCRNN(nn.Module):
   # Name of the device axis BatchNorm averages its batch statistics over
   # when the model runs per device inside shard_map (None: one device).
   bn_axis_name: str | None = None
+  distill_outputs: int = 0
 
   @nn.compact
   def __call__(self, spec: jax.Array, train: bool = False,
@@ -187,6 +193,9 @@ class DualBranchCRNN(nn.Module):
                name='branch_b', **common)(x, train)
     h = jnp.concatenate([a, b], axis=-1)
     logits = nn.Dense(self.num_classes, kernel_init=he_normal, name='head')(h)
+    if self.distill_outputs:
+      self.sow('intermediates', 'distill',
+               nn.Dense(self.distill_outputs, name='distill_head')(h.astype(jnp.float32)))
     return (logits, h) if return_embedding else logits
 
 
@@ -212,4 +221,5 @@ def create(model_config: ml_collections.ConfigDict, num_classes: int,
       bn_momentum=model_config.batchnorm_momentum,
       dtype=jnp.dtype(model_config.dtype),
       bn_axis_name=bn_axis_name,
+      distill_outputs=int(model_config.get('distill_outputs', 0)),
   )

@@ -22,6 +22,13 @@ its trained TensorFlow weights load unchanged (melgenre_jax/pretrained/):
 
 BatchNorm is ``tf.compat.v1.layers.batch_normalization``'s: epsilon 1e-3,
 momentum 0.99, statistics per channel (the last axis).
+
+``frozen`` keeps the pretrained layers fixed while a small genre set trains
+the rest: 'frontend' (the input BatchNorm and the five front-end convs) or
+'backbone' (everything before the head: a linear probe). Frozen layers run in
+inference mode (BatchNorm running statistics, no dropout) under
+``stop_gradient``, so their gradients are never computed: the front end is
+most of a training step's cost on CPU (docs/transfer.md).
 """
 
 from __future__ import annotations
@@ -33,12 +40,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from melgenre_jax.errors import ConfigError
 from melgenre_jax.models.layers import Dropout, tf_batch_norm
 
 _TIMBRAL = (('timbral_74', 0.4), ('timbral_77', 0.7))  # (name, fraction of the mel bands)
 _TEMPORAL = (('temporal_128', 128), ('temporal_64', 64), ('temporal_32', 32))  # frames
 _MIDEND_LAYERS = 3
 _MIDEND_PAD = 3  # the 7-frame kernels' 'same' padding, written out as the original does
+FROZEN = ('', 'frontend', 'backbone')  # config.model.frozen: what stays as imported
+_FRONTEND_LAYERS = ('input_bn',) + tuple(name for name, _ in _TIMBRAL + _TEMPORAL)
 
 
 class ChannelSpanConv(nn.Module):
@@ -73,6 +83,7 @@ class MusiCNN(nn.Module):
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   bn_axis_name: str | None = None
+  frozen: str = ''
 
   def _bn(self, name: str, train: bool) -> nn.BatchNorm:
     return tf_batch_norm(name, train, self.bn_momentum, self.bn_epsilon, self.bn_axis_name)
@@ -109,16 +120,25 @@ class MusiCNN(nn.Module):
       outs.append(x)
     return jnp.concatenate(outs, axis=-1)
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False,
-               return_embedding: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
-    features = self.midend(self.frontend(x, train), train)
+  def backend(self, features: jax.Array, train: bool) -> jax.Array:
+    """``[B, T, 753]`` -> the penultimate embedding ``[B, 200]``."""
     # The original flattens concat([max, mean], axis=2) of [B, C, 1] maps: max and mean interleave.
     pooled = jnp.stack([jnp.max(features, axis=1), jnp.mean(features, axis=1)], axis=-1)
     h = self._bn('pool_bn', train)(pooled.reshape(pooled.shape[0], -1))
     h = Dropout(self.dropout)(h, deterministic=not train)
     h = nn.relu(nn.Dense(self.backend_units, name='penultimate_dense')(h))
-    embedding = self._bn('penultimate_bn', train)(h)
+    return self._bn('penultimate_bn', train)(h)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False,
+               return_embedding: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+    trains = train and not self.frozen
+    front = self.frontend(x, trains)
+    if self.frozen == 'frontend':
+      front, trains = jax.lax.stop_gradient(front), train
+    embedding = self.backend(self.midend(front, trains), trains)
+    if self.frozen == 'backbone':
+      embedding = jax.lax.stop_gradient(embedding)
     h = Dropout(self.dropout)(embedding, deterministic=not train)
     logits = nn.Dense(self.num_classes, name='head')(h)
     return (logits, embedding) if return_embedding else logits
@@ -139,4 +159,22 @@ def create(model_config: ml_collections.ConfigDict, num_classes: int,
       dropout=float(model_config.get('dropout', 0.5)),
       bn_momentum=float(model_config.get('batchnorm_momentum', 0.99)),
       bn_epsilon=float(model_config.get('bn_epsilon', 1e-3)),
-      bn_axis_name=bn_axis_name)
+      bn_axis_name=bn_axis_name,
+      frozen=frozen(model_config))
+
+
+def is_frozen(model_config: ml_collections.ConfigDict, layer: str) -> bool:
+  """Whether the top-level parameter group ``layer`` stays as imported (the optimizer skips it)."""
+  what = frozen(model_config)
+  if what == 'backbone':
+    return layer != 'head'
+  return what == 'frontend' and layer.startswith(_FRONTEND_LAYERS)
+
+
+def frozen(model_config: ml_collections.ConfigDict) -> str:
+  """``config.model.frozen``, checked: one of ``FROZEN``."""
+  value = str(model_config.get('frozen', ''))
+  if value not in FROZEN:
+    raise ConfigError(f'config.model.frozen={value!r}: choose one of '
+                      f'{", ".join(repr(v) for v in FROZEN)} (\'\' trains every layer).')
+  return value

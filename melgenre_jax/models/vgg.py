@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from melgenre_jax.models.layers import Dropout, tf_batch_norm

@@ -10,6 +10,11 @@ checkpoint folder. The config is the given one (``--config``, e.g.
 configs/musicnn.py) with the checkpoint's input format and architecture set
 (``pretrained.musicnn.family_config``). Afterwards predict, embed, export and
 ``--config.init_from=WORKDIR`` work on it like on a trained run.
+
+``resolve_specs`` lets a training config name a tagger directly
+(``config.init_from`` or ``config.distill.teacher`` = ``musicnn:MSD_musicnn``):
+it is imported once into ``$MELGENRE_CACHE/imported/`` when train, cv or tune
+starts, and the config then names that workdir.
 """
 
 from __future__ import annotations
@@ -34,3 +39,21 @@ def import_workdir(config: ml_collections.ConfigDict, workdir: str, import_from:
         f'--config.init_from={path} to fine-tune.')
   logging.info('Imported %s into %s.', import_from, path)
   return path
+
+
+SPEC_FIELDS = ('init_from', 'distill.teacher')  # config fields that may name a pretrained tagger
+
+
+def resolve_specs(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config`` with every pretrained spec in ``SPEC_FIELDS`` replaced by its imported workdir."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for dotted in SPEC_FIELDS:
+    *parents, name = dotted.split('.')
+    node = config
+    for part in parents:
+      node = node.get(part) if node is not None else None
+    value = str(node.get(name, '')) if node is not None else ''
+    if musicnn.is_spec(value):
+      node[name] = musicnn.imported_workdir(value, config)
+      logging.info('config.%s=%s -> %s', dotted, value, node[name])
+  return config

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import glob
 import os
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from melgenre_jax import models
 from melgenre_jax import steps
@@ -66,10 +66,33 @@ class Checkpoint:
 
 # ------------------------------------------------------------ where from
 
-def cache_dir() -> str:
-  root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser('~'), '.cache',
+def cache_root() -> str:
+  """``$MELGENRE_CACHE``, default ``~/.cache/melgenre_jax``."""
+  return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser('~'), '.cache',
                                                    'melgenre_jax')
-  return os.path.join(root, 'wheels')
+
+
+def cache_dir() -> str:
+  """Where the wheel is downloaded once."""
+  return os.path.join(cache_root(), 'wheels')
+
+
+def is_spec(text: str) -> bool:
+  """``musicnn:MODEL`` (what ``config.init_from`` may name instead of a workdir)."""
+  return text.startswith(PACKAGE + ':')
+
+
+def imported_workdir(spec: str, base: ml_collections.ConfigDict) -> str:
+  """The workdir ``musicnn:MODEL`` is imported into once (under the cache), imported if missing.
+
+  Lets ``--config.init_from=musicnn:MSD_musicnn`` fine-tune without a separate
+  ``--mode=import`` step; the import is the same one.
+  """
+  workdir = os.path.join(cache_root(), 'imported', _check_model(spec[len(PACKAGE) + 1:]))
+  if not os.path.isfile(os.path.join(workdir, 'config.json')):
+    logging.info('config.init_from=%s: importing it into %s (once).', spec, workdir)
+    import_to_workdir(spec, workdir, base)
+  return workdir
 
 
 def fetch_wheel(directory: str | None = None) -> str:
@@ -264,7 +287,7 @@ FAMILY_FIELDS = (
     ('features.htk', False), ('features.compression', 'log10_10000'),
     ('features.normalize', False),
     ('model.dropout', 0.5), ('model.batchnorm_momentum', 0.99), ('model.bn_epsilon', 1e-3),
-    ('model.dtype', 'float32'),
+    ('model.dtype', 'float32'), ('model.frozen', ''),
 )
 MODEL_FIELDS = {
     'musicnn': (('model.name', 'musicnn'), ('model.frontend_filters', 1.6),

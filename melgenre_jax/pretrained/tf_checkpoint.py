@@ -14,7 +14,6 @@ tensor's crc32c means a damaged file is refused rather than imported.
 from __future__ import annotations
 
 import dataclasses
-import os
 import struct
 
 import numpy as np

@@ -43,7 +43,7 @@ def build_state(config: ml_collections.ConfigDict, num_classes: int,
   """A fresh run's TrainState (``steps.build_state``) carrying ``variables``' weights."""
   mesh = parallel.create_mesh()
   schedule = schedules.create_learning_rate_schedule(config.schedule, 1)
-  tx = steps.create_optimizer(config, schedule, 1)
+  tx = schedules.create_optimizer(config, schedule, 1)
   state = steps.build_state(config, num_classes, mesh, tx, jax.random.PRNGKey(config.seed))
   sharding = parallel.replicated(mesh)
 

@@ -55,9 +55,17 @@ class DevicePrefetch:
     return self._state
 
 
-def train_batch_on_device(mesh) -> Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]:
-  """A host batch (this process's rows) to the sharded global batch the step takes."""
+def train_batch_on_device(mesh, teacher: np.ndarray | None = None
+                          ) -> Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]:
+  """A host batch (this process's rows) to the sharded global batch the step takes.
+
+  ``teacher``: per training song targets ``[songs, D]`` (distillation); each
+  row's song's targets join the batch as ``'teacher'``.
+  """
   def put(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return parallel.global_batch({'inputs': batch['inputs'], 'label': batch['label']}, mesh)
+    arrays = {'inputs': batch['inputs'], 'label': batch['label']}
+    if teacher is not None:
+      arrays['teacher'] = teacher[batch['song']]
+    return parallel.global_batch(arrays, mesh)
 
   return put

@@ -5,7 +5,8 @@ Reading order: ``train_and_evaluate`` (checks and the workdir lock), then
 ``_run_epochs`` (one epoch at a time until done or signalled) and ``_finish``
 (close, calibrate, the result). The pieces live beside this file:
 history.py (the epoch rows and the best epoch), epoch.py (end-of-epoch
-validation and reports), transfer.py (``config.init_from``). The state and
+validation and reports), transfer.py (``config.init_from``), distill.py
+(``config.distill``). The state and
 the compiled steps are in steps.py; restoring for prediction is in
 inference.py.
 """
@@ -15,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from melgenre_jax import calibration
@@ -39,7 +40,9 @@ from melgenre_jax.input_spec import InputSpec
 from melgenre_jax.runtime import hostmem
 from melgenre_jax.runtime import parallel
 from melgenre_jax.runtime import prefetch
+from melgenre_jax.runtime.stop_request import StopRequest
 from melgenre_jax.runtime import workdir_lock
+from melgenre_jax.train import distill
 from melgenre_jax.train import epoch as epoch_lib
 from melgenre_jax.train import transfer
 from melgenre_jax.train.history import RunHistory
@@ -65,7 +68,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     hostmem.keep_freed_memory()  # before the lock's process count starts JAX's backend
   with checkpointing.stop_on_full_disk(workdir), workdir_lock.hold(workdir, 'train'):
     run = _start(config, workdir)
-    with _StopRequest() as stop:
+    with StopRequest() as stop:
       step, last_row, stopped = _run_epochs(run, stop, on_epoch_end)
     return _finish(run, step, last_row, stopped)
 
@@ -111,7 +114,8 @@ def _start(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   steps_per_epoch, total_steps = _step_counts(config, len(dataset.train))
   schedule = schedules.create_learning_rate_schedule(config.schedule, steps_per_epoch)
   mesh = parallel.create_mesh()
-  tx = steps.create_optimizer(config, schedule, steps_per_epoch)
+  teacher = distill.train_targets(config, dataset.train.songs, workdir)  # None: no teacher
+  tx = schedules.create_optimizer(config, schedule, steps_per_epoch)
   state = steps.build_state(config, len(dataset.genres), mesh, tx,
                             jax.random.PRNGKey(config.seed), spec=spec)
   data_iter = iter(_train_loader(config, spec, dataset))
@@ -129,9 +133,9 @@ def _start(config: ml_collections.ConfigDict, workdir: str) -> _Run:
 
   multilabel = config.task == 'multilabel'
   p_train, p_predict = _compile_train_and_predict(config, spec, state, mesh,
-                                                  len(dataset.genres), multilabel)
+                                                  len(dataset.genres), multilabel, teacher)
   # Batches reach the devices ahead of the step; checkpoints store its position.
-  batches = prefetch.DevicePrefetch(data_iter, prefetch.train_batch_on_device(mesh),
+  batches = prefetch.DevicePrefetch(data_iter, prefetch.train_batch_on_device(mesh, teacher),
                                     depth=config.get('prefetch_batches', 2))
   return _Run(
       config=config, workdir=workdir, dataset=dataset, is_chief=is_chief,
@@ -151,6 +155,7 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
   os.makedirs(workdir, exist_ok=True)
   config_checks.check_workdir_compatible(config, workdir)
   transfer.check_before_training(config, workdir)
+  distill.check(config)
   return workdir
 
 
@@ -207,16 +212,21 @@ def _restore_or_initialize(config: ml_collections.ConfigDict, workdir: str, spec
 
 def _compile_train_and_predict(config: ml_collections.ConfigDict, spec: InputSpec,
                                state: steps.TrainState, mesh, num_classes: int,
-                               multilabel: bool) -> tuple[Callable, Callable]:
+                               multilabel: bool, teacher: np.ndarray | None
+                               ) -> tuple[Callable, Callable]:
   """Both steps compiled ahead of time.
 
   The first epoch's time is then training only, and processes of a multi-host
-  run meet before their first collective.
+  run meet before their first collective. ``teacher``: distillation targets
+  per training song (their width is the batch's ``'teacher'`` rows).
   """
   label_shape = (config.batch_size, num_classes) if multilabel else (config.batch_size,)
+  batch_shapes = {'inputs': (config.batch_size,) + spec.input_shape, 'label': label_shape}
+  if teacher is not None:
+    batch_shapes['teacher'] = (config.batch_size, teacher.shape[1])
   p_train = steps.compile_ahead(
       'train', steps.make_train_step(mesh, config, num_classes, spec=spec), state,
-      {'inputs': (config.batch_size,) + spec.input_shape, 'label': label_shape}, mesh)
+      batch_shapes, mesh)
   p_predict = steps.compile_ahead(
       'predict', steps.make_predict_step(
           mesh, state.apply_fn, spec.device_preprocess(),
@@ -240,7 +250,7 @@ def _compile_batch_stats(config: ml_collections.ConfigDict, spec: InputSpec,
 # The epochs.
 
 
-def _run_epochs(run: _Run, stop: _StopRequest,
+def _run_epochs(run: _Run, stop: StopRequest,
                 on_epoch_end: Callable[[dict], None] | None) -> tuple[int, dict, str | None]:
   """Trains until the last step or a signal: the final step, last epoch row, signal name."""
   last_row: dict = run.history.rows[-1] if run.history.rows else {}
@@ -261,7 +271,7 @@ def _run_epochs(run: _Run, stop: _StopRequest,
   return step, last_row, None
 
 
-def _train_epoch(run: _Run, stop: _StopRequest, step: int, epoch: int, epoch_end: int) -> int:
+def _train_epoch(run: _Run, stop: StopRequest, step: int, epoch: int, epoch_end: int) -> int:
   """The train steps from ``step`` to ``epoch_end`` (fewer when signalled); the step reached."""
   config = run.config
   bar = reporting.progress_bar(
@@ -393,33 +403,7 @@ def calibrate_after_training(config: ml_collections.ConfigDict, workdir: str,
 
 
 # ----------------------------------------------------------------------------
-# Signals, run files.
-
-
-class _StopRequest:
-  """Turns SIGTERM/SIGINT into a flag: the loop saves a checkpoint, then exits."""
-
-  def __init__(self):
-    self.signal_name: str | None = None
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._previous[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread: leave signals alone
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.signal_name = signal.Signals(signum).name
-    logging.warning('%s received: saving a checkpoint at the end of this step, '
-                    'then stopping.', self.signal_name)
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+# Run files.
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:

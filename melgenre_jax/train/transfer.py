@@ -9,7 +9,7 @@ the label set is the same (columns reordered if only the order differs) and
 re-initialised otherwise. What was loaded, re-initialised and skipped is
 logged and written to ``WORKDIR/init_from.json``. How the copied backbone then
 trains (frozen, slower) is ``config.finetune``, applied by the optimizer
-(steps.with_finetune).
+(schedules.with_finetune).
 
 Reading order: ``resolve_source`` (which run and step), ``check_front_end``,
 ``initialize_from`` (the merge, called by the train loop on a fresh run only:
@@ -57,7 +57,11 @@ class Source:
 
 
 def resolve_source(init_from: str) -> Source:
-  """``config.init_from``: a run's workdir, or one of its ``checkpoints/<step>`` folders."""
+  """``config.init_from``: a run's workdir, or one of its ``checkpoints/<step>`` folders.
+
+  (A pretrained spec such as ``musicnn:MSD_musicnn`` was already replaced by
+  its imported workdir when the run started: modes/import_pretrained.py.)
+  """
   path = os.path.abspath(os.path.expanduser(init_from))
   if not os.path.exists(path):
     raise ConfigError(f'config.init_from={init_from!r} does not exist: give the --workdir of a '

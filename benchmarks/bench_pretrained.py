@@ -1,0 +1,124 @@
+"""Frozen pretrained embeddings + logistic regression on ``--mode=cv``'s folds (issue #31).
+
+  python benchmarks/bench_pretrained.py --config configs/small_data.py \
+      --config.data.source=manifest --config.data.manifest=/path/to/manifest.csv \
+      --cv_workdir=runs/ft_cv [--models=MSD_musicnn --models=MTT_musicnn] [--out=r.json]
+
+Each model is imported from the musicnn wheel (``config.init_from``'s import:
+once, into the cache), every song is embedded with the Flax port
+(``modes.embed.embed_songs``: the penultimate layer, averaged over the song's
+3 s windows; clips shorter than a window are repeated, musicnn's own rule),
+and the embeddings are scored exactly as benchmarks/bench_baselines.py scores
+MFCCs: standardised logistic regression, C by an inner group CV on each
+training side, on the cv run's folds (``--cv_workdir``: its
+``cv/folds.json``, so every row of the table sees the same test songs), with
+that run's per-fold scores paired. ``msd+mtt`` concatenates the two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+import ml_collections  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+import numpy as np  # noqa: E402
+
+import bench_baselines  # noqa: E402
+from configs import musicnn as musicnn_config  # noqa: E402
+from melgenre_jax import errors  # noqa: E402
+from melgenre_jax import inference  # noqa: E402
+from melgenre_jax import workdir as workdir_lib  # noqa: E402
+from melgenre_jax.data import sources  # noqa: E402
+from melgenre_jax.data import splits  # noqa: E402
+from melgenre_jax.data.songs import Song  # noqa: E402
+from melgenre_jax.modes import embed  # noqa: E402
+from melgenre_jax.pretrained import musicnn  # noqa: E402
+
+
+def embed_with(model_name: str, songs: Sequence[Song]) -> tuple[np.ndarray, list[bool]]:
+  """Song-mean penultimate embeddings of ``songs`` by the imported ``model_name``; decoded mask."""
+  base = musicnn_config.get_config()
+  workdir = musicnn.imported_workdir(f'{musicnn.PACKAGE}:{model_name}', base)
+  config = workdir_lib.load_workdir_config(workdir)
+  config.audio.short_clip = 'repeat'  # musicnn's rule for clips shorter than its window
+  model = inference.load_for_inference(config, workdir)
+  vectors, rows = embed.embed_songs(model, [s.path for s in songs])
+  ok = [r['ok'] for r in rows]
+  if len(rows) != len(songs):
+    raise errors.DataError(f'{model_name}: {len(rows)} rows for {len(songs)} songs '
+                           '(two songs share a file?)')
+  return vectors.astype(np.float64), ok
+
+
+def run(config: ml_collections.ConfigDict, cv_workdir: str, model_names: Sequence[str]
+        ) -> tuple[dict, str]:
+  """Scores every model's embeddings (and the concatenation) on the cv run's folds."""
+  songs = sorted(sources.discover_songs(config), key=lambda s: s.key)
+  record, summary = bench_baselines.read_cv(cv_workdir)
+  missing = [s.key for s in songs if s.key not in record['folds']]
+  if missing:
+    raise errors.UserError(f'{len(missing)} songs (e.g. {missing[0]}) are not in '
+                           f'{cv_workdir}/cv/folds.json: give the same data config as that run')
+  settings = record['settings']
+  seeds = [int(settings['seed']) + r for r in range(int(settings['repeats']))]
+  feats, ok = {}, np.ones(len(songs), bool)
+  for name in model_names:
+    vectors, decoded = embed_with(name, songs)
+    full = np.zeros((len(songs), vectors.shape[1]))
+    full[np.asarray(decoded)] = vectors
+    feats[name], ok = full, ok & np.asarray(decoded)
+  if len(model_names) > 1:
+    feats['+'.join(model_names)] = np.concatenate([feats[n] for n in model_names], axis=1)
+  kept = [s for s, good in zip(songs, ok) if good]
+  genres = sorted({s.genre for s in songs})
+  y = np.asarray([genres.index(s.genre) for s in kept])
+  units = kept if record['fold_unit'] == 'group' else splits.ungrouped(kept)
+  groups = np.asarray([splits.unit_key(s) for s in units])
+  folds = np.asarray([record['folds'][s.key] for s in kept])
+  scores = {n: bench_baselines.score_folds(x[ok], y, groups, folds, seeds)
+            for n, x in feats.items()}
+  report = (f'{len(kept)} of {len(songs)} songs embedded, {len(genres)} genres, folds of '
+            f'{cv_workdir} by {record["fold_unit"]}, seeds {seeds}; C from '
+            f'{list(bench_baselines.C_GRID)} by an inner CV on each training side\n'
+            + bench_baselines.table(scores, summary).replace(
+                '| features + logistic regression |', '| frozen embedding + logistic regression |'))
+  return {'fold_unit': record['fold_unit'], 'seeds': seeds, 'num_songs': len(kept),
+          'results': scores}, report
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  flags_ = flags.FLAGS
+  try:
+    out_dir = os.path.dirname(os.path.abspath(flags_.out)) if flags_.out else None
+    if out_dir and not os.path.isdir(out_dir):  # before minutes of work, not after
+      raise errors.UserError(f'--out={flags_.out}: folder {out_dir} does not exist; create it '
+                             'or write elsewhere')
+    results, report = run(flags_.config, flags_.cv_workdir, flags_.models)
+  except errors.UserError as e:
+    logging.error('%s: %s', type(e).__name__, e)
+    raise SystemExit(1) from None
+  print(report)
+  if flags_.out:
+    with open(flags_.out, 'w', encoding='utf-8') as f:
+      json.dump(results, f, indent=2)
+
+
+if __name__ == '__main__':
+  config_flags.DEFINE_config_file('config', 'configs/small_data.py',
+                                  'Config file (its data settings).', lock_config=True)
+  flags.DEFINE_string('cv_workdir', None, 'A --mode=cv workdir: its folds, its scores paired.',
+                      required=True)
+  flags.DEFINE_multi_string('models', ['MSD_musicnn', 'MTT_musicnn'],
+                            f'musicnn models to embed with ({", ".join(musicnn.MODELS)}).')
+  flags.DEFINE_string('out', None, 'Write the results here as JSON.')
+  app.run(main)

@@ -16,9 +16,11 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.formparsers import MultiPartParser
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request
 
 FIELD = 'file'
@@ -103,12 +105,15 @@ async def receive(request: Request, limit_bytes: int, folder: str) -> Upload:
     form = await parser.parse()
   except MultiPartException as e:
     raise UploadError(400, f'the request body is not valid multipart/form-data ({e}).') from e
+  except ClientDisconnect as e:
+    raise UploadError(400, 'the client went away before the upload was complete.') from e
   try:
     part = form.get(FIELD)
     if not isinstance(part, UploadFile):
       raise UploadError(400, f'no file in the field "{FIELD}": send the audio as '
                         f'multipart/form-data (curl -F {FIELD}=@song.mp3 URL/api/predict).')
-    return _store(part, limit_bytes, folder)
+    # A 200 MB copy would stall every other request if it ran on the event loop.
+    return await run_in_threadpool(_store, part, limit_bytes, folder)
   finally:
     await form.close()
 

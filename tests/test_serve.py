@@ -27,11 +27,13 @@ import pytest
 import soundfile as sf
 
 from melgenre_jax import workdir as workdir_lib
+from melgenre_jax.data import audio
 from melgenre_jax.data import synthetic
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.modes import dispatch
 from melgenre_jax.modes import predict
 from melgenre_jax.modes import serve
+from melgenre_jax.modes.serve import classifier as classifier_lib
 from melgenre_jax.modes.serve import mode as serve_mode
 from melgenre_jax.modes.serve import uploads
 
@@ -218,6 +220,33 @@ def test_concurrent_requests_are_all_answered_by_one_model(bound, inputs):
   assert len({json.dumps(b['results'][0]['probabilities']) for b in songs}) == 1
   health = get_json(bound.url + 'healthz')
   assert health['answered'] == before + len(names) and health['waiting'] == 0
+
+
+def test_min_confidence_marks_uncertain_songs(tiny_run_dir, inputs):
+  with running_server(tiny_run_dir, min_confidence=0.99) as strict:
+    status, body = post(strict.url, inputs['song.wav'])
+  row = body['results'][0]
+  assert status == 200 and body['min_confidence'] == 0.99
+  assert row['status'] == 'uncertain' and row['uncertain'] and row['genre'] is None
+  assert '--min_confidence' in row['reason'] and row['top_k']
+
+
+def test_length_unknown_from_the_header_is_found_by_decoding(inputs, tiny_run_dir, tmp_path,
+                                                             monkeypatch):
+  """A file whose header gives no duration is refused after decoding just past the limit."""
+  config = workdir_lib.load_workdir_config(tiny_run_dir)
+  classifier = serve.load_classifier(config, tiny_run_dir, None,
+                                     predict.Options(max_seconds=MAX_SECONDS))
+  monkeypatch.setattr(classifier_lib.audio, 'probe',
+                      lambda path: audio.AudioInfo(4000, 1, None))
+  try:
+    for name, status in (('long.wav', 422), ('song.wav', 200)):
+      path = shutil.copy(inputs[name], str(tmp_path / name))
+      answer = classifier.answer_now(uploads.Upload(path, name, os.path.getsize(path)))
+      assert answer.status == status, answer.body
+      assert status == 200 or 'longer than that' in answer.body['error']
+  finally:
+    classifier.close()
 
 
 def test_page_is_self_contained(bound):

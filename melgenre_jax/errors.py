@@ -25,6 +25,11 @@ class MissingPathError(ConfigError, FileNotFoundError):
   """A path the config names (data root, manifest) does not exist."""
 
 
+class OutputPathError(ConfigError):
+  """An output file or folder cannot be written (a folder where a file goes, no
+  permission, another format's file); raised before any audio is decoded."""
+
+
 class NotGtzanError(DataError, FileNotFoundError):
   """``config.data.root`` holds no GTZAN genre folder in any known layout."""
 

@@ -42,6 +42,7 @@ from absl import logging
 
 from melgenre_jax import config_checks
 from melgenre_jax import inference
+from melgenre_jax import output_paths
 from melgenre_jax import reporting
 from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import audio
@@ -374,6 +375,7 @@ def embed_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[str
                              max_seconds=max_seconds)
   classify.check_options(options, config)
   workdir = os.path.abspath(workdir)
+  output_paths.check_output_dir(embed_dir or default_embed_dir(workdir), '--embed_dir')
   config_checks.check_workdir_compatible(config, workdir)
   jobs = [(os.path.abspath(p) if problem is None else p, problem)
           for p, problem in inputs_lib.expand_paths(paths)]

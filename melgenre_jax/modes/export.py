@@ -320,10 +320,12 @@ def export_workdir(config, workdir: str, step: int | None = None,
   from melgenre_jax import calibration  # pylint: disable=g-import-not-at-top
   from melgenre_jax import config_checks  # pylint: disable=g-import-not-at-top
   from melgenre_jax import inference  # pylint: disable=g-import-not-at-top
+  from melgenre_jax import output_paths  # pylint: disable=g-import-not-at-top
   from melgenre_jax.modes import model_card  # pylint: disable=g-import-not-at-top
   from melgenre_jax.modes import onnx_export  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
+  output_paths.check_output_dir(os.path.join(workdir, EXPORT_DIR), 'the export folder')
   config_checks.check_workdir_compatible(config, workdir)
   model = inference.load_for_inference(config, workdir, step)
   exported, info = export_model(model, platforms)

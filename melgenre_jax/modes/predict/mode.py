@@ -90,6 +90,9 @@ def predict_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[s
     NothingClassifiedError: no input file has an answer.
   """
   _check_flags(paths, output, output_file, write_tags)
+  if output != 'text':  # before any work: a path that cannot be written is one line
+    out_lib.check_output_file(os.path.abspath(output_file or default_output_file(
+        workdir or os.getcwd(), output)), output, top_k)
   model = exported_model.load_export_dir(model_dir) if model_dir else None
   config = model.config if model is not None else config
   options = classify.Options(top_k=top_k, hop_seconds=hop_seconds,

@@ -21,8 +21,9 @@ from typing import IO, Any
 
 from absl import logging
 
+from melgenre_jax import output_paths
 from melgenre_jax import reporting
-from melgenre_jax.errors import ConfigError
+from melgenre_jax.errors import OutputPathError
 from melgenre_jax.modes.predict import inputs
 
 OUTPUTS = ('text', 'json', 'csv')
@@ -137,7 +138,7 @@ def read_csv(path: str, header: Sequence[str]) -> tuple[list[dict[str, str]], in
   returned; the caller rewrites the file without it.
 
   Raises:
-    ConfigError: the file has other columns (another --top_k, or not ours).
+    OutputPathError: the file has other columns (another --top_k, or not ours).
   """
   with open(path, newline='', encoding='utf-8') as f:
     text = f.read()
@@ -147,11 +148,9 @@ def read_csv(path: str, header: Sequence[str]) -> tuple[list[dict[str, str]], in
   records = list(csv.reader(io.StringIO(text, newline='')))
   if not records:
     return [], torn
-  if records[0] != list(header):
-    raise ConfigError(
-        f'{path} has the columns {",".join(records[0][:8])},... but this run writes '
-        f'{",".join(list(header)[:8])},...: pass the --top_k it was written with, or '
-        'another --output_file.')
+  problem = header_problem(path, records[0], header)
+  if problem:
+    raise OutputPathError(problem)
   rows = []
   for record in records[1:]:
     if len(record) == len(header):
@@ -159,6 +158,60 @@ def read_csv(path: str, header: Sequence[str]) -> tuple[list[dict[str, str]], in
     else:
       torn += 1  # a path holding a newline, cut at it
   return rows, torn
+
+
+def _top_k_of(columns: Sequence[str]) -> int:
+  return sum(bool(re.fullmatch(r'genre_\d+', c)) for c in columns)
+
+
+def header_problem(path: str, columns: Sequence[str], header: Sequence[str]) -> str:
+  """'' when an existing CSV's ``columns`` are ``header``, else what to do (one line)."""
+  columns, header = list(columns), list(header)
+  if columns == header:
+    return ''
+  if columns[:5] == header[:5] and columns[-len(_TAIL):] == list(_TAIL):
+    return (f'{path} was written with --top_k {_top_k_of(columns)}, this run asks for '
+            f'--top_k {_top_k_of(header)}: pass --top_k {_top_k_of(columns)} to add to it, '
+            'or another --output_file.')
+  return (f'{path} is not a predictions CSV (its columns are {",".join(columns)}; ours are '
+          f'{",".join(header)}): choose another --output_file.')
+
+
+def _first_line(path: str) -> str:
+  """The first line of an existing file ('' when missing, empty or not text)."""
+  if not os.path.isfile(path):
+    return ''
+  with open(path, 'rb') as f:
+    head = f.read(64 * 1024)
+  return head.split(b'\n', 1)[0].decode('utf-8', errors='replace').strip()
+
+
+def check_output_file(path: str, output: str, top_k: int) -> None:
+  """Before any work: ``path`` is writable and an existing file holds ``output``'s format.
+
+  A CSV is appended to, so it must have this run's columns; a JSON report is
+  replaced, so the file must be one (never a CSV log or someone's document).
+
+  Raises:
+    OutputPathError: with the fix, in one line.
+  """
+  output_paths.check_output_file(path, '--output_file')
+  ext = os.path.splitext(path)[1].lower()
+  named = {'.json': 'json', '.csv': 'csv'}.get(ext)
+  if named and named != output:
+    raise OutputPathError(f'--output_file {path} ends in {ext} but --output is {output}: '
+                          f'pass --output {named}, or a file name ending in .{output}.')
+  first = _first_line(path)
+  if not first:
+    return
+  if output == 'json' and not first.startswith('{'):
+    raise OutputPathError(f'--output_file {path} exists and is not a JSON report (it starts '
+                          f'{first[:40]!r}); --output json would replace it: choose another '
+                          '--output_file, or delete it.')
+  if output == 'csv':
+    problem = header_problem(path, next(csv.reader([first])), csv_header(top_k))
+    if problem:
+      raise OutputPathError(problem)
 
 
 def rewrite_csv(path: str, header: Sequence[str], rows: Iterable[dict[str, str]]) -> None:

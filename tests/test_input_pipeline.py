@@ -117,7 +117,7 @@ def test_gtzan_fault_filtered_end_to_end(tmp_path):
   for side, names in lists.items():
     for g in gtzan.GTZAN_GENRES:
       name = next(n for n in names if n.startswith(g + '.'))
-      _write(base / g / f'{name}.wav', 0.6)
+      _write(base / g / f'{name}.wav', 0.6, freq=210.5 + 5 * len(want))  # no two alike
       want[name] = side
   listed = set().union(*lists.values())
   unlisted = next(f'{g}.{i:05d}' for g in gtzan.GTZAN_GENRES

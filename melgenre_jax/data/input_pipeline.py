@@ -33,6 +33,7 @@ from melgenre_jax.data.loaders import song_positions  # pylint: disable=unused-i
 from melgenre_jax.data.loaders import steps_per_epoch  # pylint: disable=unused-import
 from melgenre_jax.data import sources
 from melgenre_jax.data import splits as splits_lib
+from melgenre_jax.data.songs import identify
 from melgenre_jax.data.songs import Song
 from melgenre_jax.data.songs import song_tags
 from melgenre_jax.errors import DataError
@@ -170,7 +171,7 @@ def cached_songs(config: ml_collections.ConfigDict, workdir: str) -> CachedSongs
   refusal the summary, with the error, is written to
   ``WORKDIR/data_summary.json`` before raising.
   """
-  songs = sources.discover_songs(config)
+  songs, duplicates = identify(sources.discover_songs(config))  # one song per file and content
   genres = sources.genre_names(config, songs)
   # Multi-label: the outputs are the tags; the quality check stays per genre
   # (first tag), as the cache's per-genre counts are.
@@ -182,7 +183,7 @@ def cached_songs(config: ml_collections.ConfigDict, workdir: str) -> CachedSongs
   summary: dict[str, Any] = {
       'source': config.data.source, 'root': config.data.root,
       'manifest': config.data.manifest, 'cache': c.path,
-      'cache_reused': c.reused, 'genres': outputs,
+      'cache_reused': c.reused, 'genres': outputs, 'duplicates': duplicates,
       **{k: v for k, v in c.summary.items() if k != 'fingerprint'},
   }
   try:

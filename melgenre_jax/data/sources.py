@@ -133,6 +133,7 @@ def read_manifest(path: str, task: str = 'genre') -> list[Song]:
   base = os.path.dirname(path)
   songs = []
   seen: dict[str, int] = {}
+  seen_files: dict[str, tuple[int, str]] = {}
   with open(path, newline='', encoding='utf-8-sig') as f:
     reader = csv.DictReader(f)
     fields = [c.strip().lower() for c in (reader.fieldnames or [])]
@@ -165,6 +166,13 @@ def read_manifest(path: str, task: str = 'genre') -> list[Song]:
             f'on line {seen[key]}')
       seen[key] = line
       abspath = rel if os.path.isabs(rel) else os.path.join(base, rel)
+      real = os.path.realpath(abspath)
+      if real in seen_files:
+        first_line, first = seen_files[real]
+        raise errors.DataError(
+            f'manifest {path} line {line}: {rel!r} is the same file as {first!r} on line '
+            f'{first_line} (both are {real}): list each file once')
+      seen_files[real] = (line, rel)
       tags = ()
       if TAG_SEPARATOR in label:
         if task != 'multilabel':

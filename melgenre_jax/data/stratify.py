@@ -35,8 +35,14 @@ class SongSplit:
 
 
 def unit_key(song: Song) -> str:
-  """What a split keeps on one side: the song's group, or the song itself without one."""
-  return f'group:{song.group}' if song.group is not None else f'song:{song.key}'
+  """What a split keeps on one side: the song's group, its byte-identical copies, or itself.
+
+  ``songs.identify`` gives copies one group when any of them has one, so a
+  group takes its members' copies along.
+  """
+  if song.group is not None:
+    return f'group:{song.group}'
+  return f'content:{song.content}' if song.content else f'song:{song.key}'
 
 
 def units_by_genre(songs: Iterable[Song]) -> dict[str, list[list[Song]]]:
@@ -57,7 +63,7 @@ def units_by_genre(songs: Iterable[Song]) -> dict[str, list[list[Song]]]:
 
 
 def ungrouped(songs: Iterable[Song]) -> list[Song]:
-  """The songs with their groups dropped: each song becomes its own unit."""
+  """The songs with their groups dropped: each song (with its copies) becomes its own unit."""
   return [dataclasses.replace(s, group=None) if s.group is not None else s
           for s in songs]
 
@@ -119,6 +125,7 @@ def check_disjoint(split: SongSplit) -> None:
       if keys:
         raise ValueError(f'split leak: {len(keys)} song(s) in both {a} and '
                          f'{b}, e.g. {sorted(keys)[:5]}')
+      _check_no_copies_across(sides[a], a, sides[b], b)
       ga = {s.group for s in sides[a] if s.group is not None}
       gb = {s.group for s in sides[b] if s.group is not None}
       if ga & gb:
@@ -127,3 +134,15 @@ def check_disjoint(split: SongSplit) -> None:
             f'{a} and {b}: a group (artist/album) must stay on one side; fix '
             'the manifest split column or use split=stratified/kfold, which '
             'keep groups together')
+
+
+def _check_no_copies_across(side_a: Sequence[Song], a: str, side_b: Sequence[Song],
+                            b: str) -> None:
+  """Refuses byte-identical copies (``Song.content``) on two sides: a leak by another name."""
+  in_a = {s.content: s.key for s in side_a if s.content}
+  pairs = sorted((in_a[s.content], s.key) for s in side_b if s.content in in_a)
+  if pairs:
+    raise errors.DataError(
+        f'split leak: {len(pairs)} {b} song(s) are byte-identical copies of {a} songs, e.g. '
+        f'{pairs[0][1]} = {pairs[0][0]}: remove the copies, or put them in the same split '
+        '(a split that is not given by a list, e.g. split=stratified, keeps them together)')

@@ -30,6 +30,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.errors import DiskFullError
+from melgenre_jax.errors import WorkdirError
 from melgenre_jax.runtime import disk
 
 BEST_METRIC = 'val_song_accuracy'
@@ -121,6 +122,61 @@ def restore_parts(manager: ocp.CheckpointManager, step: int, abstract_parts: dic
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       item=abstract_parts, restore_args=restore_args, partial_restore=True)))
   return dict(restored['state'])
+
+
+def restore_readable_parts(manager: ocp.CheckpointManager, step: int, abstract_parts: dict,
+                           fallback: bool = True) -> tuple[int, dict]:
+  """``restore_parts`` of ``step``, or of the newest older step that reads back.
+
+  eval, predict, embed, export and serve read the best checkpoint; one
+  damaged after it was written (a truncated data file) is moved aside to
+  ``checkpoints_damaged/`` as training does (kept; left in place when the
+  workdir is not writable), named in one warning, and the newest step that
+  reads back is used instead. ``fallback=False`` (an explicit ``--step``) refuses
+  rather than answering with another step. Returns ``(step, parts)``.
+
+  Raises:
+    WorkdirError: ``step`` is damaged and no fallback is allowed, or no
+      checkpoint reads back (one line, naming the first error).
+  """
+  candidates = [step] + (sorted((s for s in manager.all_steps() if s != step), reverse=True)
+                         if fallback else [])
+  damaged: list[int] = []
+  first_error = ''
+  for candidate in candidates:
+    try:
+      parts = restore_parts(manager, candidate, abstract_parts)
+    except Exception as e:  # pylint: disable=broad-except
+      damaged.append(candidate)
+      first_error = first_error or f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
+      logging.info('Checkpoint at step %d cannot be read: %s: %s', candidate,
+                   type(e).__name__, str(e)[:500])
+      continue
+    if damaged:
+      where = _move_aside_if_possible(manager, damaged)
+      logging.warning('The checkpoint at step %s in %s is damaged (%s); using step %d, the '
+                      'newest that reads back. The damaged one(s) %s.',
+                      ', '.join(map(str, damaged)), manager.directory, first_error,
+                      candidate, where)
+    return int(candidate), parts
+  if not fallback:
+    raise WorkdirError(
+        f'The checkpoint at step {step} in {manager.directory} cannot be read '
+        f'({first_error}): it is damaged; drop --step to use the newest readable one, or '
+        f'pick another (available: {sorted(manager.all_steps())}).')
+  raise WorkdirError(
+      f'None of the checkpoints in {manager.directory} (steps {sorted(damaged)}) can be '
+      f'read (step {damaged[0]}: {first_error}): they are damaged; retrain, or restore the '
+      'checkpoints folder from a copy.')
+
+
+def _move_aside_if_possible(manager: ocp.CheckpointManager, steps: list[int]) -> str:
+  """Moves damaged steps aside for a reader; says where they are (in place when it cannot)."""
+  try:
+    _move_aside(manager, steps)
+  except OSError as e:
+    return f'are left in place ({e.strerror or e})'
+  return f'are moved to {_damaged_dir(manager)}'
 
 
 def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,

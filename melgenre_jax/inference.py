@@ -199,6 +199,7 @@ def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
     raise WorkdirError(f'No checkpoints in {workdir}: train first.')
   manager = checkpointing.create_manager(workdir, read_only=True)
   try:
+    fallback = step is None  # the best; an explicit --step is refused when damaged
     step = _pick_step(workdir, manager, step)
     mesh = parallel.create_mesh()
     spec = InputSpec.from_config(config)
@@ -211,7 +212,7 @@ def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
         getattr(fresh, f.name)) for f in dataclasses.fields(fresh)}
     if config.get('ema_decay', 0.0) > 0:  # the averaged weights are the model
       abstract['ema_params'] = abstract.pop('params')
-    parts = checkpointing.restore_parts(manager, step, abstract)
+    step, parts = checkpointing.restore_readable_parts(manager, step, abstract, fallback)
     if 'ema_params' in parts:
       parts['params'] = parts.pop('ema_params')
     variables = steps.ModelVariables(**parts)

@@ -200,6 +200,25 @@ def test_oversized_stream_is_refused_while_reading(bound):
   assert get_json(bound.url + 'healthz')['status'] == 'ok'
 
 
+def test_an_oversized_body_gets_an_answer_the_client_can_read(bound):
+  """20 MB against a 0.5 MB limit: more than the socket buffers hold, so a server that
+  answered without reading on would reset the connection under the sending client."""
+  status, body = post(bound.url, data=b'\0' * 20_000_000, filename='huge.wav')
+  assert status == 413 and '--max_upload_mb' in body['error']
+  # Expect: 100-continue (curl's way for large files): refused on the headers, no body sent.
+  host, port = bound.sock.getsockname()[:2]
+  conn = http.client.HTTPConnection(host, port, timeout=30)
+  conn.putrequest('POST', '/api/predict')
+  conn.putheader('Content-Type', 'multipart/form-data; boundary=b')
+  conn.putheader('Content-Length', '20000000')
+  conn.putheader('Expect', '100-continue')
+  conn.endheaders()
+  response = conn.getresponse()
+  assert response.status == 413 and '--max_upload_mb' in json.load(response)['error']
+  conn.close()
+  assert get_json(bound.url + 'healthz')['status'] == 'ok'
+
+
 def test_client_file_names_are_labels_not_paths(bound, inputs):
   status, body = post(bound.url, inputs['song.wav'], filename='../../etc/passwd')
   assert status == 200 and body['results'][0]['path'] == 'passwd'

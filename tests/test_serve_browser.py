@@ -87,13 +87,16 @@ def test_page_classifies_an_upload_like_predict_and_shows_errors(
     assert shown == [t['genre'] for t in expected['top_k']]
     assert card.find_elements(By.CSS_SELECTOR, 'svg.timeline rect')  # 3 segments: a picture
 
-    picker.send_keys(inputs['notes.txt'] + '\n' + inputs['long.wav'])  # two files at once
+    picker.send_keys('\n'.join(inputs[n] for n in ('notes.txt', 'long.wav', 'big.wav')))
     card = _card(browser, 'notes.txt')
     assert card.get_attribute('data-state') == 'error'
     assert 'not a readable audio file' in card.find_element(By.CSS_SELECTOR, '.error').text
     card = _card(browser, 'long.wav')
     assert card.get_attribute('data-state') == 'error'
     assert '--max_seconds' in card.find_element(By.CSS_SELECTOR, '.error').text
+    card = _card(browser, 'big.wav')  # over --max_upload_mb: refused by the page, not sent
+    assert card.get_attribute('data-state') == 'error'
+    assert '--max_upload_mb' in card.find_element(By.CSS_SELECTOR, '.error').text
 
     shot = tmp_path / 'serve_page.png'
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000

@@ -1,7 +1,10 @@
 """One uploaded file, from a multipart request body into a temp file, within a byte limit.
 
-The body is counted as it arrives, so an oversized upload is refused after
-at most ``limit`` bytes, not once it has all been received. The file lands in
+The body is counted as it arrives, so an oversized upload is refused once
+``limit`` bytes have come, not once it has all been received (what follows is
+read and dropped, up to a bound, only so the client can read the refusal; a
+declared Content-Length over the limit is refused before any of it is read).
+The file lands in
 the server's own temp folder under a name the server makes: the client's
 file name is only a label (its extension kept when it looks like one, for the
 decoders), so no request can name a path on the server's disk.
@@ -27,6 +30,8 @@ FIELD = 'file'
 # Room for the multipart boundaries and part headers around the file's bytes.
 _ENVELOPE_BYTES = 64 * 1024
 _COPY_BYTES = 1 << 20
+# Read and dropped after a refusal, at least: see _Body.discard.
+_DISCARD_BYTES = 64 * 1000 * 1000
 _EXTENSION = re.compile(r'\.[A-Za-z0-9]{1,6}$')
 
 
@@ -54,15 +59,42 @@ def too_large(limit_bytes: int) -> UploadError:
                      'restart the server with a larger --max_upload_mb.')
 
 
-async def _counted(stream: AsyncIterator[bytes], limit: int,
-                   refusal: UploadError) -> AsyncIterator[bytes]:
-  """``stream``'s chunks, stopping with ``refusal`` once more than ``limit`` bytes came."""
-  seen = 0
-  async for chunk in stream:
-    seen += len(chunk)
-    if seen > limit:
-      raise refusal
-    yield chunk
+class _Body:
+  """The request body as it arrives, counted, refused past ``limit`` bytes."""
+
+  def __init__(self, request: Request, limit: int, refusal: UploadError):
+    self._chunks = request.stream()
+    self._limit = limit
+    self._refusal = refusal
+    self._expects_continue = '100-continue' in request.headers.get('expect', '').lower()
+    self.seen = 0
+    self.started = False
+
+  async def chunks(self) -> AsyncIterator[bytes]:
+    self.started = True
+    async for chunk in self._chunks:
+      self.seen += len(chunk)
+      if self.seen > self._limit:
+        raise self._refusal
+      yield chunk
+
+  async def discard(self, most: int) -> None:
+    """Reads and drops what is left of the body (at most ``most`` bytes) after a refusal.
+
+    A client that sends the whole body before reading (most HTTP libraries,
+    browsers) would otherwise meet a reset connection instead of the answer
+    saying why. A client that asked ``Expect: 100-continue`` (curl, for large
+    files) and was refused before the body was read never sends it.
+    """
+    if self._expects_continue and not self.started:
+      return
+    try:
+      async for chunk in self._chunks:
+        most -= len(chunk)
+        if most < 0:
+          return
+    except ClientDisconnect:
+      return
 
 
 def safe_suffix(filename: str) -> str:
@@ -79,6 +111,7 @@ def label(filename: str | None) -> str:
 
 
 def _check_headers(request: Request, limit_bytes: int) -> None:
+  """Refuses what the headers already show: not multipart, or a declared size over the limit."""
   content_type = request.headers.get('content-type', '')
   if not content_type.startswith('multipart/form-data'):
     raise UploadError(415, f'send the audio as multipart/form-data in the field "{FIELD}" '
@@ -94,13 +127,21 @@ async def receive(request: Request, limit_bytes: int, folder: str) -> Upload:
 
   Raises:
     UploadError: not multipart, no file part, an empty file, or more than
-      ``limit_bytes`` (counted while reading).
+      ``limit_bytes`` (counted while reading; the rest of the body, up to
+      ``max(limit_bytes, 64 MB)``, is then read and dropped so the client
+      can read the answer).
   """
+  body = _Body(request, limit_bytes + _ENVELOPE_BYTES, too_large(limit_bytes))
+  try:
+    return await _receive(request, body, limit_bytes, folder)
+  except UploadError:
+    await body.discard(max(limit_bytes, _DISCARD_BYTES))
+    raise
+
+
+async def _receive(request: Request, body: _Body, limit_bytes: int, folder: str) -> Upload:
   _check_headers(request, limit_bytes)
-  parser = MultiPartParser(
-      request.headers, _counted(request.stream(), limit_bytes + _ENVELOPE_BYTES,
-                                too_large(limit_bytes)),
-      max_files=1, max_fields=16)
+  parser = MultiPartParser(request.headers, body.chunks(), max_files=1, max_fields=16)
   try:
     form = await parser.parse()
   except MultiPartException as e:

@@ -215,3 +215,16 @@ def test_distinct_files_are_never_marked(tmp_path):
   found, duplicates = songs_lib.identify(songs)
   assert found == sorted(songs, key=lambda s: s.key)
   assert duplicates == {'same_file': [], 'identical_content': []}
+
+
+def test_symlinked_folders_are_followed_and_loops_read_once(tmp_path, caplog):
+  root = tmp_path / 'music'
+  _library(str(root), copies=0, per_genre=3)
+  elsewhere = tmp_path / 'elsewhere' / 'live'
+  _wav(str(elsewhere / 'gig.wav'), 777)
+  os.symlink(elsewhere, root / 'jazz' / 'live')  # a linked folder: followed
+  os.symlink(root / 'rock', root / 'rock' / 'again')  # a loop: read once, said
+  keys = {s.key for s in sources.list_folder(str(root))}
+  assert 'jazz/live/gig.wav' in keys
+  assert not any(k.startswith('rock/again/') for k in keys) and len(keys) == 7
+  assert any('symlink loop' in r.getMessage() for r in caplog.records)

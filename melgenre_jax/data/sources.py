@@ -58,7 +58,12 @@ def _require_root(config: ml_collections.ConfigDict) -> str:
 
 
 def list_folder(root: str) -> list[Song]:
-  """``ROOT/<genre>/**/<file>``: genre = top-level folder, key = relative path."""
+  """``ROOT/<genre>/**/<file>``: genre = top-level folder, key = relative path.
+
+  Symlinked folders are followed (a library assembled from links is common),
+  each real folder read once, so a link loop ends with a warning; a file
+  reached twice is one song (``songs.identify``).
+  """
   songs = []
   ignored = 0
   genre_dirs = sorted(
@@ -75,9 +80,17 @@ def list_folder(root: str) -> list[Song]:
         f'config.data.root={root!r} has no genre folders: expected '
         'ROOT/<genre>/<song files> (e.g. ROOT/jazz/track01.wav)')
   empty = []
+  visited: set[str] = set()  # real folders read: symlinks are followed, loops read once
   for genre in genre_dirs:
     count = 0
-    for dirpath, dirnames, filenames in os.walk(os.path.join(root, genre)):
+    for dirpath, dirnames, filenames in os.walk(os.path.join(root, genre), followlinks=True):
+      real = os.path.realpath(dirpath)
+      if real in visited:
+        logging.warning('folder source: %s is %s again (a symlink loop, or a second link '
+                        'to one folder): read once', dirpath, real)
+        dirnames[:] = []
+        continue
+      visited.add(real)
       dirnames[:] = sorted(d for d in dirnames if not _skip_name(d))
       for name in sorted(filenames):
         if _skip_name(name):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging as std_logging
 import os
 import re
 import shutil
@@ -53,9 +54,30 @@ def _best_metric(metrics: dict) -> float:
   return float(metrics.get(BEST_METRIC, -1.0))
 
 
+class _DropReadOnlyNotes(std_logging.Filter):
+  """Drops Orbax's notes that a manager opened read-only is read-only.
+
+  eval, predict, embed, export and serve open the checkpoints read-only on
+  purpose; "Given directory is read only" on every command reads like a
+  permission problem, and says nothing the user can act on.
+  """
+
+  _NOTES = ('Given directory is read only=%s', '%s is read only, save will be skipped',
+            '%s is read only, delete will be skipped')
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not (record.msg in self._NOTES and record.pathname.endswith('checkpoint_manager.py'))
+
+
+_READ_ONLY_NOTES = _DropReadOnlyNotes()
+
+
 def create_manager(workdir: str, max_to_keep: int = 3,
                    read_only: bool = False) -> ocp.CheckpointManager:
   """Latest ``max_to_keep`` checkpoints plus the best by song-level val accuracy."""
+  absl_logger = logging.get_absl_logger()
+  if _READ_ONLY_NOTES not in absl_logger.filters:
+    absl_logger.addFilter(_READ_ONLY_NOTES)
   policy = checkpoint_managers.AnyPreservationPolicy([
       checkpoint_managers.LatestN(n=max_to_keep),
       checkpoint_managers.BestN(get_metric_fn=_best_metric, reverse=False, n=1,

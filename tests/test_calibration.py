@@ -18,6 +18,7 @@ from melgenre_jax import train
 from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import input_pipeline
 from melgenre_jax.modes import dispatch
+from melgenre_jax.modes import eval_format
 from melgenre_jax.modes import evaluate
 from melgenre_jax.modes import export
 
@@ -356,3 +357,16 @@ def test_eval_fits_a_missing_temperature_on_validation_not_test(tiny_run):
   assert refit['fitted_on'] == 'validation'
   assert refit['temperature'] == pytest.approx(before[step]['temperature'], rel=1e-6)
   assert report['calibration']['temperature'] == pytest.approx(refit['temperature'])
+
+
+def test_eval_report_says_why_a_fitted_temperature_was_not_applied():
+  probs, labels, song_index = _songs(4, true_t=6.0, seed=4)
+  entry = calibration.fit_entry(probs, labels, song_index, 4)
+  report = evaluate.calibration_report(probs, labels, song_index, 4, entry['temperature'], entry)
+  assert report['not_applied_reason'] == entry['reason'] != ''
+  line = eval_format._calibration_line(report)
+  assert 'T 1, a fitted T not applied (4 validation songs' in line
+  assert 'not applied (4 validation songs' in eval_format._md_calibration(report)[0]
+  applied = calibration.fit_entry(*_songs(50, true_t=4.0, seed=11), 50)
+  assert evaluate.calibration_report(probs, labels, song_index, 4, applied['temperature'],
+                                     applied)['not_applied_reason'] == ''

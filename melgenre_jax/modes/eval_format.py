@@ -107,6 +107,8 @@ def _calibration_line(c: dict[str, Any] | None) -> str:
     return '  calibration       none'
   how = (f"T {c['temperature']:.3f} from {c['fitted_on']}" if c['calibrated']
          else 'uncalibrated (T 1)')
+  if c.get('not_applied_reason'):
+    how = f"T 1, a fitted T not applied ({c['not_applied_reason']})"
   return (f"  calibration       {how}: song ECE {c['song']['ece_before']:.3f} -> "
           f"{c['song']['ece_after']:.3f}, segment ECE {c['segment']['ece_before']:.3f} -> "
           f"{c['segment']['ece_after']:.3f}")
@@ -128,6 +130,8 @@ def _md_calibration(c: dict[str, Any] | None) -> list[str]:
            f"{c['fitted_on']} songs")
   else:
     how = 'uncalibrated (temperature 1: no validation songs to fit one on)'
+  if c.get('not_applied_reason'):
+    how = f"temperature 1: the fitted one is not applied ({c['not_applied_reason']})"
   return [f"Calibration ({how}): song ECE {c['song']['ece_before']:.3f} -> "
           f"{c['song']['ece_after']:.3f}, segment ECE {c['segment']['ece_before']:.3f} -> "
           f"{c['segment']['ece_after']:.3f} (accuracy unchanged; "

@@ -208,6 +208,8 @@ def calibration_report(probs: np.ndarray, labels: np.ndarray, song_index: np.nda
       'calibrated': entry is not None,
       'fitted_on': entry.get('fitted_on') if entry else None,
       'fitted_songs': entry.get('songs') if entry else None,
+      # A fit that could not be trusted (calibration.why_not_applied) leaves T = 1.
+      'not_applied_reason': (entry.get('reason') or '') if entry else '',
       'num_bins': calibration.NUM_BINS,
       'song': calibration.level_summary(q, y, temperature),
       'segment': calibration.level_summary(probs, labels, temperature),

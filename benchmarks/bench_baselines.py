@@ -156,6 +156,20 @@ def read_cv(cv_workdir: str) -> tuple[dict, dict | None]:
   return record, summary
 
 
+def cv_folds(cv_workdir: str, songs: Sequence[Song]
+             ) -> tuple[str, dict[str, int], list[int], dict | None]:
+  """A cv run's fold unit, fold of every song key, seeds (one a repeat) and summary."""
+  record, summary = read_cv(cv_workdir)
+  missing = [s.key for s in songs if s.key not in record['folds']]
+  if missing:
+    raise errors.UserError(f'{len(missing)} songs (e.g. {missing[0]}) are not in '
+                           f'{cv_workdir}/cv/folds.json: give the same data config '
+                           'as that cv run')
+  settings = record['settings']
+  seeds = [int(settings['seed']) + r for r in range(int(settings['repeats']))]
+  return record['fold_unit'], record['folds'], seeds, summary
+
+
 def paired(rows: list[dict], cv_runs: Sequence[dict]) -> str:
   """The cv model minus the baseline over the folds both have: mean ± sd (up/down)."""
   model = {(r['repeat'], r['fold']): r['song_accuracy'] for r in cv_runs}
@@ -193,15 +207,7 @@ def run(config: ml_collections.ConfigDict, cv_workdir: str | None,
   songs = sorted(sources.discover_songs(config), key=lambda s: s.key)
   summary = None
   if cv_workdir:
-    record, summary = read_cv(cv_workdir)
-    missing = [s.key for s in songs if s.key not in record['folds']]
-    if missing:
-      raise errors.UserError(f'{len(missing)} songs (e.g. {missing[0]}) are not in '
-                             f'{cv_workdir}/cv/folds.json: give the same data config '
-                             'as that cv run')
-    unit, fold_of = record['fold_unit'], record['folds']
-    settings = record['settings']
-    seeds = [int(settings['seed']) + r for r in range(int(settings['repeats']))]
+    unit, fold_of, seeds, summary = cv_folds(cv_workdir, songs)
   else:
     unit, fold_of = cv.assign_folds(config, songs)
     seeds = [int(config.seed) + r for r in range(int(config.cv.repeats))]
@@ -227,22 +233,30 @@ def run(config: ml_collections.ConfigDict, cv_workdir: str | None,
   return results, report
 
 
-def main(argv: Sequence[str]) -> None:
-  del argv
-  flags_ = flags.FLAGS
+def report_run(compute: Callable[[], tuple[dict, str]], out: str | None) -> None:
+  """Runs ``compute`` (results, markdown), prints the report, writes the results to ``out``.
+
+  A bad ``--out`` folder is refused before minutes of work; a UserError is one line.
+  """
   try:
-    out_dir = os.path.dirname(os.path.abspath(flags_.out)) if flags_.out else None
+    out_dir = os.path.dirname(os.path.abspath(out)) if out else None
     if out_dir and not os.path.isdir(out_dir):  # before minutes of work, not after
-      raise errors.UserError(f'--out={flags_.out}: folder {out_dir} does not exist; create it '
+      raise errors.UserError(f'--out={out}: folder {out_dir} does not exist; create it '
                              'or write elsewhere')
-    results, report = run(flags_.config, flags_.cv_workdir, flags_.features)
+    results, report = compute()
   except errors.UserError as e:
     logging.error('%s: %s', type(e).__name__, e)  # what to do, without a traceback
     raise SystemExit(1) from None
   print(report)
-  if flags_.out:
-    with open(flags_.out, 'w', encoding='utf-8') as f:
+  if out:
+    with open(out, 'w', encoding='utf-8') as f:
       json.dump(results, f, indent=2)
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  flags_ = flags.FLAGS
+  report_run(lambda: run(flags_.config, flags_.cv_workdir, flags_.features), flags_.out)
 
 
 if __name__ == '__main__':

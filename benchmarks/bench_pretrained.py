@@ -17,7 +17,6 @@ that run's per-fold scores paired. ``msd+mtt`` concatenates the two.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -27,7 +26,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 import ml_collections  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
@@ -63,13 +61,7 @@ def run(config: ml_collections.ConfigDict, cv_workdir: str, model_names: Sequenc
         ) -> tuple[dict, str]:
   """Scores every model's embeddings (and the concatenation) on the cv run's folds."""
   songs = sorted(sources.discover_songs(config), key=lambda s: s.key)
-  record, summary = bench_baselines.read_cv(cv_workdir)
-  missing = [s.key for s in songs if s.key not in record['folds']]
-  if missing:
-    raise errors.UserError(f'{len(missing)} songs (e.g. {missing[0]}) are not in '
-                           f'{cv_workdir}/cv/folds.json: give the same data config as that run')
-  settings = record['settings']
-  seeds = [int(settings['seed']) + r for r in range(int(settings['repeats']))]
+  unit, fold_of, seeds, summary = bench_baselines.cv_folds(cv_workdir, songs)
   feats, ok = {}, np.ones(len(songs), bool)
   for name in model_names:
     vectors, decoded = embed_with(name, songs)
@@ -81,36 +73,25 @@ def run(config: ml_collections.ConfigDict, cv_workdir: str, model_names: Sequenc
   kept = [s for s, good in zip(songs, ok) if good]
   genres = sorted({s.genre for s in songs})
   y = np.asarray([genres.index(s.genre) for s in kept])
-  units = kept if record['fold_unit'] == 'group' else splits.ungrouped(kept)
+  units = kept if unit == 'group' else splits.ungrouped(kept)
   groups = np.asarray([splits.unit_key(s) for s in units])
-  folds = np.asarray([record['folds'][s.key] for s in kept])
+  folds = np.asarray([fold_of[s.key] for s in kept])
   scores = {n: bench_baselines.score_folds(x[ok], y, groups, folds, seeds)
             for n, x in feats.items()}
   report = (f'{len(kept)} of {len(songs)} songs embedded, {len(genres)} genres, folds of '
-            f'{cv_workdir} by {record["fold_unit"]}, seeds {seeds}; C from '
+            f'{cv_workdir} by {unit}, seeds {seeds}; C from '
             f'{list(bench_baselines.C_GRID)} by an inner CV on each training side\n'
             + bench_baselines.table(scores, summary).replace(
                 '| features + logistic regression |', '| frozen embedding + logistic regression |'))
-  return {'fold_unit': record['fold_unit'], 'seeds': seeds, 'num_songs': len(kept),
+  return {'fold_unit': unit, 'seeds': seeds, 'num_songs': len(kept),
           'results': scores}, report
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
   flags_ = flags.FLAGS
-  try:
-    out_dir = os.path.dirname(os.path.abspath(flags_.out)) if flags_.out else None
-    if out_dir and not os.path.isdir(out_dir):  # before minutes of work, not after
-      raise errors.UserError(f'--out={flags_.out}: folder {out_dir} does not exist; create it '
-                             'or write elsewhere')
-    results, report = run(flags_.config, flags_.cv_workdir, flags_.models)
-  except errors.UserError as e:
-    logging.error('%s: %s', type(e).__name__, e)
-    raise SystemExit(1) from None
-  print(report)
-  if flags_.out:
-    with open(flags_.out, 'w', encoding='utf-8') as f:
-      json.dump(results, f, indent=2)
+  bench_baselines.report_run(
+      lambda: run(flags_.config, flags_.cv_workdir, flags_.models), flags_.out)
 
 
 if __name__ == '__main__':

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from configs import default
 from melgenre_jax import errors
 from melgenre_jax.data import input_pipeline as ip
 from melgenre_jax.data import songs as songs_lib
@@ -20,20 +19,8 @@ from melgenre_jax.data import splits
 from melgenre_jax.data import stratify
 from melgenre_jax.data.songs import Song
 
-SR = 8000
-
-
-def _config(**data):
-  config = default.get_config()
-  config.audio.sample_rate = SR
-  config.audio.segment_seconds = 0.5
-  config.audio.segment_hop_seconds = 0.5
-  config.data.min_song_seconds = 0.25
-  config.data.cache_workers = 0
-  config.progress_bar = False
-  for k, v in data.items():
-    setattr(config.data, k, v)
-  return config
+from tests.test_input_pipeline import SR
+from tests.test_input_pipeline import _config  # the same small 8 kHz data config
 
 
 def _wav(path, freq: float, seconds: float = 1.0) -> str:

@@ -55,6 +55,7 @@ from scipy import optimize
 
 from melgenre_jax import metrics as metrics_lib
 from melgenre_jax import reporting
+from melgenre_jax.runtime import atomic
 from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import input_pipeline
 
@@ -324,7 +325,7 @@ def record(workdir: str, step: int, entry: dict[str, Any]) -> None:
   data = read_calibrations(workdir)
   data[str(int(step))] = entry
   data = dict(sorted(data.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1))
-  with reporting.replaced_when_written(calibration_path(workdir)) as f:
+  with atomic.replaced_when_written(calibration_path(workdir)) as f:
     json.dump(data, f, indent=1)
 
 

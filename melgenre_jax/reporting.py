@@ -6,18 +6,18 @@ they work on headless machines.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
-from typing import IO
+from collections.abc import Callable, Sequence
 
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
+
+from melgenre_jax.runtime import atomic
 
 
 def progress_bar(iterable, total: int, desc: str, enabled: bool = True, initial: int = 0):
@@ -30,27 +30,9 @@ def progress_bar(iterable, total: int, desc: str, enabled: bool = True, initial:
               dynamic_ncols=True, mininterval=1.0)
 
 
-@contextlib.contextmanager
-def replaced_when_written(path: str, mode: str = 'w', **kwargs) -> Iterator[IO]:
-  """A file to write ``path``'s new content into; it replaces ``path`` when complete.
-
-  A run killed mid-write then leaves the previous file whole, never a truncated
-  one (an emptied config.json made every later run of the workdir fail), and at
-  worst ``path.tmp``, which the next write of the same file replaces. One
-  process writes a run's files (process 0, holding the workdir lock), so the
-  fixed temporary name is never shared.
-  """
-  tmp = path + '.tmp'
-  with open(tmp, mode, **kwargs) as f:
-    yield f
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def save_figure(fig, path: str, dpi: int = 110) -> None:
-  """A PNG that replaces ``path`` only once complete (see ``replaced_when_written``)."""
-  with replaced_when_written(path, 'wb') as f:
+  """A PNG that replaces ``path`` only once complete."""
+  with atomic.replaced_when_written(path, 'wb') as f:
     fig.savefig(f, format='png', dpi=dpi)
 
 
@@ -79,12 +61,12 @@ class MetricsWriter:
   def write_history(self, history: Sequence[dict]) -> None:
     if not self.enabled:
       return
-    with replaced_when_written(os.path.join(self.workdir, 'metrics.json')) as f:
+    with atomic.replaced_when_written(os.path.join(self.workdir, 'metrics.json')) as f:
       json.dump(list(history), f, indent=1)
     keys: list[str] = []
     for row in history:
       keys += [k for k in row if k not in keys]
-    with replaced_when_written(os.path.join(self.workdir, 'metrics.csv'), newline='') as f:
+    with atomic.replaced_when_written(os.path.join(self.workdir, 'metrics.csv'), newline='') as f:
       writer = csv.DictWriter(f, fieldnames=keys)
       writer.writeheader()
       writer.writerows(history)

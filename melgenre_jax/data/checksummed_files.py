@@ -41,6 +41,7 @@ from absl import logging
 import numpy as np
 
 from melgenre_jax.errors import DiskFullError
+from melgenre_jax.runtime import atomic
 from melgenre_jax.runtime import disk
 from melgenre_jax.runtime import processes
 
@@ -173,17 +174,7 @@ class RowWriter:
 
 def write_bytes(path: str, data: bytes) -> FileRecord:
   """Writes ``path`` atomically and durably; returns its size and CRC-32."""
-  tmp = processes.temp_path(path)
-  try:
-    with open(tmp, 'wb') as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
+  atomic.write_bytes(path, data, unique=True)
   return _record(len(data), zlib.crc32(data))
 
 
@@ -363,20 +354,17 @@ def write_view(views: str, digest: str, source: np.ndarray, rows: np.ndarray):
   os.makedirs(views, exist_ok=True)
   processes.remove_orphaned_temp_files(views)  # of views whose writer was killed
   path = os.path.join(views, f'{digest}.npy')
-  tmp = processes.temp_path(path) + '.npy'
-  writer = RowWriter(tmp, source.shape[1:])
-  try:
-    chunk = max(1, (64 << 20) // max(1, source[0:1].nbytes))  # ~64 MiB
-    for i in range(0, rows.shape[0], chunk):
-      writer.append(source[rows[i:i + chunk]])
-    record = writer.close()
+  with atomic.replacing(path, suffix='.npy', unique=True) as tmp:
+    writer = RowWriter(tmp, source.shape[1:])
+    try:
+      chunk = max(1, (64 << 20) // max(1, source[0:1].nbytes))  # ~64 MiB
+      for i in range(0, rows.shape[0], chunk):
+        writer.append(source[rows[i:i + chunk]])
+      record = writer.close()
+    except BaseException:
+      writer.abort()
+      raise
     write_manifest(os.path.join(views, f'{digest}.json'), {f'{digest}.npy': record})
-    os.replace(tmp, path)
-  except BaseException:
-    writer.abort()
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
 
 
 def prune_views(views: str, keep: int):

@@ -53,6 +53,7 @@ from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import DataError
 from melgenre_jax.modes import eval_format
 from melgenre_jax.modes import evaluate
+from melgenre_jax.runtime import atomic
 from melgenre_jax.runtime import parallel
 from melgenre_jax.runtime import processes
 from melgenre_jax.runtime import workdir_lock
@@ -432,7 +433,7 @@ def format_markdown(summary: dict[str, Any]) -> str:
 def write_summary(cv_dir: str, summary: dict[str, Any]) -> None:
   """summary.json, summary.md and the pooled confusion-matrix plot, each replaced whole."""
   checksummed_files.write_json(os.path.join(cv_dir, 'summary.json'), summary)
-  with reporting.replaced_when_written(os.path.join(cv_dir, 'summary.md')) as f:
+  with atomic.replaced_when_written(os.path.join(cv_dir, 'summary.md')) as f:
     f.write(format_markdown(summary))
   if summary['genres']:
     s = summary['settings']

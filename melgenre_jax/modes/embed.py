@@ -44,6 +44,7 @@ from melgenre_jax import config_checks
 from melgenre_jax import inference
 from melgenre_jax import output_paths
 from melgenre_jax import reporting
+from melgenre_jax.runtime import atomic
 from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import audio
 from melgenre_jax.data import input_pipeline
@@ -310,14 +311,14 @@ def default_embed_dir(workdir: str) -> str:
 
 
 def _write_csv(path: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-  with reporting.replaced_when_written(path, newline='') as f:
+  with atomic.replaced_when_written(path, newline='') as f:
     writer = csv.writer(f)
     writer.writerow(columns)
     writer.writerows(rows)
 
 
 def _write_npy(path: str, array: np.ndarray) -> None:
-  with reporting.replaced_when_written(path, 'wb') as f:
+  with atomic.replaced_when_written(path, 'wb') as f:
     np.save(f, np.asarray(array, np.float32))
 
 
@@ -347,7 +348,7 @@ def write_outputs(out_dir: str, results: list[dict[str, Any]], dim: int, per_seg
     for path in segment_files:  # an earlier --per_segment run's: no longer these songs'
       if os.path.exists(path):
         os.remove(path)
-  with reporting.replaced_when_written(os.path.join(out_dir, INFO_JSON)) as f:
+  with atomic.replaced_when_written(os.path.join(out_dir, INFO_JSON)) as f:
     json.dump({**info, 'dim': int(dim), 'songs': len(ok), 'skipped': len(results) - len(ok),
                'per_segment': bool(per_segment)}, f, indent=1)
 

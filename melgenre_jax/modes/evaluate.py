@@ -56,6 +56,7 @@ from melgenre_jax import config_checks
 from melgenre_jax import inference
 from melgenre_jax import metrics as metrics_lib
 from melgenre_jax import reporting
+from melgenre_jax.runtime import atomic
 from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import input_pipeline
 from melgenre_jax.modes import eval_format
@@ -374,9 +375,9 @@ def _write_report_files(workdir: str, report: dict[str, Any], markdown: str, pro
   os.makedirs(out_dir, exist_ok=True)
   save_predictions(os.path.join(out_dir, 'predictions.npz'), probs, labels,
                    song_index, song_keys, model.genres, model.step)
-  with reporting.replaced_when_written(os.path.join(out_dir, 'report.json')) as f:
+  with atomic.replaced_when_written(os.path.join(out_dir, 'report.json')) as f:
     json.dump(report, f, indent=1)
-  with reporting.replaced_when_written(os.path.join(out_dir, 'report.md')) as f:
+  with atomic.replaced_when_written(os.path.join(out_dir, 'report.md')) as f:
     f.write(markdown)
   return out_dir
 

@@ -302,13 +302,6 @@ def check_segments(workdir: str, input_shape: tuple[int, ...],
   return np.asarray(inputs[pick], np.float32)
 
 
-def _write_atomic(path: str, data: bytes | bytearray | str) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w' if isinstance(data, str) else 'wb') as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
 def export_workdir(config, workdir: str, step: int | None = None,
                    platforms: tuple[str, ...] = ('cpu', 'cuda'),
                    command: str | None = None) -> dict[str, Any]:
@@ -323,6 +316,7 @@ def export_workdir(config, workdir: str, step: int | None = None,
   from melgenre_jax import output_paths  # pylint: disable=g-import-not-at-top
   from melgenre_jax.modes import model_card  # pylint: disable=g-import-not-at-top
   from melgenre_jax.modes import onnx_export  # pylint: disable=g-import-not-at-top
+  from melgenre_jax.runtime import atomic  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
   output_paths.check_output_dir(os.path.join(workdir, EXPORT_DIR), 'the export folder')
@@ -335,8 +329,8 @@ def export_workdir(config, workdir: str, step: int | None = None,
   out_dir = os.path.join(workdir, EXPORT_DIR)
   os.makedirs(out_dir, exist_ok=True)
   blob = exported.serialize()
-  _write_atomic(os.path.join(out_dir, MODEL_FILE), blob)
-  _write_atomic(os.path.join(out_dir, EMBED_FILE), embedded.serialize())
+  atomic.write_bytes(os.path.join(out_dir, MODEL_FILE), blob)
+  atomic.write_bytes(os.path.join(out_dir, EMBED_FILE), embedded.serialize())
   rows = check_segments(workdir, model.spec.input_shape)
   contract['functions']['onnx'] = {
       **onnx_export.write_onnx(onnx_export.inference_outputs(model), model.spec.input_shape,
@@ -344,10 +338,10 @@ def export_workdir(config, workdir: str, step: int | None = None,
       'checked_on': (f"{len(rows)} segments of the run's data cache" if rows is not None
                      else f'{len(onnx_export.check_inputs(model.spec.input_shape))} '
                           'noise segments (no data cache in the workdir)')}
-  _write_atomic(os.path.join(out_dir, CONFIG_FILE), config.to_json_best_effort(
+  atomic.write_bytes(os.path.join(out_dir, CONFIG_FILE), config.to_json_best_effort(
       indent=1, sort_keys=True))
   command = command if command is not None else ' '.join(['python', *sys.argv])
-  _write_atomic(os.path.join(out_dir, CARD_FILE),
+  atomic.write_bytes(os.path.join(out_dir, CARD_FILE),
                 model_card.card(model_card.read_run(workdir, contract, command)))
   with open(os.path.join(out_dir, CONTRACT_FILE), 'w') as f:  # last: it lists the files
     json.dump(contract, f, indent=1)

@@ -55,6 +55,8 @@ from jax2onnx.plugins._ir_shapes import _stamp_type_and_shape
 from jax2onnx.plugins.jax.lax import reduce_window_max
 from jax2onnx.plugins.jax.lax._index_utils import _const_i64
 
+from melgenre_jax.runtime import atomic
+
 ONNX_FILE = 'model.onnx'
 OUTPUTS = ('probabilities', 'embedding')
 INPUT_NAME = 'inputs'
@@ -257,9 +259,8 @@ def write_onnx(fn: Callable, input_shape: Sequence[int], out_path: str,
       is written.
   """
   model = convert(fn, input_shape, output_names)
-  tmp = out_path + '.tmp'
-  onnx.save(model, tmp)
-  try:
+  with atomic.replacing(out_path) as tmp:
+    onnx.save(model, tmp)
     diffs = max_differences(session(tmp), fn,
                             check_inputs(input_shape) if inputs is None else inputs,
                             output_names)
@@ -268,10 +269,6 @@ def write_onnx(fn: Callable, input_shape: Sequence[int], out_path: str,
       raise OnnxMismatchError(
           f'ONNX conversion differs from the JAX function by {bad} (> {TOLERANCE}); '
           f'no {os.path.basename(out_path)} written. Report it with the jax2onnx version.')
-    os.replace(tmp, out_path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return {'file': os.path.basename(out_path), 'input': INPUT_NAME,
           'outputs': list(output_names), 'opset': OPSET,
           'converter': f'jax2onnx {importlib.metadata.version("jax2onnx")}',

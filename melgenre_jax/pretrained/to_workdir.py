@@ -21,12 +21,12 @@ import ml_collections
 import numpy as np
 
 from melgenre_jax import checkpointing
-from melgenre_jax import reporting
 from melgenre_jax import schedules
 from melgenre_jax import steps
 from melgenre_jax import train
 from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.errors import WorkdirError
+from melgenre_jax.runtime import atomic
 from melgenre_jax.runtime import parallel
 from melgenre_jax.train.history import RunHistory
 
@@ -69,9 +69,9 @@ def write(config: ml_collections.ConfigDict, workdir: str, labels: list[str],
   state = build_state(config, len(labels), variables)
   train.save_config(config, workdir)
   info = {'genres': list(labels), 'task': str(config.task), 'splits': {}}
-  with reporting.replaced_when_written(workdir_lib.path(workdir, workdir_lib.DATASET)) as f:
+  with atomic.replaced_when_written(workdir_lib.path(workdir, workdir_lib.DATASET)) as f:
     json.dump(info, f, indent=1)
-  with reporting.replaced_when_written(os.path.join(workdir, 'imported_from.json')) as f:
+  with atomic.replaced_when_written(os.path.join(workdir, 'imported_from.json')) as f:
     json.dump(source, f, indent=1)
   manager = checkpointing.create_manager(workdir, max_to_keep=1)
   try:

@@ -37,6 +37,7 @@ from melgenre_jax.data import input_pipeline
 from melgenre_jax.errors import NonFiniteError
 from melgenre_jax.errors import UserError
 from melgenre_jax.input_spec import InputSpec
+from melgenre_jax.runtime import atomic
 from melgenre_jax.runtime import hostmem
 from melgenre_jax.runtime import parallel
 from melgenre_jax.runtime import prefetch
@@ -408,7 +409,7 @@ def calibrate_after_training(config: ml_collections.ConfigDict, workdir: str,
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """config.json, rewritten by every run and read back by the next one's checks."""
-  with reporting.replaced_when_written(workdir_lib.path(workdir, workdir_lib.CONFIG)) as f:
+  with atomic.replaced_when_written(workdir_lib.path(workdir, workdir_lib.CONFIG)) as f:
     f.write(config.to_json_best_effort(indent=1, sort_keys=True))
 
 
@@ -419,7 +420,7 @@ def save_dataset_info(dataset: input_pipeline.Dataset, workdir: str) -> None:
                      for name, split in (('train', dataset.train),
                                          ('validation', dataset.validation),
                                          ('test', dataset.test)) if split is not None}}
-  with reporting.replaced_when_written(workdir_lib.path(workdir, workdir_lib.DATASET)) as f:
+  with atomic.replaced_when_written(workdir_lib.path(workdir, workdir_lib.DATASET)) as f:
     json.dump(info, f, indent=1)
 
 

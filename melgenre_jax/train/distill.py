@@ -37,6 +37,7 @@ from melgenre_jax.data import audio
 from melgenre_jax.data import cache
 from melgenre_jax.data.songs import Song
 from melgenre_jax.errors import ConfigError
+from melgenre_jax.runtime import atomic
 
 TARGETS = ('embedding', 'tags')
 
@@ -129,9 +130,8 @@ def song_targets(config: ml_collections.ConfigDict, songs: Sequence[Song],
     cached.update(zip((s.key for s in missing), targets))
     keys = sorted(cached)
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + '.tmp.npz'
-    np.savez(tmp, keys=np.asarray(keys), targets=np.stack([cached[k] for k in keys]))
-    os.replace(tmp, path)
+    with atomic.replaced_when_written(path, 'wb', unique=True) as f:  # the shared data cache
+      np.savez(f, keys=np.asarray(keys), targets=np.stack([cached[k] for k in keys]))
   return np.stack([np.asarray(cached[s.key], np.float32) for s in songs])
 
 

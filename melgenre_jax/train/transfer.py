@@ -31,11 +31,11 @@ from absl import logging
 
 from melgenre_jax import checkpointing
 from melgenre_jax import inference
-from melgenre_jax import reporting
 from melgenre_jax import steps
 from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import WorkdirError
+from melgenre_jax.runtime import atomic
 from melgenre_jax.runtime import parallel
 
 # Settings that change what the backbone's input means: a backbone trained on
@@ -200,7 +200,7 @@ def initialize_from(config: ml_collections.ConfigDict, state: steps.TrainState,
     record = {'source_workdir': source.workdir, 'source_step': model.step,
               'source_labels': list(model.genres), 'source_task': source.config.task,
               'head': head, **dataclasses.asdict(report)}
-    with reporting.replaced_when_written(workdir_lib.path(workdir, workdir_lib.INIT_FROM)) as f:
+    with atomic.replaced_when_written(workdir_lib.path(workdir, workdir_lib.INIT_FROM)) as f:
       json.dump(record, f, indent=1)
   return state
 

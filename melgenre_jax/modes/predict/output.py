@@ -22,7 +22,7 @@ from typing import IO, Any
 from absl import logging
 
 from melgenre_jax import output_paths
-from melgenre_jax import reporting
+from melgenre_jax.runtime import atomic
 from melgenre_jax.errors import OutputPathError
 from melgenre_jax.modes.predict import inputs
 
@@ -80,7 +80,7 @@ def format_text(results: Sequence[dict[str, Any]]) -> str:
 
 def write_json(path: str, header: dict[str, Any], results: list[dict[str, Any]]) -> None:
   """The whole report, replacing ``path`` only once complete."""
-  with reporting.replaced_when_written(path) as f:
+  with atomic.replaced_when_written(path) as f:
     json.dump({**header, 'results': results}, f, indent=1)
 
 
@@ -216,7 +216,7 @@ def check_output_file(path: str, output: str, top_k: int) -> None:
 
 def rewrite_csv(path: str, header: Sequence[str], rows: Iterable[dict[str, str]]) -> None:
   """``path`` holding exactly ``rows``, replaced only once complete (a kill keeps the old)."""
-  with reporting.replaced_when_written(path, newline='', encoding='utf-8') as f:
+  with atomic.replaced_when_written(path, newline='', encoding='utf-8') as f:
     writer = csv.writer(f, lineterminator='\n')
     writer.writerow(header)
     for row in rows:

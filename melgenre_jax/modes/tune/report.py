@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from melgenre_jax import reporting
+from melgenre_jax.runtime import atomic
 from melgenre_jax.modes.tune.space import apply_params
 from melgenre_jax.modes.tune.space import config_values
 from melgenre_jax.modes.tune.space import LR_SCALE
@@ -43,7 +44,7 @@ def write_reports(study: optuna.Study, config: ml_collections.ConfigDict, s: Set
     best = max(complete, key=lambda t: t.value)  # first of equals: the earliest
     best_params = config_values(s.space, best.params)
     path = os.path.join(s.tune_dir, 'best_config.py')
-    with reporting.replaced_when_written(path) as f:
+    with atomic.replaced_when_written(path) as f:
       f.write(best_config_source(config, best_params, best, s.tune_dir, config_path))
     header += (f'Best: trial {best.number}, validation song accuracy {best.value:.4f}, '
                f'params {json.dumps(best.params)}\n\nConfig: `{path}`\n\n')

@@ -6,8 +6,12 @@ what a user classifies, so song-level accuracy is the headline number.
 
 Multi-label tagging (``config.task='multilabel'``) is scored per tag by
 ROC-AUC and PR-AUC (average precision), with their macro means over the tags
-that can be scored, at segment and song level; the functions equal
-scikit-learn's (tested), without needing it at run time.
+that can be scored, at segment and song level.
+
+Per-class scores, confusion matrices and ranking metrics are scikit-learn's.
+It is imported where a score is computed, not with this module: predict and
+serve import this module through calibration and would otherwise pay about a
+second of start-up for it.
 """
 
 from __future__ import annotations
@@ -44,26 +48,27 @@ def song_labels(labels: np.ndarray, song_index: np.ndarray,
   return out
 
 
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
-                     num_classes: int) -> np.ndarray:
-  """Counts, rows = true class, columns = predicted class."""
-  cm = np.zeros((num_classes, num_classes), np.int64)
-  np.add.at(cm, (labels, predictions), 1)
-  return cm
+def per_class_report(labels: np.ndarray, predictions: np.ndarray,
+                     num_classes: int) -> dict[str, np.ndarray | float]:
+  """Confusion matrix (rows = true class), per-class precision, recall, F1, support, macro-F1.
 
-
-def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
-  """Precision, recall and F1 per class from a confusion matrix (0 where undefined)."""
-  tp = np.diag(cm).astype(np.float64)
-  predicted = cm.sum(axis=0)
-  actual = cm.sum(axis=1)
-  precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-  recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-  denom = precision + recall
-  f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp),
-                 where=denom > 0)
-  return {'precision': precision, 'recall': recall, 'f1': f1,
-          'support': actual}
+  An undefined precision or recall (a class never predicted, or absent) is 0.
+  Macro-F1 averages the classes that occur as label or prediction, scikit-learn's
+  default: a genre absent from a small test set is not counted as a 0.
+  """
+  if not len(labels):  # scikit-learn refuses empty input; an empty level scores 0
+    zeros = np.zeros(num_classes)
+    return {'confusion_matrix': np.zeros((num_classes, num_classes), np.int64),
+            'precision': zeros, 'recall': zeros, 'f1': zeros,
+            'support': np.zeros(num_classes, np.int64), 'macro_f1': 0.0}
+  from sklearn import metrics as sk  # pylint: disable=g-import-not-at-top
+  classes = np.arange(num_classes)
+  cm = sk.confusion_matrix(labels, predictions, labels=classes)
+  precision, recall, f1, support = sk.precision_recall_fscore_support(
+      labels, predictions, labels=classes, zero_division=0)
+  macro_f1 = float(sk.f1_score(labels, predictions, average='macro', zero_division=0))
+  return {'confusion_matrix': cm, 'precision': precision, 'recall': recall, 'f1': f1,
+          'support': support, 'macro_f1': macro_f1}
 
 
 def classification_summary(probs: np.ndarray, labels: np.ndarray,
@@ -93,57 +98,6 @@ def classification_summary(probs: np.ndarray, labels: np.ndarray,
 # Multi-label tagging: ranking metrics per tag (config.task='multilabel').
 
 
-def _distinct_thresholds(y_true: np.ndarray, y_score: np.ndarray
-                         ) -> tuple[np.ndarray, np.ndarray]:
-  """Cumulative true and false positives at each distinct score, highest first.
-
-  Tied scores form one threshold, as in scikit-learn's ``roc_curve`` and
-  ``precision_recall_curve``: a tie between a positive and a negative counts
-  half in ROC-AUC, and PR-AUC steps over the tie at once.
-  """
-  order = np.argsort(-y_score, kind='mergesort')
-  score, truth = y_score[order], y_true[order]
-  last = np.r_[np.flatnonzero(np.diff(score)), truth.size - 1]  # end of each tie group
-  tps = np.cumsum(truth, dtype=np.float64)[last]
-  fps = (last + 1) - tps
-  return tps, fps
-
-
-def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
-  """Area under the ROC curve of one binary label; NaN unless both classes occur.
-
-  Trapezoids over the curve of distinct thresholds: equal to
-  ``sklearn.metrics.roc_auc_score`` (ties included).
-  """
-  y_true = np.asarray(y_true, np.float64) > 0.5
-  y_score = np.asarray(y_score, np.float64)
-  n_pos = int(y_true.sum())
-  n_neg = y_true.size - n_pos
-  if n_pos == 0 or n_neg == 0:
-    return float('nan')
-  tps, fps = _distinct_thresholds(y_true, y_score)
-  tpr = np.r_[0.0, tps / n_pos]
-  fpr = np.r_[0.0, fps / n_neg]
-  return float(np.trapezoid(tpr, fpr))
-
-
-def average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
-  """PR-AUC of one binary label as average precision; NaN unless both classes occur.
-
-  ``sum_n (R_n - R_{n-1}) P_n`` over distinct thresholds (no interpolation):
-  equal to ``sklearn.metrics.average_precision_score``.
-  """
-  y_true = np.asarray(y_true, np.float64) > 0.5
-  y_score = np.asarray(y_score, np.float64)
-  n_pos = int(y_true.sum())
-  if n_pos == 0 or n_pos == y_true.size:
-    return float('nan')
-  tps, fps = _distinct_thresholds(y_true, y_score)
-  precision = tps / (tps + fps)
-  recall = tps / n_pos
-  return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
 def tag_scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray | float]:
   """Per-tag ROC-AUC and PR-AUC of multi-hot ``labels`` ``[N, K]`` against scores ``[N, K]``.
 
@@ -152,18 +106,21 @@ def tag_scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray | 
   and score it 0). ``num_scored`` says how many tags the means cover; the
   means are NaN when none can be scored.
   """
-  labels = np.asarray(labels)
-  probs = np.asarray(probs)
+  from sklearn import metrics as sk  # pylint: disable=g-import-not-at-top
+  labels = np.asarray(labels) > 0.5
+  probs = np.asarray(probs, np.float64)
   k = probs.shape[1] if probs.ndim == 2 else 0
-  roc = np.array([roc_auc(labels[:, j], probs[:, j]) for j in range(k)], np.float64)
-  pr = np.array([average_precision(labels[:, j], probs[:, j]) for j in range(k)], np.float64)
-  scored = np.isfinite(roc)
+  scored = np.array([0 < labels[:, j].sum() < len(labels) for j in range(k)], bool)
+  roc = np.array([sk.roc_auc_score(labels[:, j], probs[:, j]) if scored[j] else np.nan
+                  for j in range(k)], np.float64)
+  pr = np.array([sk.average_precision_score(labels[:, j], probs[:, j]) if scored[j] else np.nan
+                 for j in range(k)], np.float64)
   return {
       'roc_auc': roc, 'pr_auc': pr,
       'roc_auc_macro': float(roc[scored].mean()) if scored.any() else float('nan'),
       'pr_auc_macro': float(pr[scored].mean()) if scored.any() else float('nan'),
       'num_scored': int(scored.sum()),
-      'positives': (labels > 0.5).sum(axis=0).astype(np.int64) if k else np.zeros(0, np.int64),
+      'positives': labels.sum(axis=0).astype(np.int64) if k else np.zeros(0, np.int64),
   }
 
 

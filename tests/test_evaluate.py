@@ -46,16 +46,26 @@ def test_build_report_by_hand():
   assert r['loss'] == pytest.approx(-np.mean(np.log([.8, .6, .2, .5, .1])))
 
 
-def test_macro_f1_ignores_genres_absent_from_labels_and_predictions():
-  cm = np.array([[2, 0, 0], [0, 1, 0], [0, 0, 0]])
-  assert evaluate.macro_f1(cm) == pytest.approx(1.0)
-  assert skm.f1_score([0, 0, 1], [0, 0, 1], average='macro') == pytest.approx(1.0)
+def test_level_report_macro_f1_leaves_out_genres_absent_from_labels_and_predictions():
+  r = evaluate.level_report(np.array([0, 0, 1]), np.array([0, 0, 1]), ['a', 'b', 'c'])
+  assert r['macro_f1'] == pytest.approx(1.0)  # not 2/3: 'c' is neither label nor prediction
+  assert r['per_genre']['c'] == {'precision': 0.0, 'recall': 0.0, 'f1': 0.0, 'support': 0}
+  assert r['confusion_matrix'] == [[2, 0, 0], [0, 1, 0], [0, 0, 0]]
 
 
-def test_wilson_interval():
-  lo, hi = evaluate.wilson_interval(8, 10)
+def test_level_report_accuracy_interval_is_wilsons():
+  labels = np.zeros(10, np.int64)
+  predictions = np.r_[np.zeros(8, np.int64), np.ones(2, np.int64)]
+  r = evaluate.level_report(labels, predictions, ['a', 'b'])
+  assert r['accuracy'] == pytest.approx(0.8) and (r['correct'], r['total']) == (8, 10)
+  lo, hi = r['accuracy_95ci']  # Wilson's 95% interval of 8/10, computed by hand
   assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
-  assert evaluate.wilson_interval(0, 0) == (0.0, 0.0)
+
+
+def test_level_report_of_an_empty_level():
+  r = evaluate.level_report(np.zeros(0, np.int64), np.zeros(0, np.int64), ['a', 'b'])
+  assert (r['accuracy'], r['accuracy_95ci'], r['macro_f1'], r['total']) == (0.0, [0.0, 0.0], 0.0, 0)
+  assert r['confusion_matrix'] == [[0, 0], [0, 0]]
 
 
 # ---------------------------------------------------------------- the CLI run

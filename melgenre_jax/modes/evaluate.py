@@ -41,7 +41,6 @@ split is flagged in the report.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
@@ -49,6 +48,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from scipy import stats
 
 from melgenre_jax import calibration
 from melgenre_jax import checkpointing
@@ -56,50 +56,36 @@ from melgenre_jax import config_checks
 from melgenre_jax import inference
 from melgenre_jax import metrics as metrics_lib
 from melgenre_jax import reporting
-from melgenre_jax.runtime import atomic
 from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import input_pipeline
-from melgenre_jax.modes import eval_format
 from melgenre_jax.errors import DataError
+from melgenre_jax.modes import eval_format
+from melgenre_jax.runtime import atomic
 
 EVAL_DIR = workdir_lib.EVAL
 
 
-def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
-  """95% Wilson score interval of a proportion (sane for small test sets)."""
+def accuracy_interval(correct: int, total: int) -> tuple[float, float]:
+  """95% Wilson score interval of an accuracy (sane for small test sets); (0, 0) when empty."""
   if total <= 0:
     return (0.0, 0.0)
-  p = successes / total
-  denom = 1 + z * z / total
-  centre = (p + z * z / (2 * total)) / denom
-  half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-  return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def macro_f1(cm: np.ndarray) -> float:
-  """Mean F1 over the genres that occur as label or prediction (sklearn's rule).
-
-  Genres absent from both would add an undefined 0/0; they are left out rather
-  than counted as 0 (which would punish a model for a small test set).
-  """
-  scores = metrics_lib.per_class_scores(cm)
-  present = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
-  return float(scores['f1'][present].mean()) if present.any() else 0.0
+  ci = stats.binomtest(correct, total).proportion_ci(confidence_level=0.95, method='wilson')
+  return (float(ci.low), float(ci.high))
 
 
 def level_report(labels: np.ndarray, predictions: np.ndarray,
                  genres: list[str]) -> dict[str, Any]:
   """Accuracy, per-genre scores, macro-F1 and confusion matrix of one level."""
-  cm = metrics_lib.confusion_matrix(labels, predictions, len(genres))
-  scores = metrics_lib.per_class_scores(cm)
+  scores = metrics_lib.per_class_report(labels, predictions, len(genres))
+  cm = scores['confusion_matrix']
   correct = int(np.trace(cm))
   total = int(cm.sum())
   return {
       'accuracy': correct / total if total else 0.0,
-      'accuracy_95ci': list(wilson_interval(correct, total)),
+      'accuracy_95ci': list(accuracy_interval(correct, total)),
       'correct': correct,
       'total': total,
-      'macro_f1': macro_f1(cm),
+      'macro_f1': scores['macro_f1'],
       'per_genre': {g: {'precision': float(scores['precision'][i]),
                         'recall': float(scores['recall'][i]),
                         'f1': float(scores['f1'][i]),

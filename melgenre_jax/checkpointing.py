@@ -146,6 +146,12 @@ def restore_parts(manager: ocp.CheckpointManager, step: int, abstract_parts: dic
   return dict(restored['state'])
 
 
+def read_progress(manager: ocp.CheckpointManager, step: int) -> dict:
+  """The progress JSON (history rows, partial epoch sums) of ``step``, no arrays read."""
+  restored = manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+  return dict(restored['progress'])
+
+
 def restore_readable_parts(manager: ocp.CheckpointManager, step: int, abstract_parts: dict,
                            fallback: bool = True) -> tuple[int, dict]:
   """``restore_parts`` of ``step``, or of the newest older step that reads back.

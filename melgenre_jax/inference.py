@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from melgenre_jax import calibration
 from melgenre_jax import checkpointing
@@ -221,3 +222,32 @@ def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
   return _wrap(config, spec, genres, variables, mesh, step,
                calibration.temperature_for(workdir, step))
 
+
+
+def rebuild_history_files(workdir: str) -> list[str]:
+  """``metrics.json``/``.csv`` and the curves, when deleted, from the newest checkpoint.
+
+  For modes that read a finished run (eval); a rerun of training does the
+  same from the history it restores. Never fails the mode: a checkpoint that
+  cannot be read, or a workdir that cannot be written, is one warning.
+  Returns the names written again.
+  """
+  workdir = os.path.abspath(workdir)
+  missing = [n for n in reporting.HISTORY_FILES
+             if not os.path.exists(workdir_lib.path(workdir, n))]
+  if not missing or not workdir_lib.has_checkpoints(workdir):
+    return []
+  manager = checkpointing.create_manager(workdir, read_only=True)
+  step = manager.latest_step()
+  try:
+    if step is None:
+      return []
+    rows = checkpointing.read_progress(manager, step).get('history', [])
+    return reporting.rebuild_missing_history_files(workdir, rows, f'the checkpoint at step {step}')
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('%s missing from %s and not rebuilt (%s: %s); rerun the training command '
+                    'to write them again.', ', '.join(missing), workdir, type(e).__name__,
+                    str(e).splitlines()[0][:200] if str(e) else '')
+    return []
+  finally:
+    manager.close()

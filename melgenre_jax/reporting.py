@@ -17,6 +17,9 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from absl import logging
+
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.runtime import atomic
 
 
@@ -59,21 +62,50 @@ class MetricsWriter:
     self._tb.flush()
 
   def write_history(self, history: Sequence[dict]) -> None:
-    if not self.enabled:
-      return
-    with atomic.replaced_when_written(os.path.join(self.workdir, 'metrics.json')) as f:
-      json.dump(list(history), f, indent=1)
-    keys: list[str] = []
-    for row in history:
-      keys += [k for k in row if k not in keys]
-    with atomic.replaced_when_written(os.path.join(self.workdir, 'metrics.csv'), newline='') as f:
-      writer = csv.DictWriter(f, fieldnames=keys)
-      writer.writeheader()
-      writer.writerows(history)
+    if self.enabled:
+      write_history_files(self.workdir, history)
 
   def close(self) -> None:
     if self._tb:
       self._tb.close()
+
+
+def write_history_files(workdir: str, history: Sequence[dict]) -> None:
+  """``metrics.json`` and ``metrics.csv``, rewritten whole from the history rows."""
+  with atomic.replaced_when_written(workdir_lib.path(workdir, workdir_lib.METRICS_JSON)) as f:
+    json.dump(list(history), f, indent=1)
+  keys: list[str] = []
+  for row in history:
+    keys += [k for k in row if k not in keys]
+  with atomic.replaced_when_written(workdir_lib.path(workdir, workdir_lib.METRICS_CSV),
+                                    newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+
+
+# The files derived from the history alone: a deleted one can be written again.
+HISTORY_FILES = (workdir_lib.METRICS_JSON, workdir_lib.METRICS_CSV,
+                 workdir_lib.TRAINING_CURVES_PLOT)
+
+
+def rebuild_missing_history_files(workdir: str, history: Sequence[dict], source: str) -> list[str]:
+  """Writes again those of ``HISTORY_FILES`` that are missing; the names written.
+
+  The history travels in every checkpoint, so a deleted ``metrics.json`` (or
+  its CSV, or the curves) need not stay lost. ``source`` says where the
+  history came from, for the log line. Nothing happens without history rows.
+  """
+  missing = [n for n in HISTORY_FILES if not os.path.exists(workdir_lib.path(workdir, n))]
+  if not missing or not history:
+    return []
+  if workdir_lib.METRICS_JSON in missing or workdir_lib.METRICS_CSV in missing:
+    write_history_files(workdir, history)
+  if workdir_lib.TRAINING_CURVES_PLOT in missing:
+    plot_training_curves(history, workdir_lib.path(workdir, workdir_lib.TRAINING_CURVES_PLOT))
+  logging.info('%s missing from %s: rebuilt from the history in %s (%d epochs).',
+               ', '.join(missing), workdir, source, len(history))
+  return missing
 
 
 def plot_learning_rate(schedule: Callable[[int], float], total_steps: int,

@@ -126,7 +126,9 @@ def _start(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   state, start_step, history = _restore_or_initialize(
       config, workdir, spec, dataset, state, manager, data_iter, mesh, steps_per_epoch)
   writer = reporting.MetricsWriter(workdir, enabled=is_chief)
-  if is_chief:
+  if is_chief:  # a rerun of a finished run writes no epoch: files deleted since come back
+    reporting.rebuild_missing_history_files(workdir, history.rows,
+                                            f'the checkpoint at step {start_step}')
     reporting.plot_learning_rate(
         schedule, steps_per_epoch * config.num_epochs, steps_per_epoch,
         workdir_lib.path(workdir, workdir_lib.LEARNING_RATE_PLOT))

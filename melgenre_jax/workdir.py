@@ -38,6 +38,8 @@ CALIBRATION_PLOT = 'calibration_reliability.png'
 METRICS_JSON = 'metrics.json'
 METRICS_CSV = 'metrics.csv'
 INIT_FROM = 'init_from.json'
+IMPORTED_FROM = 'imported_from.json'  # --mode=import: where the weights came from
+EVAL_REPORT = 'report.json'  # in EVAL
 LEARNING_RATE_PLOT = 'learning_rate.png'
 TRAINING_CURVES_PLOT = 'training_curves.png'
 CHECKPOINTS = 'checkpoints'

@@ -19,6 +19,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import cache as cache_lib
 from melgenre_jax.data import checksummed_files
 # The loaders' names, re-exported for callers that use input_pipeline.X.
@@ -176,10 +177,10 @@ def cached_songs(config: ml_collections.ConfigDict, workdir: str) -> CachedSongs
   # Multi-label: the outputs are the tags; the quality check stays per genre
   # (first tag), as the cache's per-genre counts are.
   outputs = sources.tag_names(config, songs) if is_multilabel(config) else genres
-  cache_dir = config.data.cache_dir or os.path.join(workdir, 'cache')
+  cache_dir = config.data.cache_dir or workdir_lib.path(workdir, workdir_lib.CACHE)
   c = cache_lib.build_or_load(config, songs, cache_dir,
                               progress=bool(config.get('progress_bar', True)))
-  summary_path = os.path.join(workdir, 'data_summary.json')
+  summary_path = workdir_lib.path(workdir, workdir_lib.DATA_SUMMARY)
   summary: dict[str, Any] = {
       'source': config.data.source, 'root': config.data.root,
       'manifest': config.data.manifest, 'cache': c.path,

@@ -289,9 +289,10 @@ def check_segments(workdir: str, input_shape: tuple[int, ...],
   cache; a cache of another input shape is not used.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from melgenre_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   try:
-    with open(os.path.join(workdir, 'data_summary.json')) as f:
+    with open(os.path.join(workdir, workdir_lib.DATA_SUMMARY)) as f:
       cache = json.load(f).get('cache') or ''
     inputs = np.load(os.path.join(cache, 'inputs.npy'), mmap_mode='r')
   except (OSError, ValueError):

@@ -18,6 +18,8 @@ import json
 import os
 from typing import Any
 
+from melgenre_jax import workdir as workdir_lib
+
 # Pretrained sources the package can import, and what their weights are under.
 MUSICNN_SOURCE = ('musicnn 0.1.0 wheel (PyPI, github.com/jordipons/musicnn), by Jordi Pons '
                   'and Xavier Serra; code and weights under the ISC licence')
@@ -38,9 +40,10 @@ def _read_json(path: str) -> Any:
 
 def read_run(workdir: str, contract: dict[str, Any], command: str) -> dict[str, Any]:
   """Everything the card is written from (absent records are None)."""
-  names = {'dataset': 'dataset.json', 'data_summary': 'data_summary.json',
-           'report': os.path.join('eval', 'report.json'), 'config': 'config.json',
-           'imported_from': 'imported_from.json', 'init_from': 'init_from.json'}
+  names = {'dataset': workdir_lib.DATASET, 'data_summary': workdir_lib.DATA_SUMMARY,
+           'report': os.path.join(workdir_lib.EVAL, workdir_lib.EVAL_REPORT),
+           'config': workdir_lib.CONFIG, 'imported_from': workdir_lib.IMPORTED_FROM,
+           'init_from': workdir_lib.INIT_FROM}
   run = {k: _read_json(os.path.join(workdir, v)) for k, v in names.items()}
   return {**run, 'contract': contract, 'command': command, 'workdir': workdir}
 

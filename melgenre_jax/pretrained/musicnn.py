@@ -37,6 +37,7 @@ from absl import logging
 
 from melgenre_jax import models
 from melgenre_jax import steps
+from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.errors import ConfigError, UserError
 from melgenre_jax.input_spec import InputSpec
 from melgenre_jax.pretrained import tf_checkpoint, to_workdir
@@ -89,7 +90,7 @@ def imported_workdir(spec: str, base: ml_collections.ConfigDict) -> str:
   ``--mode=import`` step; the import is the same one.
   """
   workdir = os.path.join(cache_root(), 'imported', _check_model(spec[len(PACKAGE) + 1:]))
-  if not os.path.isfile(os.path.join(workdir, 'config.json')):
+  if not os.path.isfile(workdir_lib.path(workdir, workdir_lib.CONFIG)):
     logging.info('config.init_from=%s: importing it into %s (once).', spec, workdir)
     import_to_workdir(spec, workdir, base)
   return workdir

@@ -71,7 +71,7 @@ def write(config: ml_collections.ConfigDict, workdir: str, labels: list[str],
   info = {'genres': list(labels), 'task': str(config.task), 'splits': {}}
   with atomic.replaced_when_written(workdir_lib.path(workdir, workdir_lib.DATASET)) as f:
     json.dump(info, f, indent=1)
-  with atomic.replaced_when_written(os.path.join(workdir, 'imported_from.json')) as f:
+  with atomic.replaced_when_written(workdir_lib.path(workdir, workdir_lib.IMPORTED_FROM)) as f:
     json.dump(source, f, indent=1)
   manager = checkpointing.create_manager(workdir, max_to_keep=1)
   try:

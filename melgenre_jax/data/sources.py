@@ -17,6 +17,7 @@ import ml_collections
 
 from melgenre_jax import errors
 from melgenre_jax.data import audio
+from melgenre_jax.data import folders
 from melgenre_jax.data import gtzan
 from melgenre_jax.data.songs import Song
 from melgenre_jax.data.songs import song_tags
@@ -80,21 +81,11 @@ def list_folder(root: str) -> list[Song]:
         f'config.data.root={root!r} has no genre folders: expected '
         'ROOT/<genre>/<song files> (e.g. ROOT/jazz/track01.wav)')
   empty = []
-  visited: set[str] = set()  # real folders read: symlinks are followed, loops read once
+  visited: set[str] = set()  # real folders read, over all genres (folders.walk)
   for genre in genre_dirs:
     count = 0
-    for dirpath, dirnames, filenames in os.walk(os.path.join(root, genre), followlinks=True):
-      real = os.path.realpath(dirpath)
-      if real in visited:
-        logging.warning('folder source: %s is %s again (a symlink loop, or a second link '
-                        'to one folder): read once', dirpath, real)
-        dirnames[:] = []
-        continue
-      visited.add(real)
-      dirnames[:] = sorted(d for d in dirnames if not _skip_name(d))
-      for name in sorted(filenames):
-        if _skip_name(name):
-          continue
+    for dirpath, filenames in folders.walk(os.path.join(root, genre), visited, _skip_name):
+      for name in filenames:
         if not audio.has_supported_extension(name):
           ignored += 1
           continue

@@ -12,12 +12,14 @@ import and this module runs in every cache worker.
 from __future__ import annotations
 
 import fractions
+import os
 from typing import Iterator
 
 from absl import logging
 import numpy as np
 
 from melgenre_jax.data.audio import formats
+from melgenre_jax.data.audio import headers
 from melgenre_jax.data.audio.formats import AudioError
 from melgenre_jax.data.audio.formats import AudioInfo
 from melgenre_jax.data.audio.resample import resample
@@ -276,10 +278,36 @@ def open_source(path: str, skip_soundfile: bool = False,
     sources = (_SoundfileSource,) + sources
   for source in sources:
     try:
-      return source(path)
+      opened = source(path)
     except Exception as e:  # pylint: disable=broad-except
       failures.append(formats.describe_failure(source.name, e))
+      continue
+    warn_if_cut_short(path)
+    return opened
   raise formats.unreadable_error(path, failures)
+
+
+_WARNED_CUT_SHORT: set[tuple[str, int, int]] = set()
+
+
+def warn_if_cut_short(path: str) -> headers.Shortfall | None:
+  """Names a WAV/AIFF holding less than its header promises in a warning (once per file).
+
+  Decoders read such a file without an error, so without this line a song
+  cut in half would be classified, or trained on, as if whole.
+  """
+  found = headers.shortfall(path)
+  if found is None:
+    return None
+  try:
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+  except OSError:
+    key = (path, -1, -1)
+  if key not in _WARNED_CUT_SHORT:
+    _WARNED_CUT_SHORT.add(key)
+    logging.warning('%s: %s.', path, found.describe())
+  return found
 
 
 def probe(path: str) -> AudioInfo:
@@ -322,6 +350,7 @@ def load_audio(path: str, sample_rate: int) -> np.ndarray:
     data, sr = _read_soundfile(path)
     wave = _downmix(data)
     del data
+    warn_if_cut_short(path)
   except Exception as e:  # pylint: disable=broad-except
     failures.append(formats.describe_failure('soundfile', e))
   if wave is None:

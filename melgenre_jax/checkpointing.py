@@ -86,8 +86,10 @@ def create_manager(workdir: str, max_to_keep: int = 3,
   # A writer removes the temporary folders of saves cut short (a kill, a full
   # disk): they would only take space. Readers never do, as training may be
   # writing one right now; a writer is alone (runtime/workdir_lock.py).
+  # A reader also sets what Orbax would otherwise reset with a warning per manager
+  # ("read_only=True, setting save_interval_steps=0"): the options agree from the start.
   options = ocp.CheckpointManagerOptions(
-      best_fn=_best_metric, best_mode='max',
+      best_fn=_best_metric, best_mode='max', save_interval_steps=0 if read_only else 1,
       preservation_policy=policy, create=not read_only, read_only=read_only,
       enable_async_checkpointing=not read_only, cleanup_tmp_directories=not read_only)
   handlers = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,7 @@ class InferenceModel:
               progress: str | None = None) -> np.ndarray:
     """Raw (uncalibrated) probabilities ``[N, genres]`` for inputs ``[N, *spec.input_shape]``."""
     batch = inference_batch_size(batch_size or self.config.eval_batch_size)
+    announce_first_compile(self.p_predict, 'prediction', batch)
     return predict_arrays(self.p_predict, self.variables, inputs, batch, self.mesh,
                           progress)
 
@@ -87,8 +89,24 @@ class InferenceModel:
             progress: str | None = None) -> np.ndarray:
     """Embeddings ``[N, D]`` float32 (what the head reads) for inputs ``[N, *spec.input_shape]``."""
     batch = inference_batch_size(batch_size or self.config.eval_batch_size)
+    announce_first_compile(self.p_embed, 'embedding', batch)
     return embed_arrays(self.p_embed, self.variables, inputs, batch, self.mesh,
                         self.embedding_dim, progress)
+
+
+_ANNOUNCED: weakref.WeakSet = weakref.WeakSet()  # jitted steps whose first call was said
+
+
+def announce_first_compile(step_fn: Callable, what: str, batch_size: int) -> None:
+  """One line before a jitted step's first call: XLA compiles it then (seconds to a minute).
+
+  Without it the first batch is a silent pause that reads like a hang.
+  """
+  if step_fn in _ANNOUNCED:
+    return
+  _ANNOUNCED.add(step_fn)
+  logging.info('Compiling the %s step for %d device(s), batch %d (XLA, first batch only).',
+               what, jax.device_count(), batch_size)
 
 
 def inference_batch_size(requested: int) -> int:
@@ -184,13 +202,16 @@ def checkpoint_step(workdir: str, step: int | None = None) -> int:
 
 
 def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
-                       step: int | None = None) -> InferenceModel:
+                       step: int | None = None, calibrated: bool = True) -> InferenceModel:
   """Restores the best checkpoint (or ``step``) onto this machine's devices.
 
   Works whatever number of devices trained the model: variables are saved
   replicated and restored onto a mesh of the devices here (CPU included).
   The step's temperature comes from ``WORKDIR/calibration.json`` (1 when the
-  step was never calibrated).
+  step was never calibrated, said in the log). ``calibrated=False``: T = 1
+  without reading it or saying so, for callers that use raw probabilities
+  (calibration itself, which would otherwise announce "uncalibrated" just
+  before fitting one; a teacher or source model).
   """
   if config.get('keep_host_memory', True):
     hostmem.keep_freed_memory()
@@ -220,7 +241,7 @@ def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
   finally:
     manager.close()
   return _wrap(config, spec, genres, variables, mesh, step,
-               calibration.temperature_for(workdir, step))
+               calibration.temperature_for(workdir, step) if calibrated else 1.0)
 
 
 

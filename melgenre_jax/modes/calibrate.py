@@ -37,7 +37,7 @@ def calibrate_workdir(config: ml_collections.ConfigDict, workdir: str,
       'predict work without it)')
   workdir = os.path.abspath(workdir)
   config_checks.check_workdir_compatible(config, workdir)
-  model = inference.load_for_inference(config, workdir, step)
+  model = inference.load_for_inference(config, workdir, step, calibrated=False)
   dataset = input_pipeline.load_dataset(config, workdir)
   if not calibration.has_songs(dataset.validation):
     raise WorkdirError(

@@ -223,6 +223,10 @@ def _compile_train_and_predict(config: ml_collections.ConfigDict, spec: InputSpe
   run meet before their first collective. ``teacher``: distillation targets
   per training song (their width is the batch's ``'teacher'`` rows).
   """
+  logging.info('Compiling the train and validation steps for %d device(s), global batch %d '
+               '(XLA, once per run, before the first step)...', jax.device_count(),
+               config.batch_size)
+  t0 = time.time()
   label_shape = (config.batch_size, num_classes) if multilabel else (config.batch_size,)
   batch_shapes = {'inputs': (config.batch_size,) + spec.input_shape, 'label': label_shape}
   if teacher is not None:
@@ -235,6 +239,7 @@ def _compile_train_and_predict(config: ml_collections.ConfigDict, spec: InputSpe
           mesh, state.apply_fn, spec.device_preprocess(),
           steps.resolve_microbatch(config.get('eval_microbatch', -1)), multilabel=multilabel),
       state.variables(), (config.eval_batch_size,) + spec.input_shape, mesh)
+  logging.info('Compiled in %.1f s.', time.time() - t0)
   return p_train, p_predict
 
 
@@ -397,7 +402,7 @@ def calibrate_after_training(config: ml_collections.ConfigDict, workdir: str,
       logging.info('Step %d is already calibrated (temperature %.4f).', step,
                    entry['temperature'])
       return entry
-    model = inference.load_for_inference(config, workdir, step)
+    model = inference.load_for_inference(config, workdir, step, calibrated=False)
     return calibration.calibrate_model(model, validation, workdir)
   except UserError as e:
     logging.warning('Not calibrated (%s); the run stays uncalibrated until '

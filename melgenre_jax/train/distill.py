@@ -80,7 +80,7 @@ def teacher_model(config: ml_collections.ConfigDict) -> inference.InferenceModel
   workdir = teacher_workdir(config)
   teacher_config = workdir_lib.load_workdir_config(workdir)
   teacher_config.audio.short_clip = str(config.distill.get('short_clip', 'repeat'))
-  return inference.load_for_inference(teacher_config, workdir)
+  return inference.load_for_inference(teacher_config, workdir, calibrated=False)  # raw outputs
 
 
 def windows_of(model: inference.InferenceModel, wave: np.ndarray) -> np.ndarray:

@@ -171,7 +171,8 @@ def initialize_from(config: ml_collections.ConfigDict, state: steps.TrainState,
   """
   source = resolve_source(config.init_from)
   check_front_end(source, config)
-  model = inference.load_for_inference(source.config, source.workdir, source.step)
+  model = inference.load_for_inference(source.config, source.workdir, source.step,
+                                      calibrated=False)  # weights only
   same_task = source.config.task == config.task
   permutation = head_permutation(model.genres, list(labels)) if same_task else None
   report = MergeReport()

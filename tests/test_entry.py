@@ -79,3 +79,39 @@ def test_corrupt_workdir_config(tmp_path, text):
   _write(tmp_path / 'run' / 'config.json', text)
   line = _one_error_line(_main('--workdir', str(tmp_path / 'run'), '--mode', 'eval'))
   assert 'WorkdirError' in line and 'config.json' in line and 'new --workdir' in line
+
+
+def _predict_workdir(tmp_path) -> tuple[str, str]:
+  """A workdir with a config (the output checks come before any checkpoint is read) and a song."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  os.makedirs(tmp_path / 'run')
+  _write(tmp_path / 'run' / 'config.json', tiny.get_config().to_json_best_effort())
+  return str(tmp_path / 'run'), _write(tmp_path / 'song.wav', 'never read')
+
+
+def test_csv_of_another_top_k_names_both_values(tmp_path):
+  from melgenre_jax.modes.predict import output  # pylint: disable=g-import-not-at-top
+  workdir, song = _predict_workdir(tmp_path)
+  log = _write(tmp_path / 'p.csv', ','.join(output.csv_header(5)) + '\n')
+  line = _one_error_line(_main('--workdir', workdir, '--mode', 'predict', '--output', 'csv',
+                               '--output_file', log, song))
+  assert 'written with --top_k 5, this run asks for --top_k 3: pass --top_k 5' in line
+
+
+def test_foreign_csv_lists_both_column_lists_in_full(tmp_path):
+  from melgenre_jax.modes.predict import output  # pylint: disable=g-import-not-at-top
+  workdir, song = _predict_workdir(tmp_path)
+  theirs = ['path', 'status', 'reason', 'duration_seconds', 'segments', 'artist', 'album']
+  log = _write(tmp_path / 'p.csv', ','.join(theirs) + '\n')
+  line = _one_error_line(_main('--workdir', workdir, '--mode', 'predict', '--output', 'csv',
+                               '--output_file', log, song))
+  assert f'its columns are {",".join(theirs)};' in line
+  assert f'ours are {",".join(output.csv_header(3))})' in line and '--top_k' not in line
+
+
+def test_csv_onto_a_json_report_does_not_blame_top_k(tmp_path):
+  workdir, song = _predict_workdir(tmp_path)
+  report = _write(tmp_path / 'report.txt', '{\n "results": []\n}\n')
+  line = _one_error_line(_main('--workdir', workdir, '--mode', 'predict', '--output', 'csv',
+                               '--output_file', report, song))
+  assert 'is not a predictions CSV' in line and '--top_k' not in line

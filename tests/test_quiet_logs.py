@@ -75,8 +75,9 @@ def test_training_says_it_compiles_and_calibrates_without_calling_itself_uncalib
   os.remove(workdir_lib.path(workdir, workdir_lib.CALIBRATION))
   train.train_and_evaluate(tiny.get_config(), workdir)  # a rerun: compiles, then calibrates
   said = _messages(caplog)
-  assert any(m.startswith('Compiling the train and validation steps for 2 device(s)')
-             for m in said), said
+  compiling = [i for i, m in enumerate(said) if m.startswith('Compiling the model for 2 device(s)')]
+  ready = [i for i, m in enumerate(said) if 'compiled and set up in' in m]
+  assert len(compiling) == 1 and len(ready) == 1 and compiling[0] < ready[0], said
   assert any(m.startswith('Calibrated step') for m in said), said
   assert not [m for m in said if 'uncalibrated' in m]
 

@@ -117,6 +117,10 @@ def _start(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   mesh = parallel.create_mesh()
   teacher = distill.train_targets(config, dataset.train.songs, workdir)  # None: no teacher
   tx = schedules.create_optimizer(config, schedule, steps_per_epoch)
+  t0 = time.time()
+  logging.info('Compiling the model for %d device(s), global batch %d: its initial state, then '
+               'the train and validation steps (XLA, once per run, before the first step)...',
+               jax.device_count(), config.batch_size)
   state = steps.build_state(config, len(dataset.genres), mesh, tx,
                             jax.random.PRNGKey(config.seed), spec=spec)
   data_iter = iter(_train_loader(config, spec, dataset))
@@ -132,11 +136,10 @@ def _start(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     reporting.plot_learning_rate(
         schedule, steps_per_epoch * config.num_epochs, steps_per_epoch,
         workdir_lib.path(workdir, workdir_lib.LEARNING_RATE_PLOT))
-  _log_start(config, dataset, steps_per_epoch)
-
   multilabel = config.task == 'multilabel'
   p_train, p_predict = _compile_train_and_predict(config, spec, state, mesh,
                                                   len(dataset.genres), multilabel, teacher)
+  _log_start(config, dataset, steps_per_epoch, time.time() - t0)
   # Batches reach the devices ahead of the step; checkpoints store its position.
   batches = prefetch.DevicePrefetch(data_iter, prefetch.train_batch_on_device(mesh, teacher),
                                     depth=config.get('prefetch_batches', 2))
@@ -163,11 +166,12 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def _log_start(config: ml_collections.ConfigDict, dataset: input_pipeline.Dataset,
-               steps_per_epoch: int) -> None:
+               steps_per_epoch: int, seconds: float) -> None:
   logging.info('%d train / %d validation segments, %d genres, %d steps per epoch, '
-               '%d devices (%d processes), global batch %d.', len(dataset.train),
-               len(dataset.validation), len(dataset.genres), steps_per_epoch,
-               jax.device_count(), jax.process_count(), config.batch_size)
+               '%d devices (%d processes), global batch %d; compiled and set up in %.1f s.',
+               len(dataset.train), len(dataset.validation), len(dataset.genres),
+               steps_per_epoch, jax.device_count(), jax.process_count(), config.batch_size,
+               seconds)
 
 
 def _step_counts(config: ml_collections.ConfigDict, num_segments: int) -> tuple[int, int]:
@@ -223,10 +227,6 @@ def _compile_train_and_predict(config: ml_collections.ConfigDict, spec: InputSpe
   run meet before their first collective. ``teacher``: distillation targets
   per training song (their width is the batch's ``'teacher'`` rows).
   """
-  logging.info('Compiling the train and validation steps for %d device(s), global batch %d '
-               '(XLA, once per run, before the first step)...', jax.device_count(),
-               config.batch_size)
-  t0 = time.time()
   label_shape = (config.batch_size, num_classes) if multilabel else (config.batch_size,)
   batch_shapes = {'inputs': (config.batch_size,) + spec.input_shape, 'label': label_shape}
   if teacher is not None:
@@ -239,7 +239,6 @@ def _compile_train_and_predict(config: ml_collections.ConfigDict, spec: InputSpe
           mesh, state.apply_fn, spec.device_preprocess(),
           steps.resolve_microbatch(config.get('eval_microbatch', -1)), multilabel=multilabel),
       state.variables(), (config.eval_batch_size,) + spec.input_shape, mesh)
-  logging.info('Compiled in %.1f s.', time.time() - t0)
   return p_train, p_predict
 
 

@@ -6,6 +6,7 @@ half by an interrupted copy was classified (or trained on) without a word.
 
 from __future__ import annotations
 
+import json
 import struct
 
 import numpy as np
@@ -84,3 +85,27 @@ def test_other_formats_and_non_audio_give_none(tmp_path):
   (tmp_path / 'riff.wav').write_bytes(b'RIFF\x00\x00')
   assert headers.shortfall(str(tmp_path / 'riff.wav')) is None
   assert headers.shortfall(str(tmp_path / 'missing.wav')) is None
+
+
+def test_training_data_summary_lists_the_cut_file_and_uses_what_is_there(tmp_path, caplog):
+  from melgenre_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from tests.test_input_pipeline import _config  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'music'
+  for genre in ('jazz', 'rock'):
+    (root / genre).mkdir(parents=True)
+    for i in range(4):
+      t = np.arange(SR) / SR
+      sf.write(str(root / genre / f'{i}.wav'),
+               (0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t)).astype(np.float32), SR)
+  cut = _cut(tmp_path, 'cut.wav', seconds=2.0, subtype='PCM_16')
+  moved = str(root / 'jazz' / 'cut.wav')
+  with open(cut, 'rb') as src, open(moved, 'wb') as dst:
+    dst.write(src.read())
+  input_pipeline.load_dataset(_config(source='folder', root=str(root), validation_fraction=0.25,
+                                      test_fraction=0.25), str(tmp_path / 'work'))
+  with open(tmp_path / 'work' / 'data_summary.json') as f:
+    summary = json.load(f)
+  assert [c['path'] for c in summary['cut_short_files']] == [moved]
+  assert '1.00 s (50%) missing' in summary['cut_short_files'][0]['problem']
+  assert summary['num_good'] == 9  # the part that is there is still trained on
+  assert len(_warnings(caplog, moved)) == 1

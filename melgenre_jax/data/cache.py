@@ -41,6 +41,7 @@ import numpy as np
 
 from melgenre_jax.data import audio
 from melgenre_jax.data import checksummed_files
+from melgenre_jax.data.audio import headers
 from melgenre_jax.data.songs import Song
 from melgenre_jax.input_spec import InputSpec
 from melgenre_jax.runtime.processes import pid_alive
@@ -303,6 +304,7 @@ def _write_entry(config: ml_collections.ConfigDict, songs: Sequence[Song],
       'num_bad': len(d.bad),
       'num_segments': int(writer.rows),
       'bad_files': d.bad,
+      'cut_short_files': headers.cut_short([s.path for s, ok in zip(songs, d.ok) if ok and s.path]),
       'per_genre': _per_genre(songs, d.ok, d.counts),
       'build_seconds': round(time.time() - start, 2),
       'built_at': time.strftime('%Y-%m-%d %H:%M:%S'),

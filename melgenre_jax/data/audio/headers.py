@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 
@@ -61,6 +61,15 @@ def shortfall(path: str) -> Shortfall | None:
   if found is None or found.missing < max(1, found.sample_rate // 1000):
     return None
   return found
+
+
+def cut_short(paths: Iterable[str]) -> list[dict[str, str]]:
+  """``{'path', 'problem'}`` of each of ``paths`` holding less than its header promises.
+
+  For the cache's summary (and so ``data_summary.json``): decoding warned
+  about each, and used what was there.
+  """
+  return [{'path': p, 'problem': found.describe()} for p in paths if (found := shortfall(p))]
 
 
 def _chunks(f: BinaryIO, size: int, endian: str) -> Iterator[tuple[bytes, int, int]]:

@@ -20,6 +20,7 @@ from melgenre_jax.modes import embed
 from melgenre_jax.modes import export
 from melgenre_jax.modes.predict import classify
 from melgenre_jax.modes.predict import output as out_lib
+from melgenre_jax.modes.predict import stream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AS_ROOT = os.geteuid() == 0  # root writes anywhere: permission cases cannot fail
@@ -32,7 +33,7 @@ def no_work(monkeypatch):
     raise AssertionError('work started before the output path was checked')
   monkeypatch.setattr(inference, 'load_for_inference', forbidden)
   monkeypatch.setattr(classify, 'iter_results', forbidden)
-  monkeypatch.setattr(classify, 'file_jobs', forbidden)
+  monkeypatch.setattr(stream, 'file_jobs', forbidden)
 
 
 def _song(tmp_path) -> str:

@@ -151,5 +151,6 @@ def test_nothing_classifiable_raises_with_every_reason(predicted):
   with contextlib.redirect_stdout(io.StringIO()):
     with pytest.raises(predict.NothingClassifiedError) as e:
       predict.predict_paths(workdir_lib.load_workdir_config(workdir), workdir,
-                            [paths['corrupt.wav'], paths['short.wav']])
+                            predict.PredictOptions(paths=(paths['corrupt.wav'],
+                                                          paths['short.wav'])))
   assert 'corrupt.wav' in str(e.value) and 'too short' in str(e.value)

@@ -27,6 +27,7 @@ from melgenre_jax.modes import dispatch
 from melgenre_jax.modes import predict
 from melgenre_jax.modes.predict import classify
 from melgenre_jax.modes.predict import output
+from melgenre_jax.modes.predict import stream
 from melgenre_jax.runtime import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,16 +102,18 @@ def test_a_killed_header_is_rewritten(tmp_path):
 def test_bad_flag_values_name_the_flag(flags, match):
   config = _tiny_config()
   with pytest.raises(ConfigError, match=match):
-    classify.check_options(classify.Options(**flags), config)
-  classify.check_options(classify.Options(hop_seconds=0.25, offset_seconds=3.0,
-                                          max_seconds=1.0, min_confidence=1.0), config)
+    stream.check_options(stream.Options(**flags), config)
+  stream.check_options(stream.Options(hop_seconds=0.25, offset_seconds=3.0,
+                                      max_seconds=1.0, min_confidence=1.0), config)
 
 
 def test_output_file_and_write_tags_values_are_checked_first():
   with pytest.raises(ConfigError, match='--output_file'):
-    predict.predict_paths(_tiny_config(), '/nonexistent', ['a.wav'], output_file='a.txt')
+    predict.predict_paths(_tiny_config(), '/nonexistent',
+                          predict.PredictOptions(paths=('a.wav',), output_file='a.txt'))
   with pytest.raises(ConfigError, match='--write_tags'):
-    predict.predict_paths(_tiny_config(), '/nonexistent', ['a.wav'], write_tags='yes')
+    predict.predict_paths(_tiny_config(), '/nonexistent',
+                          predict.PredictOptions(paths=('a.wav',), write_tags='yes'))
 
 
 def test_bare_write_tags_means_dry_run():
@@ -132,15 +135,15 @@ def test_batcher_sends_whole_batches_and_returns_every_song_its_rows():
     calls.append(len(rows))
     return np.stack([rows[:, 0], -rows[:, 0]], axis=1)  # one row per input, traceable
 
-  batcher = classify.RowBatcher(fake_predict, 4, classify.keep_probabilities)
-  songs = [classify._Song(None) for _ in range(4)]
+  batcher = stream.RowBatcher(fake_predict, 4, stream.keep_rows)
+  songs = [stream.Song(None) for _ in range(4)]
   sizes = [3, 1, 6, 2]
   for i, (song, n) in enumerate(zip(songs, sizes)):
     batcher.add(song, np.full((n, 5), i, np.float32) + np.arange(n)[:, None] / 10)
   batcher.flush()
   assert calls == [4, 4, 4]  # 12 rows: no partial batch before the last flush
   for i, (song, n) in enumerate(zip(songs, sizes)):
-    got = np.asarray(song.probs)[:, 0]
+    got = np.asarray(song.rows)[:, 0]
     np.testing.assert_allclose(got, i + np.arange(n) / 10, rtol=1e-6)
     assert song.rows_in == song.rows_out == n
 
@@ -159,7 +162,7 @@ def test_decoding_ahead_keeps_input_order_and_a_bounded_window(workers):
     yield 'end', i, False
 
   ahead = workers + 1
-  for i, evs in classify.in_order(range(12), events, workers, ahead):
+  for i, evs in stream.in_order(range(12), events, workers, ahead):
     with lock:
       assert len(started) <= i + 1 + ahead  # never more than `ahead` files beyond this one
     got = list(evs)
@@ -175,7 +178,7 @@ def test_a_consumer_that_stops_early_stops_the_decoding_threads():
     yield 'end', 0, False
 
   before = threading.active_count()
-  gen = classify.in_order(range(50), events, workers=2, files_ahead=3)
+  gen = stream.in_order(range(50), events, workers=2, files_ahead=3)
   _, evs = next(gen)
   next(evs)
   gen.close()
@@ -243,7 +246,7 @@ def test_streaming_matches_the_whole_file_path(fresh_model, long_song):
 @pytest.mark.slow
 def test_offset_max_seconds_and_hop_pick_the_windows(fresh_model, long_song):
   model = fresh_model
-  options = classify.Options(hop_seconds=0.25, offset_seconds=30.0, max_seconds=20.0)
+  options = stream.Options(hop_seconds=0.25, offset_seconds=30.0, max_seconds=20.0)
   [r] = predict.classify_files(model, [long_song], options)
   assert r['num_segments'] == 1 + int((20.0 - 1.0) / 0.25)  # 77 windows in 20 s
   assert r['duration_seconds'] == pytest.approx(20.0)
@@ -251,7 +254,7 @@ def test_offset_max_seconds_and_hop_pick_the_windows(fresh_model, long_song):
   assert starts[:3] == [30.0, 30.25, 30.5] and starts[-1] == pytest.approx(49.0)
   expected = _whole_file_probs(model, long_song, 0.25, 30.0, 20.0)
   np.testing.assert_allclose(r['segment_probabilities'], expected, atol=2e-5)
-  [past] = predict.classify_files(model, [long_song], classify.Options(offset_seconds=400.0))
+  [past] = predict.classify_files(model, [long_song], stream.Options(offset_seconds=400.0))
   assert not past['ok'] and 'beyond the end' in past['reason']
 
 
@@ -272,9 +275,9 @@ def test_silence_warning_is_accumulated_over_chunks(fresh_model, tmp_path):
 @pytest.mark.slow
 def test_a_high_min_confidence_makes_songs_uncertain_with_the_same_top_k(fresh_model,
                                                                        long_song):
-  [sure] = predict.classify_files(fresh_model, [long_song], classify.Options(max_seconds=10))
+  [sure] = predict.classify_files(fresh_model, [long_song], stream.Options(max_seconds=10))
   [unsure] = predict.classify_files(fresh_model, [long_song],
-                                    classify.Options(max_seconds=10, min_confidence=0.99))
+                                    stream.Options(max_seconds=10, min_confidence=0.99))
   assert sure['status'] == 'ok' and sure['genre'] == sure['top_k'][0]['genre']
   assert unsure['status'] == 'uncertain' and unsure['genre'] is None
   assert unsure['top_k'] == sure['top_k']

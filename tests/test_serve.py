@@ -132,8 +132,9 @@ def test_predict_answers_with_predicts_fields(bound, inputs, tiny_run_dir, tmp_p
   assert status == 200, body
   out = str(tmp_path / 'predictions.json')
   predict.predict_paths(workdir_lib.load_workdir_config(tiny_run_dir), tiny_run_dir,
-                        [inputs['song.wav']], output='json', output_file=out,
-                        max_seconds=MAX_SECONDS)
+                        predict.PredictOptions(paths=(inputs['song.wav'],), output='json',
+                                               output_file=out,
+                                               reading=predict.Options(max_seconds=MAX_SECONDS)))
   with open(out, encoding='utf-8') as f:
     expected = json.load(f)
   assert set(body) == set(expected)

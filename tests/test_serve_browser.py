@@ -67,8 +67,9 @@ def test_page_classifies_an_upload_like_predict_and_shows_errors(
   inputs = write_inputs(tmp_path / 'inputs')
   out = str(tmp_path / 'predictions.json')
   predict.predict_paths(workdir_lib.load_workdir_config(tiny_run_dir), tiny_run_dir,
-                        [inputs['song.wav']], output='json', output_file=out,
-                        max_seconds=MAX_SECONDS)
+                        predict.PredictOptions(paths=(inputs['song.wav'],), output='json',
+                                               output_file=out,
+                                               reading=predict.Options(max_seconds=MAX_SECONDS)))
   with open(out, encoding='utf-8') as f:
     expected = json.load(f)['results'][0]
 

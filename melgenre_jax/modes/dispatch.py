@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging as std_logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 from absl import logging
@@ -27,6 +27,9 @@ from melgenre_jax.errors import WorkdirError
 from melgenre_jax.runtime import cpu_devices
 from melgenre_jax.runtime import hostmem
 from melgenre_jax.runtime import parallel
+
+if TYPE_CHECKING:  # imported in run(), after the runtime settings (see the module doc)
+  from melgenre_jax.modes import predict
 
 MODES = ('train', 'eval', 'predict', 'embed', 'export', 'tune', 'calibrate', 'cv', 'import',
          'serve')
@@ -154,12 +157,7 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str,
     return evaluate.evaluate_workdir(config, workdir, step=options.step)
   if mode == 'predict':
     from melgenre_jax.modes import predict
-    return predict.predict_paths(
-        config, workdir, list(options.audio), step=options.step, output=options.output,
-        top_k=options.top_k, plot=options.plot, output_file=options.output_file,
-        offset_seconds=options.offset_seconds, max_seconds=options.max_seconds,
-        hop_seconds=options.hop_seconds, min_confidence=options.min_confidence,
-        write_tags=options.write_tags)
+    return predict.predict_paths(config, workdir, predict_options(options))
   if mode == 'embed':
     from melgenre_jax.modes import embed
     return embed.embed_paths(
@@ -174,6 +172,20 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str,
     return calibrate.calibrate_workdir(config, workdir, step=options.step)
   from melgenre_jax.modes import export
   return export.export_workdir(config, workdir, step=options.step)
+
+
+def predict_options(options: RunOptions) -> predict.PredictOptions:
+  """predict's ``PredictOptions`` (serve takes its ``reading``) from the run's options."""
+  # pylint: disable=g-import-not-at-top  (after the runtime settings; see the module doc)
+  from melgenre_jax.modes import predict
+  return predict.PredictOptions(
+      paths=tuple(options.audio), step=options.step, output=options.output,
+      output_file=options.output_file, plot=options.plot, write_tags=options.write_tags,
+      model_dir=options.model or None,
+      reading=predict.Options(top_k=options.top_k, hop_seconds=options.hop_seconds,
+                              offset_seconds=options.offset_seconds,
+                              max_seconds=options.max_seconds,
+                              min_confidence=options.min_confidence))
 
 
 def check_model_dir(mode: str, config: ml_collections.ConfigDict | None,
@@ -198,13 +210,10 @@ def _serve(config: ml_collections.ConfigDict | None, workdir: str | None,
            options: RunOptions) -> None:
   """``--mode=serve`` on a workdir, or on an export folder (``--model``)."""
   # pylint: disable=g-import-not-at-top  (after the runtime settings; see the module doc)
-  from melgenre_jax.modes import predict, serve
+  from melgenre_jax.modes import serve
   return serve.serve_workdir(
       config, workdir, step=options.step, model_dir=options.model or None,
-      options=predict.Options(top_k=options.top_k, hop_seconds=options.hop_seconds,
-                              offset_seconds=options.offset_seconds,
-                              max_seconds=options.max_seconds,
-                              min_confidence=options.min_confidence),
+      options=predict_options(options).reading,
       serve=serve.ServeOptions(host=options.host, port=options.port,
                                max_upload_mb=options.max_upload_mb))
 
@@ -220,9 +229,4 @@ def _run_export_dir(mode: str, config: ml_collections.ConfigDict | None, workdir
     return _serve(None, None, options)
   # pylint: disable=g-import-not-at-top  (after the runtime settings; see the module doc)
   from melgenre_jax.modes import predict
-  return predict.predict_paths(
-      None, workdir, list(options.audio), output=options.output, top_k=options.top_k,
-      plot=options.plot, output_file=options.output_file,
-      offset_seconds=options.offset_seconds, max_seconds=options.max_seconds,
-      hop_seconds=options.hop_seconds, min_confidence=options.min_confidence,
-      write_tags=options.write_tags, model_dir=options.model)
+  return predict.predict_paths(None, workdir, predict_options(options))

@@ -8,9 +8,9 @@ They feed similarity search, clustering and linear probes: a logistic
 regression fitted on ``embed_dataset_split`` of a run's train split and scored
 on its test split measures how much genre the representation holds.
 
-Files are read exactly as predict reads them (``modes/predict``: the same
-path expansion, streamed decoding a few files ahead, windows and flags), so
-memory stays bounded whatever a file's length; windows of consecutive files
+Files are read by predict's streaming engine (``modes/predict/stream.py``: the
+same path expansion, streamed decoding a few files ahead, windows and flags),
+so memory stays bounded whatever a file's length; windows of consecutive files
 share batches. ``embed_paths`` (the mode) writes, to ``WORKDIR/embeddings/``
 (or ``--embed_dir``), each file replaced only once complete:
 
@@ -26,14 +26,12 @@ All of it reloads with plain numpy and ``csv``.
 
 from __future__ import annotations
 
-import collections
 import csv
-import dataclasses
 import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -50,8 +48,8 @@ from melgenre_jax.data import audio
 from melgenre_jax.data import input_pipeline
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import NothingClassifiedError
-from melgenre_jax.modes.predict import classify
 from melgenre_jax.modes.predict import inputs as inputs_lib
+from melgenre_jax.modes.predict import stream
 
 EMBED_DIR = workdir_lib.EMBEDDINGS
 EMBEDDINGS_NPY = 'embeddings.npy'
@@ -132,38 +130,29 @@ def embed_workdir_splits(config: ml_collections.ConfigDict, workdir: str,
 # Songs: files (streamed) or waves, embedded in batches shared across songs.
 
 
-@dataclasses.dataclass(eq=False)
-class _Song:
+class _Input(NamedTuple):
+  """One item to embed: a file (``problem``: why it yields nothing) or a wave in memory."""
+
   name: str  # the path, or '<array i>' for a wave given in memory
-  problem: str | None
-  total: np.ndarray | None = None  # float64 sum of the segment embeddings
-  segments: list[list[float]] = dataclasses.field(default_factory=list)
-  rows_in: int = 0
-  rows_out: int = 0
-  ended: bool = False
-  num_samples: int = 0
-  failure: str | None = None
-
-  @property
-  def done(self) -> bool:
-    return self.failure is not None or (self.ended and self.rows_out == self.rows_in)
+  problem: str | None = None
+  wave: np.ndarray | None = None
 
 
-def _sum_embeddings(keep_segments: bool) -> Callable[[_Song, np.ndarray], None]:
-  """embed's ``classify.RowBatcher`` consumer: a running float64 sum, segments as floats."""
+def _sum_embeddings(keep_segments: bool) -> Callable[[stream.Song, np.ndarray], None]:
+  """embed's ``stream.RowBatcher`` consumer: a running float64 sum, segments as floats."""
 
-  def consume(song: _Song, part: np.ndarray) -> None:
+  def consume(song: stream.Song, part: np.ndarray) -> None:
     total = part.astype(np.float64).sum(axis=0)
     song.total = total if song.total is None else song.total + total
     if keep_segments:
-      song.segments.extend(part.tolist())
+      song.rows.extend(part.tolist())
 
   return consume
 
 
 def _wave_events(wave: np.ndarray, name: str, spec, hop: int,
-                 options: classify.Options) -> Iterator[tuple]:
-  """A wave in memory (at the model's sample rate) as a file's events."""
+                 options: stream.Options) -> Iterator[tuple]:
+  """A wave in memory (at the model's sample rate) as a file's events (``stream.file_events``)."""
   try:
     sr = spec.sample_rate
     start = int(round(options.offset_seconds * sr))
@@ -171,50 +160,33 @@ def _wave_events(wave: np.ndarray, name: str, spec, hop: int,
     wave = np.asarray(wave, np.float32)[start:stop]
     segments = audio.segment_audio(wave, spec.segment_samples, hop, spec.min_samples,
                                    path=name, short_clip=spec.short_clip)
-    yield 'chunk', spec.host_inputs(segments)
-    yield 'end', int(wave.shape[0])
+    yield 'chunk', spec.host_inputs(segments), all(audio.is_silent(s) for s in segments)
+    yield 'end', int(wave.shape[0]), int(wave.shape[0]) < spec.segment_samples
   except audio.AudioError as e:
     yield 'fail', e.reason
   except ValueError as e:  # not a mono wave
     yield 'fail', f'not usable as a mono wave: {e}'
 
 
-def _file_events(path: str, spec, hop: int, options: classify.Options,
-                 max_rows: int) -> Iterator[tuple]:
-  """A file's events: ('chunk', inputs) ..., then ('end', samples) or ('fail', reason)."""
-  try:
-    stream = audio.stream_segments(
-        path, spec.sample_rate, spec.segment_samples, hop, spec.min_samples,
-        offset_seconds=options.offset_seconds, max_seconds=options.max_seconds,
-        max_rows=max_rows, short_clip=spec.short_clip)
-    for chunk in stream:
-      yield 'chunk', spec.host_inputs(chunk)
-    yield 'end', int(stream.num_samples)
-  except audio.AudioError as e:
-    yield 'fail', e.reason
-  except Exception as e:  # pylint: disable=broad-except
-    # One odd file (a decoder crash) must not cost the others their embeddings.
-    yield 'fail', f'failed to decode: {type(e).__name__}: {e}'
-
-
-def _result(song: _Song, sample_rate: int, hop: int, options: classify.Options,
+def _result(song: stream.Song, sample_rate: int, hop: int, options: stream.Options,
             per_segment: bool) -> dict[str, Any]:
+  name = song.item.name
   if song.failure is not None:
-    return {'path': song.name, 'ok': False, 'reason': song.failure}
-  out = {'path': song.name, 'ok': True, 'reason': None,
+    return {'path': name, 'ok': False, 'reason': song.failure}
+  out = {'path': name, 'ok': True, 'reason': None,
          'duration': song.num_samples / sample_rate, 'segments': song.rows_out,
          'embedding': (song.total / song.rows_out).astype(np.float32)}
   if per_segment:
-    out['segment_embeddings'] = np.asarray(song.segments, np.float32)
+    out['segment_embeddings'] = np.asarray(song.rows, np.float32)
     out['start_seconds'] = [options.offset_seconds + i * hop / sample_rate
                             for i in range(song.rows_out)]
   return out
 
 
 def iter_embeddings(model: inference.InferenceModel, items: Iterable[Any],
-                    options: classify.Options = classify.Options(),
+                    options: stream.Options = stream.Options(),
                     per_segment: bool = False,
-                    decode_workers: int = classify.DEFAULT_DECODE_WORKERS
+                    decode_workers: int = stream.DEFAULT_DECODE_WORKERS
                     ) -> Iterator[dict[str, Any]]:
   """Each item's result as soon as it is complete, in input order.
 
@@ -229,49 +201,28 @@ def iter_embeddings(model: inference.InferenceModel, items: Iterable[Any],
   spec = model.spec
   hop = options.hop_samples(spec, model.config)
   batch = inference.inference_batch_size(model.config.eval_batch_size)
-  batcher = classify.RowBatcher(lambda rows: model.embed(rows, batch), batch,
-                                _sum_embeddings(per_segment))
-  waiting: collections.deque[_Song] = collections.deque()
+  batcher = stream.RowBatcher(lambda rows: model.embed(rows, batch), batch,
+                              _sum_embeddings(per_segment))
 
-  def song_of(i: int, item: Any) -> _Song:
+  def as_input(i: int, item: Any) -> _Input:
     if isinstance(item, np.ndarray):
-      return _Song(f'<array {i}>', None)
+      return _Input(f'<array {i}>', wave=item)
     path, problem = item
-    return _Song(path, problem)
+    return _Input(path, problem)
 
-  def events(pair: tuple[_Song, Any]) -> Iterator[tuple]:
-    song, item = pair
-    if song.problem is not None:
-      return iter([('fail', song.problem)])
-    if isinstance(item, np.ndarray):
-      return _wave_events(item, song.name, spec, hop, options)
-    return _file_events(song.name, spec, hop, options, max_rows=batch)
+  def events(item: _Input) -> Iterator[tuple]:
+    if item.wave is not None:
+      return _wave_events(item.wave, item.name, spec, hop, options)
+    return stream.file_events(item.name, spec, hop, options, batch, item.problem)
 
-  def finished() -> Iterator[dict[str, Any]]:
-    while waiting and waiting[0].done:
-      yield _result(waiting.popleft(), spec.sample_rate, hop, options, per_segment)
-
-  pairs = ((song_of(i, item), item) for i, item in enumerate(items))
-  for (song, _), song_events in classify.in_order(pairs, events, decode_workers,
-                                                  decode_workers + 1):
-    waiting.append(song)
-    for event in song_events:
-      if event[0] == 'chunk':
-        batcher.add(song, event[1])
-      elif event[0] == 'end':
-        song.ended, song.num_samples = True, event[1]
-        if not song.rows_in:
-          song.failure = 'no segments'
-      else:
-        song.failure = event[1]
-    yield from finished()
-  batcher.flush()
-  yield from finished()
+  inputs = (as_input(i, item) for i, item in enumerate(items))
+  for song in stream.songs(inputs, events, batcher, decode_workers):
+    yield _result(song, spec.sample_rate, hop, options, per_segment)
 
 
 def embed_songs(model: inference.InferenceModel, songs_or_paths: Sequence[Any],
-                options: classify.Options = classify.Options(), per_segment: bool = False,
-                decode_workers: int = classify.DEFAULT_DECODE_WORKERS
+                options: stream.Options = stream.Options(), per_segment: bool = False,
+                decode_workers: int = stream.DEFAULT_DECODE_WORKERS
                 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
   """``(embeddings [embedded songs, D] float32, rows)`` for files, folders or waves.
 
@@ -357,7 +308,7 @@ def embed_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[str
                 step: int | None = None, *, per_segment: bool = False,
                 embed_dir: str | None = None, offset_seconds: float = 0.0,
                 max_seconds: float | None = None, hop_seconds: float | None = None,
-                decode_workers: int = classify.DEFAULT_DECODE_WORKERS) -> dict[str, Any]:
+                decode_workers: int = stream.DEFAULT_DECODE_WORKERS) -> dict[str, Any]:
   """``--mode=embed``: embeds files/folders with the best checkpoint (or ``step``).
 
   Writes the files listed in the module docstring to ``embed_dir`` (default
@@ -372,9 +323,9 @@ def embed_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[str
     raise ConfigError('--mode=embed needs audio files or folders: give them after the '
                       'flags (main.py --workdir W --mode embed song.mp3 my_folder/) or '
                       'with --audio (repeated or comma-separated).')
-  options = classify.Options(hop_seconds=hop_seconds, offset_seconds=offset_seconds,
-                             max_seconds=max_seconds)
-  classify.check_options(options, config)
+  options = stream.Options(hop_seconds=hop_seconds, offset_seconds=offset_seconds,
+                           max_seconds=max_seconds)
+  stream.check_options(options, config)
   workdir = os.path.abspath(workdir)
   output_paths.check_output_dir(embed_dir or default_embed_dir(workdir), '--embed_dir')
   config_checks.check_workdir_compatible(config, workdir)
@@ -385,8 +336,8 @@ def embed_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[str
 
   start = time.monotonic()
   results = []
-  stream = iter_embeddings(model, jobs, options, per_segment, decode_workers)
-  for r in reporting.progress_bar(stream, total=len(jobs), desc='embed (files)',
+  embedded = iter_embeddings(model, jobs, options, per_segment, decode_workers)
+  for r in reporting.progress_bar(embedded, total=len(jobs), desc='embed (files)',
                                   enabled=bool(config.get('progress_bar', True))):
     results.append(r)
   seconds = time.monotonic() - start

@@ -8,24 +8,27 @@ window's argmax gives a timeline. Answers are printed, written as one JSON
 report, or appended to a CSV that a re-run resumes.
 
   inputs.py    paths, folders and wildcards; each file's stamp (size, mtime)
-  classify.py  streaming, decoding ahead, shared batches, one song's result
+  stream.py    the engine predict and embed share: options, file jobs, decoding
+               ahead in input order, shared batches
+  classify.py  one song's answer (calibrated genres, top-k, timeline)
   output.py    text, JSON, the resumable CSV, plot names
-  mode.py      ``predict_paths``: flags -> model -> answers
+  mode.py      ``predict_paths``: PredictOptions -> model -> answers
 """
 
 from melgenre_jax.errors import NothingClassifiedError
-from melgenre_jax.modes.predict.classify import DEFAULT_DECODE_WORKERS
-from melgenre_jax.modes.predict.classify import Options
 from melgenre_jax.modes.predict.classify import classify_files
 from melgenre_jax.modes.predict.classify import iter_results
 from melgenre_jax.modes.predict.classify import song_segments
 from melgenre_jax.modes.predict.inputs import expand_paths
 from melgenre_jax.modes.predict.mode import PREDICTIONS_DIR
 from melgenre_jax.modes.predict.mode import WRITE_TAGS
+from melgenre_jax.modes.predict.mode import PredictOptions
 from melgenre_jax.modes.predict.mode import predict_paths
 from melgenre_jax.modes.predict.output import OUTPUTS
 from melgenre_jax.modes.predict.output import format_text
+from melgenre_jax.modes.predict.stream import DEFAULT_DECODE_WORKERS
+from melgenre_jax.modes.predict.stream import Options
 
 __all__ = ['DEFAULT_DECODE_WORKERS', 'NothingClassifiedError', 'OUTPUTS', 'Options',
-           'PREDICTIONS_DIR', 'WRITE_TAGS', 'classify_files', 'expand_paths', 'format_text',
-           'iter_results', 'predict_paths', 'song_segments']
+           'PREDICTIONS_DIR', 'PredictOptions', 'WRITE_TAGS', 'classify_files', 'expand_paths',
+           'format_text', 'iter_results', 'predict_paths', 'song_segments']

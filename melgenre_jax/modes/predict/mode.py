@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from typing import Any
@@ -23,26 +24,50 @@ from melgenre_jax.modes import exported_model
 from melgenre_jax.modes.predict import classify
 from melgenre_jax.modes.predict import inputs
 from melgenre_jax.modes.predict import output as out_lib
+from melgenre_jax.modes.predict import stream
 from melgenre_jax.runtime import parallel
 
 PREDICTIONS_DIR = workdir_lib.PREDICTIONS
 WRITE_TAGS = ('off', 'dry_run', 'apply')
 
 
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+  """What predict classifies and where the answers go: its flags, built once in
+  modes/dispatch.py and passed down as the Flax examples pass ``config, workdir``.
+
+  ``paths``: files, folders and wildcards. ``reading``: how each file is read
+  and answered (``--top_k``, ``--hop_seconds``, ``--offset_seconds``,
+  ``--max_seconds``, ``--min_confidence``). ``model_dir``: an export folder to
+  predict with instead of a workdir's checkpoint (``--model``).
+  """
+
+  paths: tuple[str, ...] = ()
+  reading: stream.Options = stream.Options()
+  step: int | None = None  # None: the best checkpoint
+  output: str = 'text'
+  output_file: str | None = None  # None: WORKDIR/predictions/predictions.{json,csv}
+  plot: bool = False
+  write_tags: str = 'off'
+  model_dir: str | None = None
+  decode_workers: int = stream.DEFAULT_DECODE_WORKERS
+
+
 def default_output_file(workdir: str, output: str) -> str:
   return os.path.join(workdir, PREDICTIONS_DIR, f'predictions.{output}')
 
 
-def _check_flags(paths: list[str], output: str, output_file: str | None,
-                 write_tags: str) -> None:
+def check_flags(options: PredictOptions) -> None:
+  """Refuses an output, output file or --write_tags value predict cannot use, or no input."""
+  output, write_tags = options.output, options.write_tags
   if output not in out_lib.OUTPUTS:
     raise ConfigError(f"--output={output!r}: allowed values are "
                       f"{', '.join(repr(o) for o in out_lib.OUTPUTS)}.")
-  if not paths:
+  if not options.paths:
     raise ConfigError('--mode=predict needs audio files or folders: give them after the '
                       'flags (main.py --workdir W --mode predict song.mp3 my_folder/) or '
                       'with --audio (repeated or comma-separated).')
-  if output_file and output == 'text':
+  if options.output_file and output == 'text':
     raise ConfigError('--output_file is where --output csv or json is written; text is '
                       'printed (add --output csv or --output json).')
   if write_tags not in WRITE_TAGS:
@@ -50,8 +75,8 @@ def _check_flags(paths: list[str], output: str, output_file: str | None,
                       f"{', '.join(WRITE_TAGS)} (a bare --write_tags means dry_run).")
 
 
-def _check_genre_flags(config: ml_collections.ConfigDict, min_confidence: float,
-                       write_tags: str) -> None:
+def check_genre_flags(config: ml_collections.ConfigDict, min_confidence: float,
+                      write_tags: str) -> None:
   """Refuses the genre-only flags for a multi-label model (one genre per song)."""
   if write_tags != 'off':
     config_checks.check_genre_task(
@@ -63,61 +88,54 @@ def _check_genre_flags(config: ml_collections.ConfigDict, min_confidence: float,
         'drop it and set the tag threshold with --config.multilabel.threshold instead')
 
 
-def predict_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[str],
-                  step: int | None = None, output: str = 'text', top_k: int = 3,
-                  plot: bool = False, *, output_file: str | None = None,
-                  offset_seconds: float = 0.0, max_seconds: float | None = None,
-                  hop_seconds: float | None = None, min_confidence: float = 0.0,
-                  write_tags: str = 'off',
-                  decode_workers: int = classify.DEFAULT_DECODE_WORKERS,
-                  model_dir: str | None = None) -> list[dict[str, Any]]:
-  """Classifies files/folders with the workdir's best checkpoint (or ``step``).
+def predict_paths(config: ml_collections.ConfigDict | None, workdir: str | None,
+                  options: PredictOptions) -> list[dict[str, Any]]:
+  """Classifies ``options.paths`` with the workdir's best checkpoint (or ``options.step``).
 
-  ``model_dir``: an export folder to predict with instead (``--model``; no
-  workdir or checkpoint needed: modes/exported_model.py); ``config`` is then
-  the folder's and ``workdir`` only the default place of the output files
-  (None: the current directory).
+  With ``options.model_dir`` (an export folder: modes/exported_model.py; no
+  workdir or checkpoint needed) ``config`` is the folder's and ``workdir``
+  only the default place of the output files (None: the current directory).
 
-  ``output``: 'text' prints the answers; 'json' writes one report at the end
-  (``output_file``, default ``WORKDIR/predictions/predictions.json``); 'csv'
-  appends a row per file as it finishes (default
+  ``options.output``: 'text' prints the answers; 'json' writes one report at
+  the end (``output_file``, default ``WORKDIR/predictions/predictions.json``);
+  'csv' appends a row per file as it finishes (default
   ``WORKDIR/predictions/predictions.csv``) and skips the files whose row is
-  already there. The other arguments are the flags of the same names (see
-  ``classify.Options``). Returns the results of the files classified by this
-  call (failures carry ``ok=False`` and ``reason``).
+  already there. Returns the results of the files classified by this call
+  (failures carry ``ok=False`` and ``reason``).
 
   Raises:
     NothingClassifiedError: no input file has an answer.
   """
-  _check_flags(paths, output, output_file, write_tags)
+  check_flags(options)
+  output, reading, write_tags = options.output, options.reading, options.write_tags
   if output != 'text':  # before any work: a path that cannot be written is one line
-    out_lib.check_output_file(os.path.abspath(output_file or default_output_file(
-        workdir or os.getcwd(), output)), output, top_k)
+    out_lib.check_output_file(os.path.abspath(options.output_file or default_output_file(
+        workdir or os.getcwd(), output)), output, reading.top_k)
+  model_dir = options.model_dir
   model = exported_model.load_export_dir(model_dir) if model_dir else None
   config = model.config if model is not None else config
-  options = classify.Options(top_k=top_k, hop_seconds=hop_seconds,
-                             offset_seconds=offset_seconds, max_seconds=max_seconds,
-                             min_confidence=min_confidence)
-  classify.check_options(options, config)
-  _check_genre_flags(config, min_confidence, write_tags)
+  stream.check_options(reading, config)
+  check_genre_flags(config, reading.min_confidence, write_tags)
   workdir = os.path.abspath(workdir or os.getcwd())
   if model is None:
     config_checks.check_workdir_compatible(config, workdir)
-  jobs = classify.file_jobs(paths)
+  jobs = stream.file_jobs(options.paths)
   if model is None:
-    model = inference.load_for_inference(config, workdir, step)
+    model = inference.load_for_inference(config, workdir, options.step)
   chief = jax.process_index() == 0
-  out_path = os.path.abspath(output_file or default_output_file(workdir, output))
+  out_path = os.path.abspath(options.output_file or default_output_file(workdir, output))
   out_dir = os.path.join(workdir, PREDICTIONS_DIR)
 
+  top_k = reading.top_k
   header = out_lib.csv_header(top_k)
-  settings = out_lib.run_settings(model.step, offset_seconds, max_seconds, options.hop(config))
+  settings = out_lib.run_settings(model.step, reading.offset_seconds, reading.max_seconds,
+                                  reading.hop(config))
   todo, answered_before = jobs, 0
   if output == 'csv':
     todo, answered_before = _resume(out_path, header, settings, jobs, repair=chief)
     parallel.barrier('predict_csv_read')  # every process skips the same files
 
-  if chief and plot:
+  if chief and options.plot:
     os.makedirs(out_dir, exist_ok=True)
   plots: set[str] = set()
   results, tag_actions = [], []
@@ -125,11 +143,11 @@ def predict_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[s
   with contextlib.ExitStack() as stack:
     log = (stack.enter_context(out_lib.CsvLog(out_path, header))
            if chief and output == 'csv' else None)
-    stream = stack.enter_context(contextlib.closing(
-        classify.iter_results(model, todo, options, decode_workers)))
-    for r in reporting.progress_bar(stream, total=len(todo), desc='predict (files)',
+    answers = stack.enter_context(contextlib.closing(
+        classify.iter_results(model, todo, reading, options.decode_workers)))
+    for r in reporting.progress_bar(answers, total=len(todo), desc='predict (files)',
                                     enabled=bool(config.get('progress_bar', True))):
-      if chief and plot and r['ok']:
+      if chief and options.plot and r['ok']:
         r['plot'] = _plot(r, out_dir, plots, model, config)
       if chief and write_tags != 'off':
         tag_actions.append(_tag(r, apply_writes=write_tags == 'apply'))
@@ -151,7 +169,7 @@ def predict_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[s
   if chief:
     if output == 'json':
       os.makedirs(os.path.dirname(out_path), exist_ok=True)
-      out_lib.write_json(out_path, _json_header(workdir, model, config, options), results)
+      out_lib.write_json(out_path, json_header(workdir, model, config, reading), results)
     if output == 'text':
       print(out_lib.format_text(results))  # CLI output
     else:
@@ -167,8 +185,8 @@ def predict_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[s
 
 
 def _resume(path: str, header: list[str], settings: dict[str, str],
-            jobs: list[classify.FileJob], repair: bool
-            ) -> tuple[list[classify.FileJob], int]:
+            jobs: list[stream.FileJob], repair: bool
+            ) -> tuple[list[stream.FileJob], int]:
   """The jobs without a standing row in the CSV, and how many of the others were answered."""
   rows, count = out_lib.open_csv_log(path, header, repair=repair)
   todo, answered = [], 0
@@ -217,9 +235,10 @@ def _plot(r: dict[str, Any], out_dir: str, used: set[str],
   return path
 
 
-def _json_header(workdir: str, model: inference.InferenceModel | exported_model.ExportedModel,
-                 config: ml_collections.ConfigDict,
-                 options: classify.Options) -> dict[str, Any]:
+def json_header(workdir: str | None,
+                model: inference.InferenceModel | exported_model.ExportedModel,
+                config: ml_collections.ConfigDict, options: stream.Options) -> dict[str, Any]:
+  """The JSON report's fields around ``results`` (serve's answers carry them too)."""
   exported = isinstance(model, exported_model.ExportedModel)
   return {'workdir': None if exported else workdir,
           **({'model': model.export_dir} if exported else {}),

@@ -26,6 +26,7 @@ from melgenre_jax.data import audio
 from melgenre_jax.modes import exported_model
 from melgenre_jax.modes.predict import classify
 from melgenre_jax.modes.predict import inputs
+from melgenre_jax.modes.predict import stream
 from melgenre_jax.modes.serve.uploads import Upload
 
 # Decoded past --max_seconds when the header gives no length: enough to tell "longer".
@@ -44,7 +45,7 @@ class Classifier:
   """The server's one model; ``answer`` queues an upload for the worker thread."""
 
   def __init__(self, model: inference.InferenceModel | exported_model.ExportedModel,
-               options: classify.Options,
+               options: stream.Options,
                header: dict[str, Any]):
     self.model = model
     self.options = options  # options.max_seconds: the longest upload answered
@@ -77,8 +78,8 @@ class Classifier:
 
   def answer_now(self, upload: Upload) -> Answer:
     """Classifies one upload in the calling thread (the worker's)."""
-    job = classify.FileJob(upload.path, None, inputs.Stamp(upload.filename,
-                                                           str(upload.size_bytes), ''))
+    job = stream.FileJob(upload.path, None,
+                         inputs.Stamp(upload.filename, str(upload.size_bytes), ''))
     limit = float(self.options.max_seconds)
     try:
       seconds = audio.probe(upload.path).duration_seconds
@@ -95,7 +96,7 @@ class Classifier:
       return self._refused(upload, job, 422, too_long(None, limit))
     return Answer(200, {**self.header, 'results': [row]})
 
-  def _refused(self, upload: Upload, job: classify.FileJob, status: int,
+  def _refused(self, upload: Upload, job: stream.FileJob, status: int,
                reason: str) -> Answer:
     row = _relabelled(classify.failure(job, reason), upload)
     return Answer(status, {'error': row['reason'], **self.header, 'results': [row]})

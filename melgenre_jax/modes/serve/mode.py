@@ -25,8 +25,8 @@ from melgenre_jax import config_checks
 from melgenre_jax import inference
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.modes import exported_model
-from melgenre_jax.modes.predict import classify
 from melgenre_jax.modes.predict import mode as predict_mode
+from melgenre_jax.modes.predict import stream
 from melgenre_jax.modes.serve import app as app_lib
 from melgenre_jax.modes.serve.classifier import Classifier
 
@@ -83,7 +83,7 @@ def url_of(sock: socket.socket) -> str:
 
 
 def load_classifier(config: ml_collections.ConfigDict | None, workdir: str | None,
-                    step: int | None, options: classify.Options,
+                    step: int | None, options: stream.Options,
                     model_dir: str | None = None) -> Classifier:
   """The workdir's model (best checkpoint or ``step``), or an export folder's, behind one queue.
 
@@ -94,13 +94,13 @@ def load_classifier(config: ml_collections.ConfigDict | None, workdir: str | Non
   config = model.config if model is not None else config
   if options.max_seconds is None:
     options = dataclasses.replace(options, max_seconds=DEFAULT_MAX_SECONDS)
-  classify.check_options(options, config)
-  predict_mode._check_genre_flags(config, options.min_confidence, 'off')  # pylint: disable=protected-access
+  stream.check_options(options, config)
+  predict_mode.check_genre_flags(config, options.min_confidence, 'off')
   workdir = os.path.abspath(workdir) if workdir else None
   if model is None:
     config_checks.check_workdir_compatible(config, workdir)
     model = inference.load_for_inference(config, workdir, step)
-  header = predict_mode._json_header(workdir, model, config, options)  # pylint: disable=protected-access
+  header = predict_mode.json_header(workdir, model, config, options)
   classifier = Classifier(model, options, header)
   classifier.warm_up()
   return classifier
@@ -152,7 +152,7 @@ def server(classifier: Classifier, serve: ServeOptions) -> Iterator[Bound]:
 
 
 def serve_workdir(config: ml_collections.ConfigDict | None, workdir: str | None,
-                  step: int | None = None, options: classify.Options = classify.Options(),
+                  step: int | None = None, options: stream.Options = stream.Options(),
                   serve: ServeOptions = ServeOptions(), model_dir: str | None = None) -> None:
   """Serves the workdir's model (or ``model_dir``'s, an export folder) until Ctrl+C."""
   check_serve_options(serve)

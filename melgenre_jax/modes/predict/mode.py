@@ -22,6 +22,7 @@ from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import NothingClassifiedError
 from melgenre_jax.modes import exported_model
 from melgenre_jax.modes.predict import classify
+from melgenre_jax.modes.predict import genre_tags
 from melgenre_jax.modes.predict import inputs
 from melgenre_jax.modes.predict import output as out_lib
 from melgenre_jax.modes.predict import stream
@@ -175,8 +176,7 @@ def predict_paths(config: ml_collections.ConfigDict | None, workdir: str | None,
     else:
       print(out_path)  # CLI output
     if write_tags != 'off':
-      from melgenre_jax.modes import tags  # pylint: disable=g-import-not-at-top
-      print(tags.format_actions(tag_actions, applied=write_tags == 'apply'))  # CLI output
+      print(genre_tags.format_actions(tag_actions, applied=write_tags == 'apply'))  # CLI output
   if len(failed) == len(results) and not answered_before:
     raise NothingClassifiedError(
         'No file could be classified:\n  ' + '\n  '.join(
@@ -210,10 +210,9 @@ def _tag(r: dict[str, Any], apply_writes: bool):
   Writing moves the file's size and mtime, so the row gets the new stamp:
   otherwise every tagged file would look changed to the next resumed run.
   """
-  from melgenre_jax.modes import tags  # pylint: disable=g-import-not-at-top
-  action = tags.plan([r])[0]
+  action = genre_tags.plan([r])[0]
   if apply_writes and action.action == 'write':
-    action = tags.apply([action])[0]
+    action = genre_tags.apply([action])[0]
     if action.action == 'write':
       now = inputs.stamp(r['path'])
       r['size_bytes'], r['mtime'] = now.size_bytes, now.mtime

@@ -17,7 +17,7 @@ from mutagen.mp4 import MP4
 from mutagen.wave import WAVE
 
 from melgenre_jax.errors import UserError
-from melgenre_jax.modes import tags
+from melgenre_jax.modes.predict import genre_tags
 
 SR = 22050
 FORMATS = ('mp3', 'flac', 'ogg', 'opus', 'm4a')
@@ -60,7 +60,7 @@ def decoded_samples(path: str) -> int:
 
 
 def raw_tags(path: str) -> dict[str, list[str]]:
-  """Genre, title and artist as mutagen itself reads them, independent of tags.py."""
+  """Genre, title and artist as mutagen itself reads them, independent of genre_tags.py."""
   f = mutagen.File(path)
   if isinstance(f.tags, ID3):
     keys = {'genre': 'TCON', 'title': 'TIT2', 'artist': 'TPE1'}
@@ -84,14 +84,14 @@ def leftovers(folder) -> list[str]:
 def test_write_genre_round_trip_keeps_other_tags_and_audio(tmp_path, fmt):
   path = make_audio(tmp_path, f'song.{fmt}')
   samples = decoded_samples(path)
-  assert tags.read_genre(path) is None
+  assert genre_tags.read_genre(path) is None
 
-  tags.write_genre(path, 'rock')
+  genre_tags.write_genre(path, 'rock')
   assert raw_tags(path) == {'genre': ['rock'], 'title': ['T'], 'artist': ['A']}
-  assert tags.read_genre(path) == 'rock'
+  assert genre_tags.read_genre(path) == 'rock'
   assert decoded_samples(path) == samples
 
-  tags.write_genre(path, 'jazz')  # Replaces, never appends a second genre.
+  genre_tags.write_genre(path, 'jazz')  # Replaces, never appends a second genre.
   assert raw_tags(path) == {'genre': ['jazz'], 'title': ['T'], 'artist': ['A']}
   assert decoded_samples(path) == samples
   assert not leftovers(tmp_path)
@@ -106,11 +106,11 @@ def test_every_existing_genre_value_is_replaced(tmp_path):
   f = MP4(m4a)
   f.tags['\xa9gen'] = ['Rock', 'Blues']
   f.save()
-  assert tags.read_genre(flac) == 'Pop; Dance'
-  assert tags.read_genre(m4a) == 'Rock; Blues'
+  assert genre_tags.read_genre(flac) == 'Pop; Dance'
+  assert genre_tags.read_genre(m4a) == 'Rock; Blues'
 
-  tags.write_genre(flac, 'metal')
-  tags.write_genre(m4a, 'metal')
+  genre_tags.write_genre(flac, 'metal')
+  genre_tags.write_genre(m4a, 'metal')
   assert FLAC(flac).tags['GENRE'] == ['metal']
   assert MP4(m4a).tags['\xa9gen'] == ['metal']
 
@@ -120,7 +120,7 @@ def test_id3_version_is_kept(tmp_path):
   f = mutagen.File(path)
   f.save(v2_version=3)
   assert ID3(path).version == (2, 3, 0)
-  tags.write_genre(path, 'blues')
+  genre_tags.write_genre(path, 'blues')
   assert ID3(path).version == (2, 3, 0)
   assert ID3(path)['TCON'].text == ['blues'] and ID3(path)['TIT2'].text == ['T']
 
@@ -130,21 +130,21 @@ def test_format_is_detected_by_content_not_extension(tmp_path):
   samples = decoded_samples(path)
   with pytest.raises(mutagen.MutagenError):
     mutagen.File(path)  # Going by the extension, mutagen alone tries FLAC and fails.
-  tags.write_genre(path, 'disco')
+  genre_tags.write_genre(path, 'disco')
   assert mutagen.File(path, options=[mutagen.oggvorbis.OggVorbis])['GENRE'] == ['disco']
   assert decoded_samples(path) == samples
 
 
 def test_wav_tagged_only_through_an_existing_id3_chunk(tmp_path):
   plain = make_audio(tmp_path, 'plain.wav')
-  with pytest.raises(tags.TagError, match='unsupported format: WAVE.*convert it to FLAC'):
-    tags.write_genre(plain, 'rock')
+  with pytest.raises(genre_tags.TagError, match='unsupported format: WAVE.*convert it to FLAC'):
+    genre_tags.write_genre(plain, 'rock')
   chunked = make_audio(tmp_path, 'chunk.wav')
   f = WAVE(chunked)
   f.add_tags()
   f.tags.add(TIT2(encoding=3, text=['T']))
   f.save()
-  tags.write_genre(chunked, 'rock')
+  genre_tags.write_genre(chunked, 'rock')
   assert WAVE(chunked).tags['TCON'].text == ['rock'] and WAVE(chunked).tags['TIT2'].text == ['T']
   assert decoded_samples(chunked) == SR
 
@@ -185,8 +185,8 @@ def test_dry_run_plans_without_touching_any_file(tmp_path):
   results, paths = _results(tmp_path)
   before = fingerprint(paths)
 
-  actions = tags.plan(results)
-  listing = tags.format_actions(actions, applied=False)
+  actions = genre_tags.plan(results)
+  listing = genre_tags.format_actions(actions, applied=False)
 
   assert fingerprint(paths) == before
   got = {os.path.basename(a.path): (a.action, a.old_genre, a.reason) for a in actions}
@@ -207,17 +207,17 @@ def test_apply_writes_only_planned_files_and_goes_on_after_a_failure(tmp_path):
   results, paths = _results(tmp_path)
   extra = make_audio(tmp_path, 'extra.ogg')
   results.append({'path': extra, 'ok': True, 'reason': None, 'genre': 'blues'})
-  actions = tags.plan(results)
+  actions = genre_tags.plan(results)
   os.chmod(paths[0], 0o444)  # Made read-only between the dry run and apply.
   untouched = fingerprint(paths)
 
-  done = tags.apply(actions)
+  done = genre_tags.apply(actions)
 
   by_name = {os.path.basename(a.path): a for a in done}
   assert by_name['new.mp3'].action == 'failed' and 'read-only' in by_name['new.mp3'].reason
   assert by_name['extra.ogg'].action == 'write' and raw_tags(extra)['genre'] == ['blues']
   assert fingerprint(paths) == untouched  # Failed, skipped, uncertain, unchanged: all intact.
-  listing = tags.format_actions(done, applied=True)
+  listing = genre_tags.format_actions(done, applied=True)
   assert f"{extra}: wrote 'blues' (had no genre)" in listing
   assert f'{paths[0]}: FAILED - the file is read-only' in listing
   assert '1 written, 1 unchanged, 6 not tagged, 1 failed.' in listing
@@ -229,11 +229,12 @@ def test_read_only_file_fails_cleanly(tmp_path):
   path = make_audio(tmp_path, 'locked.flac')
   os.chmod(path, 0o444)
   before = fingerprint([path])
-  with pytest.raises(tags.TagError, match=r'locked.flac: the file is read-only.*chmod u\+w') as e:
-    tags.write_genre(path, 'rock')
+  with pytest.raises(genre_tags.TagError,
+                     match=r'locked.flac: the file is read-only.*chmod u\+w') as e:
+    genre_tags.write_genre(path, 'rock')
   assert isinstance(e.value, UserError)
   assert fingerprint([path]) == before
-  [action] = tags.plan([{'path': path, 'ok': True, 'reason': None, 'genre': 'rock'}])
+  [action] = genre_tags.plan([{'path': path, 'ok': True, 'reason': None, 'genre': 'rock'}])
   assert action.action == 'skip' and 'read-only' in action.reason
 
 
@@ -247,8 +248,8 @@ def test_failure_mid_write_leaves_the_original_byte_identical(tmp_path, monkeypa
     raise OSError(errno.ENOSPC, 'No space left on device')
 
   monkeypatch.setattr(FLAC, 'save', save_half_then_disk_full)
-  with pytest.raises(tags.TagError, match='disk full .*the file is unchanged'):
-    tags.write_genre(path, 'rock')
+  with pytest.raises(genre_tags.TagError, match='disk full .*the file is unchanged'):
+    genre_tags.write_genre(path, 'rock')
   assert fingerprint([path]) == before
   assert not leftovers(tmp_path)
 
@@ -257,18 +258,18 @@ def test_symlink_tags_its_target_and_stays_a_link(tmp_path):
   target = make_audio(tmp_path, 'target.mp3')
   link = str(tmp_path / 'link.mp3')
   os.symlink(target, link)
-  tags.write_genre(link, 'reggae')
+  genre_tags.write_genre(link, 'reggae')
   assert os.path.islink(link)
   assert ID3(target)['TCON'].text == ['reggae']
 
 
 def test_nothing_to_write_still_names_the_apply_flag(tmp_path):
   path = make_audio(tmp_path, 'a.mp3')
-  tags.write_genre(path, 'pop')
-  actions, listing = tags.tag_results(
+  genre_tags.write_genre(path, 'pop')
+  actions, listing = genre_tags.tag_results(
       [{'path': path, 'ok': True, 'reason': None, 'genre': 'pop'}], apply_writes=True)
   assert [a.action for a in actions] == ['unchanged']
-  actions, listing = tags.tag_results(
+  actions, listing = genre_tags.tag_results(
       [{'path': path, 'ok': True, 'reason': None, 'genre': 'pop'}], apply_writes=False)
   assert listing.splitlines()[-1] == 'No tag would change; --write_tags=apply has nothing to write.'
   assert isinstance(ID3(path)['TCON'], TCON)
@@ -285,7 +286,29 @@ def test_a_write_that_damages_the_file_silently_is_caught_before_replacing(tmp_p
       f.truncate(60)
 
   monkeypatch.setattr(mutagen.oggvorbis.OggVorbis, 'save', save_then_damage)
-  [action] = tags.apply([tags.TagAction(path, None, 'rock', 'write')])
+  [action] = genre_tags.apply([genre_tags.TagAction(path, None, 'rock', 'write')])
   assert action.action == 'failed' and 'did not read back' in action.reason
   assert fingerprint([path]) == before
   assert not leftovers(tmp_path)
+
+
+def test_the_tagged_copy_is_written_next_to_the_file_it_replaces(tmp_path, monkeypatch):
+  music, links = tmp_path / 'music', tmp_path / 'links'
+  music.mkdir()
+  links.mkdir()
+  target = make_audio(music, 'song.flac')
+  link = str(links / 'song.flac')
+  os.symlink(target, link)
+  saved = []
+  real_save = FLAC.save
+
+  def recording_save(self, *args, **kwargs):
+    saved.append(self.filename)
+    real_save(self, *args, **kwargs)
+
+  monkeypatch.setattr(FLAC, 'save', recording_save)
+  genre_tags.write_genre(link, 'blues')
+  # The target's folder (one file system: the rename is atomic), never the link's.
+  assert [os.path.dirname(p) for p in saved] == [str(music)]
+  assert saved[0].endswith('.tagging') and FLAC(target)['genre'] == ['blues']
+  assert not leftovers(music) and not leftovers(links)

@@ -12,7 +12,8 @@ rewrites files in place and, when the new tag outgrows the padding, moves the
 whole audio payload, so a crash, a full disk or a mutagen bug mid-write would
 leave a truncated song. Each file is therefore tagged in a temporary copy next
 to it, the copy is re-read (genre, duration, sample rate), and only then
-renamed over the original. The copy costs one read and write of the file,
+renamed over the original (``runtime.atomic.replacing``, which fsyncs it first
+and removes it on any failure). The copy costs one read and write of the file,
 small next to the full decode predict just did, and buys an original that is
 either untouched or fully tagged. Decoding the copy as well is not done: the
 audio bytes are copied verbatim, and a partial write (the real risk) never
@@ -20,7 +21,7 @@ reaches the original.
 
 Typical use (``predict --write_tags``)::
 
-  actions, listing = tags.tag_results(results, apply_writes=flag == 'apply')
+  actions, listing = genre_tags.tag_results(results, apply_writes=flag == 'apply')
   print(listing)
 """
 
@@ -31,12 +32,12 @@ import errno
 import os
 import shutil
 import stat
-import tempfile
 from typing import Any, Iterable, Literal
 
 from absl import logging
 
 from melgenre_jax.errors import UserError
+from melgenre_jax.runtime import atomic
 
 Action = Literal['write', 'unchanged', 'skip', 'failed']
 
@@ -243,14 +244,14 @@ def write_genre(path: str, genre: str) -> None:
   f = _load(real)
   field = _field(f, path)
   check_writable(path)
-  tmp = _copy_next_to(real, path)
-  try:
+  # The copy sits next to the file (same folder: the rename stays on one file
+  # system); a unique name, so two runs tagging one folder never share it.
+  with atomic.replacing(real, suffix='.tagging', unique=True) as tmp:
+    _copy(real, tmp, path)
     try:
       copy = type(f)(tmp)
       _set(copy, field, genre)
       _save(copy, field)
-      with open(tmp, 'rb') as fobj:
-        os.fsync(fobj.fileno())
     except Exception as e:  # pylint: disable=broad-except
       if _disk_full(e):
         raise TagError(path, 'disk full while writing the tag; the file is unchanged. '
@@ -258,10 +259,6 @@ def write_genre(path: str, genre: str) -> None:
       raise TagError(path, f'could not write the tag ({type(e).__name__}: {e}); '
                      'the file is unchanged') from e
     _verify(tmp, type(f), f.info, field, genre, path)
-    os.replace(tmp, real)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   logging.info('Wrote genre %r to %s', genre, path)
 
 
@@ -274,14 +271,8 @@ def _disk_full(e: BaseException | None) -> bool:
   return False
 
 
-def _copy_next_to(real: str, path: str) -> str:
-  """A copy of ``real`` in its folder (same mode, times, owner where allowed)."""
-  folder, base = os.path.split(real)
-  try:
-    fd, tmp = tempfile.mkstemp(prefix=f'.{base}.', suffix='.tagging', dir=folder)
-    os.close(fd)
-  except OSError as e:
-    raise TagError(path, f'cannot create a temporary copy in {folder}: {e.strerror or e}') from e
+def _copy(real: str, tmp: str, path: str) -> None:
+  """``real`` copied to ``tmp`` (same mode, times, owner where allowed)."""
   try:
     shutil.copy2(real, tmp)
     st = os.stat(real)
@@ -291,13 +282,12 @@ def _copy_next_to(real: str, path: str) -> str:
       except PermissionError:
         pass  # Only root can give a file away; then it was ours anyway.
   except OSError as e:
-    os.remove(tmp)
     if _disk_full(e):
-      raise TagError(path, f'disk full while copying the file to tag it in {folder}; the file '
-                     'is unchanged. Free some space and run again') from e
+      raise TagError(path, f'disk full while copying the file to tag it in '
+                     f'{os.path.dirname(real)}; the file is unchanged. Free some space and '
+                     'run again') from e
     raise TagError(path, f'cannot copy the file to tag it: {e.strerror or e}; '
                    'the file is unchanged') from e
-  return tmp
 
 
 def _verify(tmp: str, kind, info, field: str, genre: str, path: str) -> None:

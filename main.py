@@ -50,10 +50,13 @@ flags.DEFINE_float('hop_seconds', None, 'predict/embed: time between window star
                    'a window: overlapping windows; default: the training hop).')
 flags.DEFINE_float('min_confidence', 0.0, 'predict: a song whose top calibrated probability '
                    'is below this is reported as uncertain (0..1; 0: off).')
-flags.DEFINE_enum('write_tags', 'off', ['off', 'dry_run', 'apply'],
+# predict's WRITE_TAGS, spelled out here: importing predict would slow every start.
+WRITE_TAGS = ('off', 'dry_run', 'apply', 'keep')
+flags.DEFINE_enum('write_tags', 'off', list(WRITE_TAGS),
                   'predict: write the top genre into each file\'s genre tag. A bare '
-                  '--write_tags lists the changes (dry_run); --write_tags=apply writes them. '
-                  'Skipped and uncertain files are never tagged.')
+                  '--write_tags lists the changes (dry_run); --write_tags=apply writes them; '
+                  '--write_tags=keep writes only files without a genre tag. Skipped and '
+                  'uncertain files are never tagged.')
 flags.DEFINE_bool('per_segment', False, 'embed: also write every segment\'s embedding '
                   '(segment_embeddings.npy/.csv), not only each song\'s mean.')
 flags.DEFINE_string('embed_dir', None, 'embed: folder the embeddings are written to '
@@ -95,7 +98,7 @@ def bare_write_tags(argv: list[str]) -> list[str]:
     if arg == '--':
       return out + argv[i:]
     following = argv[i + 1] if i + 1 < len(argv) else None
-    if arg in ('--write_tags', '-write_tags') and following not in ('off', 'dry_run', 'apply'):
+    if arg in ('--write_tags', '-write_tags') and following not in WRITE_TAGS:
       arg = '--write_tags=dry_run'
     elif arg in ('--nowrite_tags', '-nowrite_tags'):
       arg = '--write_tags=off'

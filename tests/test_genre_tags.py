@@ -312,3 +312,24 @@ def test_the_tagged_copy_is_written_next_to_the_file_it_replaces(tmp_path, monke
   assert [os.path.dirname(p) for p in saved] == [str(music)]
   assert saved[0].endswith('.tagging') and FLAC(target)['genre'] == ['blues']
   assert not leftovers(music) and not leftovers(links)
+
+
+def test_keep_leaves_every_genre_already_set_and_writes_the_rest(tmp_path):
+  results, paths = _results(tmp_path)
+  set_mp3 = make_audio(tmp_path, 'set.mp3')
+  f = mutagen.File(set_mp3)
+  f.tags.add(TCON(encoding=3, text=['Chanson']))
+  f.save()
+  results.append({'path': set_mp3, 'ok': True, 'reason': None, 'genre': 'rock'})
+  before = fingerprint(paths[1:] + [set_mp3])
+
+  actions, listing = genre_tags.tag_results(results, apply_writes=True, keep_existing=True)
+
+  got = {os.path.basename(a.path): (a.action, a.old_genre) for a in actions}
+  assert got['new.mp3'] == ('write', None) and raw_tags(paths[0])['genre'] == ['rock']
+  assert got['same.flac'] == ('unchanged', 'Rock')
+  assert got['set.mp3'] == ('kept', 'Chanson')
+  assert fingerprint(paths[1:] + [set_mp3]) == before  # kept, unchanged and skipped: intact
+  assert f"{set_mp3}: kept 'Chanson' (predicted 'rock')" in listing
+  assert '1 written, 1 unchanged, 1 kept, 6 not tagged.' in listing
+  assert not leftovers(tmp_path)

@@ -3,6 +3,7 @@
 import contextlib
 import csv
 import io
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from melgenre_jax import steps
 from melgenre_jax.data import audio
 from melgenre_jax.data import synthetic
 from melgenre_jax.errors import ConfigError
+from melgenre_jax.errors import UserError
 from melgenre_jax.input_spec import InputSpec
 from melgenre_jax.modes import dispatch
 from melgenre_jax.modes import predict
@@ -120,6 +122,8 @@ def test_bare_write_tags_means_dry_run():
   import main  # pylint: disable=g-import-not-at-top
   assert main.bare_write_tags(['m', '--write_tags', 'song.mp3', '--output', 'csv']) == [
       'm', '--write_tags=dry_run', 'song.mp3', '--output', 'csv']
+  assert main.bare_write_tags(['m', '--write_tags', 'keep', 'a.mp3']) == [
+      'm', '--write_tags', 'keep', 'a.mp3']
   assert main.bare_write_tags(['m', '--write_tags', 'apply', '--nowrite_tags', '--',
                                '--write_tags']) == [
       'm', '--write_tags', 'apply', '--write_tags=off', '--', '--write_tags']
@@ -186,6 +190,123 @@ def test_a_consumer_that_stops_early_stops_the_decoding_threads():
   while threading.active_count() > before and time.monotonic() < deadline:
     time.sleep(0.05)
   assert threading.active_count() == before
+
+
+# ----------------------------------------------------------------------------
+# Fast: predict_paths with a stand-in model (Ctrl-C, --write_tags=keep).
+
+
+class _StandInModel:
+  """What predict_paths reads of a model besides its answers (iter_results is replaced)."""
+
+  step, genres, temperature, multilabel = 7, GENRES, 1.0, False
+
+
+@pytest.fixture
+def stand_in(monkeypatch, tmp_path):
+  """``run(paths, stop_after=k, **PredictOptions fields)``: predict with a model that answers
+  file i with genre i % 4, and Ctrl-C (KeyboardInterrupt) after k files when given."""
+  from melgenre_jax import config_checks  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(config_checks, 'check_workdir_compatible', lambda *args: None)
+  monkeypatch.setattr(inference, 'load_for_inference', lambda *a, **k: _StandInModel())
+
+  def run(paths, stop_after=None, **options):
+    def iter_results(model, jobs, reading, decode_workers):
+      for i, job in enumerate(jobs):
+        if i == stop_after:
+          raise KeyboardInterrupt
+        probs = np.full((1, 4), 0.1, np.float32)
+        probs[0, i % 4] = 0.7
+        yield classify.song_result(job, probs, 8000, False, False, GENRES, 1.0, reading,
+                                   8000, 8000)
+
+    monkeypatch.setattr(classify, 'iter_results', iter_results)
+    return predict.predict_paths(_tiny_config(), str(tmp_path / 'work'),
+                                 predict.PredictOptions(paths=tuple(paths), **options))
+
+  return run
+
+
+def _files(folder, count: int) -> list[str]:
+  os.makedirs(folder, exist_ok=True)
+  paths = [os.path.join(folder, f'song_{i}.flac') for i in range(count)]
+  for path in paths:
+    sf.write(path, np.zeros(800, np.float32), 8000)
+  return paths
+
+
+def test_ctrl_c_keeps_the_csv_rows_and_the_same_command_continues(stand_in, tmp_path):
+  paths = _files(tmp_path / 'music', 6)
+  out = str(tmp_path / 'p.csv')
+  with contextlib.redirect_stdout(io.StringIO()):
+    with pytest.raises(predict.Interrupted) as e:
+      stand_in(paths, stop_after=2, output='csv', output_file=out)
+  assert isinstance(e.value, UserError)  # main.py: one line, exit status 1
+  assert str(e.value) == (f'2 of 6 file(s) classified, their rows are in {out}; run the same '
+                          'command again to continue (the files already in it are skipped).')
+  assert [r['path'] for r in _csv_rows(out)] == paths[:2]
+  with contextlib.redirect_stdout(io.StringIO()):
+    rest = stand_in(paths, output='csv', output_file=out)
+  assert [r['path'] for r in rest] == paths[2:]
+  assert [r['path'] for r in _csv_rows(out)] == paths
+
+
+def test_ctrl_c_writes_the_json_report_of_the_files_done(stand_in, tmp_path):
+  paths = _files(tmp_path / 'music', 5)
+  out = str(tmp_path / 'p.json')
+  with contextlib.redirect_stdout(io.StringIO()) as printed:
+    with pytest.raises(predict.Interrupted, match=rf'^3 of 5 file\(s\) classified, their '
+                       rf'results are in {out}; run the same command again'):
+      stand_in(paths, stop_after=3, output='json', output_file=out)
+  with open(out, encoding='utf-8') as f:
+    report = json.load(f)
+  assert report['interrupted'] is True and report['checkpoint_step'] == 7
+  assert [r['path'] for r in report['results']] == paths[:3]
+  assert [r['genre'] for r in report['results']] == GENRES[:3]
+  assert printed.getvalue() == ''  # the one line says where the report is
+
+
+def test_ctrl_c_prints_the_text_of_the_files_done(stand_in, tmp_path):
+  paths = _files(tmp_path / 'music', 4)
+  with contextlib.redirect_stdout(io.StringIO()) as printed:
+    with pytest.raises(predict.Interrupted, match=r'^2 of 4 file\(s\) classified \(printed '):
+      stand_in(paths, stop_after=2)
+  text = printed.getvalue()
+  assert paths[0] in text and paths[1] in text and paths[2] not in text
+  assert '2 of 2 file(s) classified.' in text
+
+
+def test_ctrl_c_before_the_first_file_says_nothing_was_written(stand_in, tmp_path, monkeypatch):
+  def interrupted_load(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(inference, 'load_for_inference', interrupted_load)
+  out = tmp_path / 'p.csv'
+  with pytest.raises(predict.Interrupted, match='before any file was classified; nothing was '
+                     'written: run the same command again.'):
+    stand_in(_files(tmp_path / 'music', 2), output='csv', output_file=str(out))
+  assert not out.exists()
+
+
+def test_write_tags_keep_leaves_a_genre_a_person_set(stand_in, tmp_path):
+  paths = _files(tmp_path / 'music', 4)  # the stand-in answers ambient, blues, classical, disco
+  for path, genre in ((paths[1], 'Jazz'), (paths[2], 'Classical')):
+    f = FLAC(path)
+    f['genre'] = [genre]
+    f.save()
+  person_set = open(paths[1], 'rb').read()
+  with contextlib.redirect_stdout(io.StringIO()) as printed:
+    results = stand_in(paths, write_tags='keep')
+  assert [FLAC(p).get('genre') for p in paths] == [['ambient'], ['Jazz'], ['Classical'],
+                                                   ['disco']]
+  assert open(paths[1], 'rb').read() == person_set
+  assert [r['tag']['action'] for r in results] == ['write', 'kept', 'unchanged', 'write']
+  listing = printed.getvalue()
+  assert f"{paths[1]}: kept 'Jazz' (predicted 'blues')" in listing
+  assert '2 written, 1 unchanged, 1 kept, 0 not tagged.' in listing
+  # apply, by contrast, replaces it.
+  with contextlib.redirect_stdout(io.StringIO()):
+    stand_in(paths, write_tags='apply')
+  assert FLAC(paths[1]).get('genre') == ['blues']
 
 
 # ----------------------------------------------------------------------------
@@ -362,6 +483,38 @@ def test_a_library_killed_half_way_resumes_with_only_the_rest(tiny_run, tmp_path
   rows = _csv_rows(csv_path)
   assert len(rows) == 201 and [r['path'] for r in rows].count(os.path.abspath(paths[7])) == 2
   assert rows[-1]['size_bytes'] == str(os.path.getsize(paths[7]))
+
+
+@pytest.mark.slow
+def test_ctrl_c_through_main_ends_in_one_line_and_keeps_the_rows(tiny_run, tmp_path):
+  folder = str(tmp_path / 'library')
+  paths = _library(folder, 150)
+  csv_path = str(tmp_path / 'ctrl_c.csv')
+  proc = subprocess.Popen(  # pylint: disable=consider-using-with
+      [sys.executable, os.path.join(ROOT, 'main.py'), '--workdir', tiny_run, '--mode',
+       'predict', '--output', 'csv', '--output_file', csv_path, '--hop_seconds', '0.05',
+       folder],  # 11 windows a file: long enough for Ctrl-C to land mid-run
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline and proc.poll() is None:
+    if os.path.exists(csv_path) and len(_csv_rows(csv_path)) >= 5:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 1, stderr[-3000:]
+  assert 'Traceback' not in stderr and 'KeyboardInterrupt' not in stderr, stderr[-3000:]
+  lines = [line for line in stderr.splitlines() if 'Interrupted' in line]
+  assert len(lines) == 1, stderr[-3000:]
+  rows = _csv_rows(csv_path)
+  assert f'Interrupted: {len(rows)} of 150 file(s) classified, their rows are in {csv_path}' \
+      in lines[0]
+  assert 5 <= len(rows) < 150
+  with contextlib.redirect_stdout(io.StringIO()):
+    rest = dispatch.run('predict', None, tiny_run, dispatch.RunOptions(
+        audio=(folder,), output='csv', output_file=csv_path, hop_seconds=0.05))
+  assert len(rest) == 150 - len(rows)
+  assert sorted(r['path'] for r in _csv_rows(csv_path)) == sorted(paths)
 
 
 @pytest.mark.slow

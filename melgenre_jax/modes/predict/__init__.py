@@ -22,6 +22,7 @@ from melgenre_jax.modes.predict.classify import song_segments
 from melgenre_jax.modes.predict.inputs import expand_paths
 from melgenre_jax.modes.predict.mode import PREDICTIONS_DIR
 from melgenre_jax.modes.predict.mode import WRITE_TAGS
+from melgenre_jax.modes.predict.mode import Interrupted
 from melgenre_jax.modes.predict.mode import PredictOptions
 from melgenre_jax.modes.predict.mode import predict_paths
 from melgenre_jax.modes.predict.output import OUTPUTS
@@ -29,6 +30,6 @@ from melgenre_jax.modes.predict.output import format_text
 from melgenre_jax.modes.predict.stream import DEFAULT_DECODE_WORKERS
 from melgenre_jax.modes.predict.stream import Options
 
-__all__ = ['DEFAULT_DECODE_WORKERS', 'NothingClassifiedError', 'OUTPUTS', 'Options',
-           'PREDICTIONS_DIR', 'PredictOptions', 'WRITE_TAGS', 'classify_files', 'expand_paths',
+__all__ = ['DEFAULT_DECODE_WORKERS', 'Interrupted', 'NothingClassifiedError', 'OUTPUTS',
+           'Options', 'PREDICTIONS_DIR', 'PredictOptions', 'WRITE_TAGS', 'classify_files', 'expand_paths',
            'format_text', 'iter_results', 'predict_paths', 'song_segments']

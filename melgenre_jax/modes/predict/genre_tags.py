@@ -4,6 +4,8 @@ The tag is the one players read: ID3 ``TCON`` (MP3, and an existing ID3 chunk
 of WAV/AIFF), the Vorbis comment ``GENRE`` (FLAC, Ogg Vorbis, Opus) and MP4
 ``©gen`` (M4A/MP4). ``plan`` decides per file and reads nothing but tags, so a
 dry run (``plan`` + ``format_actions``) changes no file; ``apply`` writes.
+``plan(..., keep_existing=True)`` (``--write_tags=keep``) leaves a genre a
+person already set alone: only files without one are written.
 Files predict skipped or was unsure about are never tagged: a wrong genre
 written into a user's library is worse than none.
 
@@ -39,9 +41,10 @@ from absl import logging
 from melgenre_jax.errors import UserError
 from melgenre_jax.runtime import atomic
 
-Action = Literal['write', 'unchanged', 'skip', 'failed']
+Action = Literal['write', 'unchanged', 'kept', 'skip', 'failed']
 
 APPLY_HINT = '--write_tags=apply'
+KEEP_HINT = '--write_tags=keep'
 _SUPPORTED = 'MP3, FLAC, Ogg Vorbis, Opus and MP4/M4A'
 # Relative tolerance on the duration mutagen reads before and after tagging:
 # the audio bytes are untouched, so only a damaged file moves it.
@@ -62,8 +65,9 @@ class TagAction:
   """What happens (or happened) to one file's genre tag.
 
   ``action``: 'write' (the genre differs or is absent), 'unchanged' (already
-  that genre), 'skip' (not to be tagged; ``reason`` says why) or, after
-  ``apply``, 'failed' (``reason`` says why; the file is unchanged).
+  that genre), 'kept' (another genre is there and ``keep_existing`` keeps it),
+  'skip' (not to be tagged; ``reason`` says why) or, after ``apply``,
+  'failed' (``reason`` says why; the file is unchanged).
   """
   path: str
   old_genre: str | None
@@ -315,14 +319,15 @@ def _same_genre(a: str | None, b: str | None) -> bool:
   return a is not None and b is not None and a.strip().casefold() == b.strip().casefold()
 
 
-def plan(results: Iterable[dict[str, Any]]) -> list[TagAction]:
+def plan(results: Iterable[dict[str, Any]], keep_existing: bool = False) -> list[TagAction]:
   """One TagAction per predict result; reads tags, writes nothing.
 
   Skipped (``ok`` False) and ``uncertain`` results are never tagged, nor is
   a file whose tag cannot be read or written (unsupported, corrupt,
   read-only): the dry run shows the problem instead of ``apply`` failing.
   A genre equal but for case counts as unchanged, so no file is rewritten
-  for capitalisation alone.
+  for capitalisation alone. ``keep_existing``: a file that already has
+  another genre is 'kept', not rewritten.
   """
   actions = []
   for r in results:
@@ -334,17 +339,19 @@ def plan(results: Iterable[dict[str, Any]]) -> list[TagAction]:
     elif not new:
       actions.append(TagAction(path, None, new, 'skip', 'no genre predicted'))
     else:
-      actions.append(_plan_one(path, new))
+      actions.append(_plan_one(path, new, keep_existing))
   return actions
 
 
-def _plan_one(path: str, new: str) -> TagAction:
+def _plan_one(path: str, new: str, keep_existing: bool) -> TagAction:
   try:
     old = read_genre(path)
   except TagError as e:
     return TagAction(path, None, new, 'skip', e.reason)
   if _same_genre(old, new):
     return TagAction(path, old, new, 'unchanged')
+  if keep_existing and old is not None:
+    return TagAction(path, old, new, 'kept', 'already has a genre')
   try:
     check_writable(path)
   except TagError as e:
@@ -382,8 +389,12 @@ def _was(genre: str | None) -> str:
   return f'was {genre!r}' if genre else 'had no genre'
 
 
-def format_actions(actions: list[TagAction], applied: bool) -> str:
-  """The listing the user sees; a dry run ends with how to apply it."""
+def format_actions(actions: list[TagAction], applied: bool, flag: str = APPLY_HINT) -> str:
+  """The listing the user sees; a dry run ends with how to apply it.
+
+  ``flag``: the write flag to name when failures are to be retried
+  (``--write_tags=keep`` when that was the one given).
+  """
   lines = ['Genre tags:' if applied else 'Genre tags (dry run, no file changed):']
   for a in actions:
     if a.action == 'write':
@@ -391,27 +402,32 @@ def format_actions(actions: list[TagAction], applied: bool) -> str:
       lines.append(f'  {a.path}: {verb} {a.new_genre!r} ({_was(a.old_genre)})')
     elif a.action == 'unchanged':
       lines.append(f'  {a.path}: unchanged, already {a.old_genre!r}')
+    elif a.action == 'kept':
+      lines.append(f'  {a.path}: kept {a.old_genre!r} (predicted {a.new_genre!r})')
     elif a.action == 'failed':
       lines.append(f'  {a.path}: FAILED - {a.reason}')
     else:
       lines.append(f'  {a.path}: not tagged - {a.reason}')
-  count = {k: sum(a.action == k for a in actions) for k in ('write', 'unchanged', 'skip', 'failed')}
+  count = {k: sum(a.action == k for a in actions)
+           for k in ('write', 'unchanged', 'kept', 'skip', 'failed')}
   written = f"{count['write']} {'written' if applied else 'to write'}"
-  summary = f"{written}, {count['unchanged']} unchanged, {count['skip']} not tagged"
+  kept = f", {count['kept']} kept" if count['kept'] else ''
+  summary = f"{written}, {count['unchanged']} unchanged{kept}, {count['skip']} not tagged"
   lines.append(summary + (f", {count['failed']} failed." if count['failed'] else '.'))
   if not applied:
     lines.append(f'To write these tags, run the same command with {APPLY_HINT}.'
                  if count['write'] else f'No tag would change; {APPLY_HINT} has nothing to write.')
   elif count['failed']:
-    lines.append(f'Fix the reasons above and run again with {APPLY_HINT}: files already '
+    lines.append(f'Fix the reasons above and run again with {flag}: files already '
                  'tagged then show as unchanged.')
   return '\n'.join(lines)
 
 
-def tag_results(results: Iterable[dict[str, Any]],
-                apply_writes: bool) -> tuple[list[TagAction], str]:
+def tag_results(results: Iterable[dict[str, Any]], apply_writes: bool,
+                keep_existing: bool = False) -> tuple[list[TagAction], str]:
   """``plan``, then ``apply`` when ``apply_writes``; the actions and their listing."""
-  actions = plan(results)
+  actions = plan(results, keep_existing)
   if apply_writes:
     actions = apply(actions)
-  return actions, format_actions(actions, applied=apply_writes)
+  return actions, format_actions(actions, applied=apply_writes,
+                                 flag=KEEP_HINT if keep_existing else APPLY_HINT)

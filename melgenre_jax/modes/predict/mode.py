@@ -20,6 +20,7 @@ from melgenre_jax import reporting
 from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.errors import ConfigError
 from melgenre_jax.errors import NothingClassifiedError
+from melgenre_jax.errors import UserError
 from melgenre_jax.modes import exported_model
 from melgenre_jax.modes.predict import classify
 from melgenre_jax.modes.predict import genre_tags
@@ -29,7 +30,7 @@ from melgenre_jax.modes.predict import stream
 from melgenre_jax.runtime import parallel
 
 PREDICTIONS_DIR = workdir_lib.PREDICTIONS
-WRITE_TAGS = ('off', 'dry_run', 'apply')
+WRITE_TAGS = ('off', 'dry_run', 'apply', 'keep')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +90,28 @@ def check_genre_flags(config: ml_collections.ConfigDict, min_confidence: float,
         'drop it and set the tag threshold with --config.multilabel.threshold instead')
 
 
+class Interrupted(UserError):
+  """Ctrl-C during predict: what was classified is kept; the message says where and what next."""
+
+
+@dataclasses.dataclass
+class _Progress:
+  """What a run has done so far, for the line an interruption ends with."""
+
+  results: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  total: int | None = None  # files this run classifies (None: not yet known)
+  out_path: str | None = None
+  written: bool = False  # the JSON report or text output holds ``results``
+  csv_header: list[str] | None = None  # --output csv: the log's columns ...
+  csv_rows_before: int = 0  # ... and its rows when the run started
+
+  def classified(self) -> int:
+    """Files answered by this run: the CSV's new rows (exact whenever Ctrl-C came), or results."""
+    if self.csv_header is None or not os.path.exists(self.out_path):
+      return len(self.results)
+    return len(out_lib.read_csv(self.out_path, self.csv_header)[0]) - self.csv_rows_before
+
+
 def predict_paths(config: ml_collections.ConfigDict | None, workdir: str | None,
                   options: PredictOptions) -> list[dict[str, Any]]:
   """Classifies ``options.paths`` with the workdir's best checkpoint (or ``options.step``).
@@ -106,7 +129,18 @@ def predict_paths(config: ml_collections.ConfigDict | None, workdir: str | None,
 
   Raises:
     NothingClassifiedError: no input file has an answer.
+    Interrupted: Ctrl-C; every answer so far is kept (the CSV's rows; the
+      JSON report or the text printed with the files done).
   """
+  progress = _Progress()
+  try:
+    return _predict(config, workdir, options, progress)
+  except KeyboardInterrupt:  # before the first file, or while the answers were written
+    raise Interrupted(_interrupted_line(progress, options.output)) from None
+
+
+def _predict(config: ml_collections.ConfigDict | None, workdir: str | None,
+             options: PredictOptions, progress: _Progress) -> list[dict[str, Any]]:
   check_flags(options)
   output, reading, write_tags = options.output, options.reading, options.write_tags
   if output != 'text':  # before any work: a path that cannot be written is one line
@@ -133,50 +167,65 @@ def predict_paths(config: ml_collections.ConfigDict | None, workdir: str | None,
                                   reading.hop(config))
   todo, answered_before = jobs, 0
   if output == 'csv':
-    todo, answered_before = _resume(out_path, header, settings, jobs, repair=chief)
+    todo, answered_before, progress.csv_rows_before = _resume(out_path, header, settings, jobs,
+                                                              repair=chief)
+    progress.csv_header = header
     parallel.barrier('predict_csv_read')  # every process skips the same files
+  progress.total, progress.out_path = len(todo), out_path
 
   if chief and options.plot:
     os.makedirs(out_dir, exist_ok=True)
   plots: set[str] = set()
-  results, tag_actions = [], []
+  results, tag_actions = progress.results, []
+  interrupted = False
   start = time.monotonic()
-  with contextlib.ExitStack() as stack:
-    log = (stack.enter_context(out_lib.CsvLog(out_path, header))
-           if chief and output == 'csv' else None)
-    answers = stack.enter_context(contextlib.closing(
-        classify.iter_results(model, todo, reading, options.decode_workers)))
-    for r in reporting.progress_bar(answers, total=len(todo), desc='predict (files)',
-                                    enabled=bool(config.get('progress_bar', True))):
-      if chief and options.plot and r['ok']:
-        r['plot'] = _plot(r, out_dir, plots, model, config)
-      if chief and write_tags != 'off':
-        tag_actions.append(_tag(r, apply_writes=write_tags == 'apply'))
-      if log is not None:
-        log.append(out_lib.csv_row(r, top_k, settings))
-        # The CSV holds the answer; a library's timelines need not stay in memory.
-        r.pop('timeline', None)
-        r.pop('segment_probabilities', None)
-      results.append(r)
+  try:
+    with contextlib.ExitStack() as stack:
+      log = (stack.enter_context(out_lib.CsvLog(out_path, header))
+             if chief and output == 'csv' else None)
+      answers = stack.enter_context(contextlib.closing(
+          classify.iter_results(model, todo, reading, options.decode_workers)))
+      for r in reporting.progress_bar(answers, total=len(todo), desc='predict (files)',
+                                      enabled=bool(config.get('progress_bar', True))):
+        if chief and options.plot and r['ok']:
+          r['plot'] = _plot(r, out_dir, plots, model, config)
+        if chief and write_tags != 'off':
+          tag_actions.append(_tag(r, write_tags))
+        if log is not None:
+          log.append(out_lib.csv_row(r, top_k, settings))
+          # The CSV holds the answer; a library's timelines need not stay in memory.
+          r.pop('timeline', None)
+          r.pop('segment_probabilities', None)
+        results.append(r)
+  except KeyboardInterrupt:  # the files done are kept; the CSV log is closed (synced) above
+    interrupted = True
   seconds = time.monotonic() - start
 
   failed = [r for r in results if not r['ok']]
-  for r in failed:
-    logging.warning('Skipped %s: %s', r['path'], r['reason'])
-  uncertain = sum(r['status'] == 'uncertain' for r in results)
-  logging.info('Classified %d file(s) in %.1f s (%.2f files/s): %d skipped, %d uncertain.',
-               len(results) - len(failed), seconds, len(results) / max(seconds, 1e-9),
-               len(failed), uncertain)
+  if not interrupted:  # else the one line below says it all
+    for r in failed:
+      logging.warning('Skipped %s: %s', r['path'], r['reason'])
+    uncertain = sum(r['status'] == 'uncertain' for r in results)
+    logging.info('Classified %d file(s) in %.1f s (%.2f files/s): %d skipped, %d uncertain.',
+                 len(results) - len(failed), seconds, len(results) / max(seconds, 1e-9),
+                 len(failed), uncertain)
   if chief:
     if output == 'json':
       os.makedirs(os.path.dirname(out_path), exist_ok=True)
-      out_lib.write_json(out_path, json_header(workdir, model, config, reading), results)
+      head = json_header(workdir, model, config, reading)
+      out_lib.write_json(out_path, {**head, 'interrupted': True} if interrupted else head,
+                         results)
     if output == 'text':
       print(out_lib.format_text(results))  # CLI output
-    else:
+    elif not interrupted:
       print(out_path)  # CLI output
     if write_tags != 'off':
-      print(genre_tags.format_actions(tag_actions, applied=write_tags == 'apply'))  # CLI output
+      print(genre_tags.format_actions(  # CLI output
+          tag_actions, applied=write_tags != 'dry_run',
+          flag=genre_tags.KEEP_HINT if write_tags == 'keep' else genre_tags.APPLY_HINT))
+  progress.written = True
+  if interrupted:
+    raise Interrupted(_interrupted_line(progress, output))
   if len(failed) == len(results) and not answered_before:
     raise NothingClassifiedError(
         'No file could be classified:\n  ' + '\n  '.join(
@@ -184,10 +233,27 @@ def predict_paths(config: ml_collections.ConfigDict | None, workdir: str | None,
   return results
 
 
+def _interrupted_line(progress: _Progress, output: str) -> str:
+  """What an interrupted run kept and what to do next, in one line."""
+  if progress.total is None:
+    return 'before any file was classified; nothing was written: run the same command again.'
+  done = f'{progress.classified()} of {progress.total} file(s) classified'
+  again = 'run the same command again to classify them all (--output csv resumes instead)'
+  if output == 'csv':  # every row is in the log as soon as its file is done
+    return (f'{done}, their rows are in {progress.out_path}; run the same command again to '
+            'continue (the files already in it are skipped).')
+  if not progress.written:
+    return f'{done}, nothing was written: {again}.'
+  if output == 'json':
+    return f'{done}, their results are in {progress.out_path}; {again}.'
+  return f'{done} (printed above); {again}.'
+
+
 def _resume(path: str, header: list[str], settings: dict[str, str],
             jobs: list[stream.FileJob], repair: bool
-            ) -> tuple[list[stream.FileJob], int]:
-  """The jobs without a standing row in the CSV, and how many of the others were answered."""
+            ) -> tuple[list[stream.FileJob], int, int]:
+  """The jobs without a standing row in the CSV, how many of the others were answered, and
+  how many rows the CSV holds."""
   rows, count = out_lib.open_csv_log(path, header, repair=repair)
   todo, answered = [], 0
   for job in jobs:
@@ -201,17 +267,19 @@ def _resume(path: str, header: list[str], settings: dict[str, str],
     logging.info('%s holds %d row(s): skipping %d of %d file(s) already in it (same path, '
                  'size, modification time, checkpoint and excerpt); classifying the other %d.',
                  path, count, done, len(jobs), len(todo))
-  return todo, answered
+  return todo, answered, count
 
 
-def _tag(r: dict[str, Any], apply_writes: bool):
-  """Plans (and with ``apply_writes`` writes) one file's genre tag, before its CSV row.
+def _tag(r: dict[str, Any], write_tags: str) -> genre_tags.TagAction:
+  """Plans (and unless ``dry_run`` writes) one file's genre tag, before its CSV row.
+
+  ``keep`` leaves a genre already in the file alone (``genre_tags.plan``).
 
   Writing moves the file's size and mtime, so the row gets the new stamp:
   otherwise every tagged file would look changed to the next resumed run.
   """
-  action = genre_tags.plan([r])[0]
-  if apply_writes and action.action == 'write':
+  action = genre_tags.plan([r], keep_existing=write_tags == 'keep')[0]
+  if write_tags in ('apply', 'keep') and action.action == 'write':
     action = genre_tags.apply([action])[0]
     if action.action == 'write':
       now = inputs.stamp(r['path'])

@@ -17,6 +17,7 @@ from melgenre_jax import inference
 from melgenre_jax import reporting
 from melgenre_jax import train
 from melgenre_jax import workdir as workdir_lib
+from melgenre_jax.modes import evaluate
 
 
 def _contents(workdir: str) -> dict[str, bytes]:
@@ -57,6 +58,14 @@ def test_eval_side_rebuild_reads_the_newest_checkpoint(run_copy, caplog):
   caplog.clear()
   assert inference.rebuild_history_files(run_copy) == []
   assert not any('rebuilt' in r.getMessage() for r in caplog.records)
+
+
+def test_eval_rebuilds_the_deleted_files(run_copy):
+  before = _contents(run_copy)
+  _delete(run_copy)
+  evaluate.evaluate_workdir(workdir_lib.load_workdir_config(run_copy), run_copy)
+  assert _contents(run_copy) == before
+  assert os.path.getsize(workdir_lib.path(run_copy, workdir_lib.TRAINING_CURVES_PLOT)) > 0
 
 
 def test_unreadable_history_is_a_warning_not_a_failure(run_copy, caplog):

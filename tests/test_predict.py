@@ -74,6 +74,20 @@ def test_expand_paths_recurses_and_names_empty_folders(tmp_path):
   assert len(got) == 3
 
 
+def test_expand_paths_follows_linked_folders_and_reads_a_loop_once(tmp_path, caplog):
+  library = tmp_path / 'library'
+  (library / 'own').mkdir(parents=True)
+  (library / 'own' / 'a.flac').write_bytes(b'')
+  (tmp_path / 'elsewhere').mkdir()
+  (tmp_path / 'elsewhere' / 'b.mp3').write_bytes(b'')
+  os.symlink(tmp_path / 'elsewhere', library / 'linked')  # skipped without a word before
+  os.symlink(library, library / 'own' / 'loop')  # a folder linking to its ancestor
+  got = predict.expand_paths([str(library)])
+  assert got == [(str(library / 'linked' / 'b.mp3'), None), (str(library / 'own' / 'a.flac'), None)]
+  said = [r.getMessage() for r in caplog.records if 'symlink loop' in r.getMessage()]
+  assert len(said) == 1 and str(library / 'own' / 'loop') in said[0], said
+
+
 @pytest.mark.slow
 def test_readable_files_are_answered_and_the_rest_explained(predicted):
   _, paths, results, by_name, _ = predicted

@@ -281,6 +281,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
   workdir = os.path.abspath(workdir)
   config_checks.check_workdir_compatible(config, workdir)
   model = inference.load_for_inference(config, workdir, step)
+  if jax.process_index() == 0:  # a deleted metrics.json comes back from the checkpoint
+    inference.rebuild_history_files(workdir)
   dataset = input_pipeline.load_dataset(config, workdir)
   leaky = _is_leaky(dataset)
   warnings = []

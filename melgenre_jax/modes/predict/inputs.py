@@ -8,10 +8,14 @@ import glob
 import os
 
 from melgenre_jax.data import audio
+from melgenre_jax.data import folders
 
 
 def expand_paths(paths: list[str] | tuple[str, ...]) -> list[tuple[str, str | None]]:
   """Files as given, folders searched recursively for supported extensions.
+
+  Linked folders are searched too; a link loop, or a folder reached twice, is
+  read once with a warning (``data.folders``).
 
   A path that does not exist but holds a wildcard (``*.flac``, quoted so the
   shell left it alone, or a shell without globbing) is expanded here.
@@ -29,9 +33,7 @@ def expand_paths(paths: list[str] | tuple[str, ...]) -> list[tuple[str, str | No
 
   for path in _expand_wildcards(paths):
     if os.path.isdir(path):
-      found = sorted(os.path.join(root, name)
-                     for root, _, names in os.walk(path) for name in names
-                     if audio.has_supported_extension(name))
+      found = folders.files_under(path, audio.has_supported_extension)  # links followed
       if not found:
         add(path, 'folder holds no audio files with a supported extension ('
             + ', '.join(sorted(audio.SUPPORTED_EXTENSIONS)) + ')')

@@ -120,6 +120,19 @@ def test_song_means_and_empty_songs():
   assert counts.tolist() == [2, 0, 2]
 
 
+def test_embed_options_take_the_window_flags_and_ignore_the_answer_ones():
+  """Built from the run's options in dispatch; --top_k/--min_confidence are predict's."""
+  got = dispatch.embed_options(dispatch.RunOptions(
+      audio=('a.wav', 'b/'), step=7, per_segment=True, embed_dir='e', hop_seconds=0.5,
+      offset_seconds=2.0, max_seconds=9.0, top_k=0, min_confidence=2.0))
+  assert got == embed.EmbedOptions(
+      paths=('a.wav', 'b/'), step=7, per_segment=True, embed_dir='e',
+      reading=predict.Options(hop_seconds=0.5, offset_seconds=2.0, max_seconds=9.0))
+  run = dispatch.RunOptions(hop_seconds=0.5, top_k=2, min_confidence=0.4)
+  assert dispatch.predict_options(run).reading == predict.Options(
+      top_k=2, hop_seconds=0.5, min_confidence=0.4)
+
+
 # ----------------------------------------------------------------------------
 # On the shared tiny run (trains once per session: slow lane).
 

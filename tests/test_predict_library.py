@@ -64,8 +64,10 @@ def test_csv_log_drops_a_torn_last_row_and_the_newest_row_of_a_path_wins(tmp_pat
     log.append(_row('/a.wav', mtime='t0'))
     log.append(_row('/b.wav'))
     log.append(_row('/a.wav', mtime='t1'))  # a.wav changed and was classified again
-  with open(path, 'a', encoding='utf-8') as f:
-    f.write(output._line(_row('/c.wav'))[:25])  # killed mid-write
+    log.append(_row('/c.wav'))
+  with open(path, 'rb') as f:
+    text = f.read()
+  os.truncate(path, text.rindex(b'\n', 0, -1) + 1 + 25)  # killed mid-write of c.wav's row
   rows, count = output.open_csv_log(path, header)
   assert count == 3
   assert {key[0]: key[-1] for key in rows} == {'/a.wav': 't1', '/b.wav': 't0'}

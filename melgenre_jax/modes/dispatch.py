@@ -29,6 +29,7 @@ from melgenre_jax.runtime import hostmem
 from melgenre_jax.runtime import parallel
 
 if TYPE_CHECKING:  # imported in run(), after the runtime settings (see the module doc)
+  from melgenre_jax.modes import embed
   from melgenre_jax.modes import predict
 
 MODES = ('train', 'eval', 'predict', 'embed', 'export', 'tune', 'calibrate', 'cv', 'import',
@@ -45,7 +46,9 @@ class RunOptions:
   the best); ``audio`` to ``write_tags``: predict's inputs, output and the flags
   of the same names (see modes/predict/mode.py); embed takes ``audio``,
   ``per_segment``, ``embed_dir`` and the three window flags (see
-  modes/embed.py); the last four: multi-host settings (see runtime.parallel).
+  modes/embed.py); the four after: multi-host settings (see runtime.parallel).
+  Each mode gets its part as its own options object (``predict_options``,
+  ``embed_options``, ``reading_options``).
   """
 
   step: int | None = None
@@ -160,11 +163,7 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str,
     return predict.predict_paths(config, workdir, predict_options(options))
   if mode == 'embed':
     from melgenre_jax.modes import embed
-    return embed.embed_paths(
-        config, workdir, list(options.audio), step=options.step,
-        per_segment=options.per_segment, embed_dir=options.embed_dir,
-        offset_seconds=options.offset_seconds, max_seconds=options.max_seconds,
-        hop_seconds=options.hop_seconds)
+    return embed.embed_paths(config, workdir, embed_options(options))
   if mode == 'serve':
     return _serve(config, workdir, options)
   if mode == 'calibrate':
@@ -174,18 +173,40 @@ def run(mode: str, config: ml_collections.ConfigDict | None, workdir: str,
   return export.export_workdir(config, workdir, step=options.step)
 
 
+def reading_options(options: RunOptions, answers: bool = True) -> predict.Options:
+  """How predict, serve and embed read each file (``stream.Options``) from the run's options.
+
+  ``answers=False`` (embed, which answers with vectors) leaves ``--top_k`` and
+  ``--min_confidence`` at their defaults, so those predict flags are ignored there.
+  """
+  # pylint: disable=g-import-not-at-top  (after the runtime settings; see the module doc)
+  from melgenre_jax.modes import predict
+  window = predict.Options(hop_seconds=options.hop_seconds,
+                           offset_seconds=options.offset_seconds,
+                           max_seconds=options.max_seconds)
+  if not answers:
+    return window
+  return dataclasses.replace(window, top_k=options.top_k,
+                             min_confidence=options.min_confidence)
+
+
 def predict_options(options: RunOptions) -> predict.PredictOptions:
-  """predict's ``PredictOptions`` (serve takes its ``reading``) from the run's options."""
+  """predict's ``PredictOptions`` from the run's options."""
   # pylint: disable=g-import-not-at-top  (after the runtime settings; see the module doc)
   from melgenre_jax.modes import predict
   return predict.PredictOptions(
       paths=tuple(options.audio), step=options.step, output=options.output,
       output_file=options.output_file, plot=options.plot, write_tags=options.write_tags,
-      model_dir=options.model or None,
-      reading=predict.Options(top_k=options.top_k, hop_seconds=options.hop_seconds,
-                              offset_seconds=options.offset_seconds,
-                              max_seconds=options.max_seconds,
-                              min_confidence=options.min_confidence))
+      model_dir=options.model or None, reading=reading_options(options))
+
+
+def embed_options(options: RunOptions) -> embed.EmbedOptions:
+  """embed's ``EmbedOptions`` from the run's options (of the reading flags, the window ones)."""
+  # pylint: disable=g-import-not-at-top  (after the runtime settings; see the module doc)
+  from melgenre_jax.modes import embed
+  return embed.EmbedOptions(
+      paths=tuple(options.audio), step=options.step, per_segment=options.per_segment,
+      embed_dir=options.embed_dir, reading=reading_options(options, answers=False))
 
 
 def check_model_dir(mode: str, config: ml_collections.ConfigDict | None,
@@ -213,7 +234,7 @@ def _serve(config: ml_collections.ConfigDict | None, workdir: str | None,
   from melgenre_jax.modes import serve
   return serve.serve_workdir(
       config, workdir, step=options.step, model_dir=options.model or None,
-      options=predict_options(options).reading,
+      options=reading_options(options),
       serve=serve.ServeOptions(host=options.host, port=options.port,
                                max_upload_mb=options.max_upload_mb))
 

@@ -11,8 +11,9 @@ on its test split measures how much genre the representation holds.
 Files are read by predict's streaming engine (``modes/predict/stream.py``: the
 same path expansion, streamed decoding a few files ahead, windows and flags),
 so memory stays bounded whatever a file's length; windows of consecutive files
-share batches. ``embed_paths`` (the mode) writes, to ``WORKDIR/embeddings/``
-(or ``--embed_dir``), each file replaced only once complete:
+share batches. ``embed_paths`` (the mode; its flags come as one ``EmbedOptions``,
+built in modes/dispatch.py) writes, to ``WORKDIR/embeddings/`` (or
+``--embed_dir``), each file replaced only once complete:
 
   embeddings.npy          [songs, D] float32, one row per embedded song
   embeddings.csv          path, duration (seconds read), segments, row
@@ -27,6 +28,7 @@ All of it reloads with plain numpy and ``csv``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import time
@@ -304,39 +306,53 @@ def write_outputs(out_dir: str, results: list[dict[str, Any]], dim: int, per_seg
                'per_segment': bool(per_segment)}, f, indent=1)
 
 
-def embed_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[str],
-                step: int | None = None, *, per_segment: bool = False,
-                embed_dir: str | None = None, offset_seconds: float = 0.0,
-                max_seconds: float | None = None, hop_seconds: float | None = None,
-                decode_workers: int = stream.DEFAULT_DECODE_WORKERS) -> dict[str, Any]:
-  """``--mode=embed``: embeds files/folders with the best checkpoint (or ``step``).
+@dataclasses.dataclass(frozen=True)
+class EmbedOptions:
+  """What embed reads and where the vectors go: its flags, built once in
+  modes/dispatch.py and passed down as the Flax examples pass ``config, workdir``.
 
-  Writes the files listed in the module docstring to ``embed_dir`` (default
-  ``WORKDIR/embeddings``). ``offset_seconds``, ``max_seconds`` and
-  ``hop_seconds`` are predict's flags of the same names. Returns
+  ``paths``: files, folders and wildcards. ``reading``: the window flags
+  (``--hop_seconds``, ``--offset_seconds``, ``--max_seconds``), read as
+  predict reads them; its answer fields (top-k, confidence) are unused.
+  ``embed_dir``: where the files go (None: ``WORKDIR/embeddings``).
+  """
+
+  paths: tuple[str, ...] = ()
+  reading: stream.Options = stream.Options()
+  step: int | None = None  # None: the best checkpoint
+  per_segment: bool = False
+  embed_dir: str | None = None
+  decode_workers: int = stream.DEFAULT_DECODE_WORKERS
+
+
+def embed_paths(config: ml_collections.ConfigDict, workdir: str,
+                options: EmbedOptions) -> dict[str, Any]:
+  """``--mode=embed``: embeds ``options.paths`` with the best checkpoint (or ``options.step``).
+
+  Writes the files listed in the module docstring to ``options.embed_dir``
+  (default ``WORKDIR/embeddings``). Returns
   ``{'dir', 'checkpoint_step', 'embeddings', 'results'}``.
 
   Raises:
     NothingClassifiedError: no input gave an embedding (each reason listed).
   """
-  if not paths:
+  if not options.paths:
     raise ConfigError('--mode=embed needs audio files or folders: give them after the '
                       'flags (main.py --workdir W --mode embed song.mp3 my_folder/) or '
                       'with --audio (repeated or comma-separated).')
-  options = stream.Options(hop_seconds=hop_seconds, offset_seconds=offset_seconds,
-                           max_seconds=max_seconds)
-  stream.check_options(options, config)
+  reading, embed_dir, per_segment = options.reading, options.embed_dir, options.per_segment
+  stream.check_options(reading, config)
   workdir = os.path.abspath(workdir)
   output_paths.check_output_dir(embed_dir or default_embed_dir(workdir), '--embed_dir')
   config_checks.check_workdir_compatible(config, workdir)
   jobs = [(os.path.abspath(p) if problem is None else p, problem)
-          for p, problem in inputs_lib.expand_paths(paths)]
-  model = inference.load_for_inference(config, workdir, step)
+          for p, problem in inputs_lib.expand_paths(options.paths)]
+  model = inference.load_for_inference(config, workdir, options.step)
   out_dir = os.path.abspath(embed_dir or default_embed_dir(workdir))
 
   start = time.monotonic()
   results = []
-  embedded = iter_embeddings(model, jobs, options, per_segment, decode_workers)
+  embedded = iter_embeddings(model, jobs, reading, per_segment, options.decode_workers)
   for r in reporting.progress_bar(embedded, total=len(jobs), desc='embed (files)',
                                   enabled=bool(config.get('progress_bar', True))):
     results.append(r)
@@ -349,8 +365,8 @@ def embed_paths(config: ml_collections.ConfigDict, workdir: str, paths: list[str
   info = {'workdir': workdir, 'checkpoint_step': int(model.step),
           'sample_rate': int(model.spec.sample_rate),
           'segment_seconds': float(config.audio.segment_seconds),
-          'hop_seconds': options.hop(config), 'offset_seconds': float(offset_seconds),
-          'max_seconds': max_seconds,
+          'hop_seconds': reading.hop(config), 'offset_seconds': float(reading.offset_seconds),
+          'max_seconds': reading.max_seconds,
           'embedding': 'mean over the song of the classifier head input '
                        '(concatenated branch summaries)'}
   if jax.process_index() == 0:

@@ -29,6 +29,7 @@ def _small(frozen: str) -> ml_collections.ConfigDict:
   config = musicnn_finetune.get_config()
   config.init_from = ''
   config.model.frozen = frozen
+  config.finetune.freeze_backbone_epochs = 0  # model.frozen alone decides what moves here
   config.model.frontend_filters = 0.1
   config.model.midend_filters = 8
   config.model.backend_units = 16
@@ -130,6 +131,7 @@ def test_finetune_from_the_real_msd_weights(tmp_path, monkeypatch):
   config.data.synthetic.song_seconds = 3.0
   config.batch_size = 8
   config.num_epochs = 2
+  config.finetune.freeze_backbone_epochs = 1  # the head alone, then the mid end joins
   config.schedule.stage_ends = (1, 2)
   config.schedule.stage_start_lrs = (1e-3, 1e-3)
   config.schedule.stage_end_lrs = (1e-3, 1e-3)

@@ -13,7 +13,6 @@
 Any config field can be overridden with --config.some.field=value.
 """
 
-import logging as std_logging
 import os
 import sys
 import traceback
@@ -182,22 +181,6 @@ def loaded_config():
   return config
 
 
-class _DropTpuProbe(std_logging.Filter):
-  """JAX tries a TPU before the CPU; without libtpu that failure is an INFO line per command.
-
-  A TPU machine that lacks libtpu still gets JAX's own warning saying so; a
-  failing GPU backend's lines are kept.
-  """
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Unable to initialize backend 'tpu'")
-
-
-def quiet_backend_probe() -> None:
-  """Drops the TPU probe's line at its source, JAX's backend logger (before JAX starts)."""
-  std_logging.getLogger('jax._src.xla_bridge').addFilter(_DropTpuProbe())
-
-
 def main(argv):
   paths = argv[1:]  # audio files and folders, for --mode=predict and --mode=embed
   if paths and FLAGS.mode not in ('predict', 'embed'):
@@ -207,7 +190,6 @@ def main(argv):
   if config is None and FLAGS.mode == 'import':  # the family's recipe is the import's base
     config = musicnn_config.get_config()
   dispatch.quiet_library_logs()
-  quiet_backend_probe()
   try:
     with parallel.peer_failures_as_errors():
       dispatch.run(FLAGS.mode, config, FLAGS.workdir, run_options(paths))

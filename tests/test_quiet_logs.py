@@ -23,8 +23,6 @@ from melgenre_jax.data import synthetic
 from melgenre_jax.modes import dispatch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import main  # noqa: E402  pylint: disable=wrong-import-position
 
 NOISE = ("Unable to initialize backend 'tpu'", 'read_only=True', 'read only', 'uncalibrated')
 
@@ -51,7 +49,7 @@ def test_the_probe_filter_drops_only_the_tpu_line():
   def record(message: str) -> logging.LogRecord:
     return logging.LogRecord('jax._src.xla_bridge', logging.INFO, 'xla_bridge.py', 1, message,
                              None, None)
-  drop = main._DropTpuProbe()  # pylint: disable=protected-access
+  drop = dispatch._DropTpuProbe()  # pylint: disable=protected-access
   assert not drop.filter(record("Unable to initialize backend 'tpu': INTERNAL: no libtpu.so"))
   assert drop.filter(record("Unable to initialize backend 'cuda': CUDA_ERROR_NO_DEVICE"))
   assert drop.filter(record('An NVIDIA GPU may be present on this machine, but ...'))

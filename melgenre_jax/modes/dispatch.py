@@ -84,8 +84,21 @@ class _DropLibraryInfo(std_logging.Filter):
         n in record.pathname for n in noisy)
 
 
+class _DropTpuProbe(std_logging.Filter):
+  """JAX tries a TPU before the CPU; without libtpu that failure is an INFO line per command.
+
+  A TPU machine that lacks libtpu still gets JAX's own warning saying so; a
+  failing GPU backend's lines are kept.
+  """
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Unable to initialize backend 'tpu'")
+
+
 def quiet_library_logs() -> None:
+  """Library chatter dropped at its source; warnings and our own lines kept (before JAX starts)."""
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
+  std_logging.getLogger('jax._src.xla_bridge').addFilter(_DropTpuProbe())
   logging.set_verbosity(logging.INFO)
 
 

@@ -56,6 +56,7 @@ INPUTS = ('logmel', 'waveform')
 
 def flax_rows(batches: list[int]) -> list[dict]:
   """One callable per (input, batch) row on the imported model; each returns segments done."""
+  # Imported here, after main's cpu_devices.configure: JAX must not start before it.
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import musicnn as musicnn_config  # pylint: disable=g-import-not-at-top

@@ -46,4 +46,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.bn_epsilon = 1e-3
   config.model.dtype = 'float32'
   config.model.frozen = ''  # 'frontend' | 'backbone': layers kept as imported (models/musicnn.py)
+  config.model.head_input = 'penultimate'  # | 'pooled': what a new head reads (models/musicnn.py)
   return config

@@ -109,6 +109,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'fixed is for the pretrained families (musicnn): remove --config.model.frozen')
   if frozen:
     family.frozen(config.model)  # its own message for an unknown value
+  head_input = config.model.get('head_input', '')
+  require(not head_input or hasattr(family, 'head_input'), 'model.head_input', head_input,
+           f'model.name={config.model.get("name", "crnn")!r} has one head input; choosing it '
+           'is for the pretrained families (musicnn): remove --config.model.head_input')
+  if head_input:
+    family.head_input(config.model)  # its own message for an unknown value
   short_clip = config.audio.get('short_clip', 'pad')
   require(short_clip in audio.SHORT_CLIP_RULES, 'audio.short_clip', short_clip,
            'allowed values are ' + ', '.join(audio.SHORT_CLIP_RULES))

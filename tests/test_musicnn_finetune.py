@@ -73,6 +73,43 @@ def test_frozen_layers_keep_weights_and_statistics(frozen):
   assert _moved(before, after, 'params', 'head')
 
 
+def test_head_on_the_pooled_features():
+  """model.head_input='pooled': the head reads pool_bn's output, the penultimate layer is gone."""
+  config = _small('frontend')
+  config.model.head_input = 'pooled'
+  width = models.embedding_dim(config.model)
+  assert width == 2 * (2 * 12 + 3 * 3 + 3 * 8)  # max and mean of every mid-end output channel
+  x = np.random.default_rng(0).standard_normal((2, 187, 96)).astype(np.float32)
+  pooled = models.create_model(config.model, NUM_CLASSES)
+  variables = pooled.init(jax.random.PRNGKey(0), x)
+  assert 'penultimate_dense' not in variables['params']
+  assert variables['params']['head']['kernel'].shape == (width, NUM_CLASSES)
+  _, embedding = pooled.apply(variables, x, return_embedding=True)
+  # The same layers in the original layout: the embedding is exactly its pool_bn output.
+  config.model.head_input = 'penultimate'
+  original = models.create_model(config.model, NUM_CLASSES)
+  full = original.init(jax.random.PRNGKey(1), x)
+  shared = {c: {**full[c], **{k: v for k, v in variables[c].items() if k != 'head'}}
+            for c in ('params', 'batch_stats')}
+  _, state = original.apply(shared, x, capture_intermediates=lambda m, _: m.name == 'pool_bn',
+                            mutable=['intermediates'])
+  np.testing.assert_array_equal(np.asarray(embedding),
+                                np.asarray(state['intermediates']['pool_bn']['__call__'][0]))
+  config.model.head_input = 'pooled'
+  before, after = _one_step(config)
+  assert _moved(before, after, 'params', 'midend_1_conv')
+  assert _moved(before, after, 'batch_stats', 'pool_bn')
+  assert not _moved(before, after, 'params', 'timbral_74_conv')
+  config.model.head_input = 'dense'
+  config.data.source = 'synthetic'
+  with pytest.raises(ConfigError, match="head_input='dense'"):
+    config_checks.validate(config)
+  reference = default_config.get_config()
+  reference.model.head_input = 'pooled'
+  with pytest.raises(ConfigError, match='model.head_input'):
+    config_checks.validate(reference)
+
+
 def test_frozen_is_checked():
   config = default_config.get_config()
   config.model.frozen = 'frontend'  # the reference trains every layer

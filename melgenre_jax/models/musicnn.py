@@ -16,9 +16,16 @@ its trained TensorFlow weights load unchanged (melgenre_jax/pretrained/):
   BatchNorm, the second and third with residual connections; the front end
   and the three outputs are concatenated (dense connections, 753 channels);
 * back end: max and mean over time, interleaved per channel as the original's
-  ``concat([max, mean], 2)`` then flatten; BatchNorm -> dropout 0.5 -> dense
-  (200, ReLU) -> BatchNorm = the penultimate embedding -> dropout 0.5 -> the
-  ``head`` (50 logits; sigmoid outside the model).
+  ``concat([max, mean], 2)`` then flatten; BatchNorm (the *pooled* features,
+  1506 wide) -> dropout 0.5 -> dense (200, ReLU) -> BatchNorm = the
+  *penultimate* embedding -> dropout 0.5 -> the ``head`` (50 logits; sigmoid
+  outside the model).
+
+``head_input`` picks what a new head reads: 'penultimate' (the original's) or
+'pooled', which skips the penultimate layer. The penultimate layer was trained
+to predict the 50 tags, so it keeps what those tags need and drops the rest;
+the pooled features, one step earlier, keep more of what a genre set can use
+(docs/transfer.md has the measurement).
 
 BatchNorm is ``tf.compat.v1.layers.batch_normalization``'s: epsilon 1e-3,
 momentum 0.99, statistics per channel (the last axis).
@@ -48,6 +55,7 @@ _TEMPORAL = (('temporal_128', 128), ('temporal_64', 64), ('temporal_32', 32))  #
 _MIDEND_LAYERS = 3
 _MIDEND_PAD = 3  # the 7-frame kernels' 'same' padding, written out as the original does
 FROZEN = ('', 'frontend', 'backbone')  # config.model.frozen: what stays as imported
+HEAD_INPUTS = ('penultimate', 'pooled')  # config.model.head_input: what the head reads
 _FRONTEND_LAYERS = ('input_bn',) + tuple(name for name, _ in _TIMBRAL + _TEMPORAL)
 
 
@@ -84,6 +92,7 @@ class MusiCNN(nn.Module):
   bn_epsilon: float = 1e-3
   bn_axis_name: str | None = None
   frozen: str = ''
+  head_input: str = 'penultimate'
 
   def _bn(self, name: str, train: bool) -> nn.BatchNorm:
     return tf_batch_norm(name, train, self.bn_momentum, self.bn_epsilon, self.bn_axis_name)
@@ -120,12 +129,15 @@ class MusiCNN(nn.Module):
       outs.append(x)
     return jnp.concatenate(outs, axis=-1)
 
-  def backend(self, features: jax.Array, train: bool) -> jax.Array:
-    """``[B, T, 753]`` -> the penultimate embedding ``[B, 200]``."""
+  def pool(self, features: jax.Array, train: bool) -> jax.Array:
+    """``[B, T, 753]`` -> the pooled features ``[B, 1506]``: max and mean over time."""
     # The original flattens concat([max, mean], axis=2) of [B, C, 1] maps: max and mean interleave.
     pooled = jnp.stack([jnp.max(features, axis=1), jnp.mean(features, axis=1)], axis=-1)
-    h = self._bn('pool_bn', train)(pooled.reshape(pooled.shape[0], -1))
-    h = Dropout(self.dropout)(h, deterministic=not train)
+    return self._bn('pool_bn', train)(pooled.reshape(pooled.shape[0], -1))
+
+  def penultimate(self, pooled: jax.Array, train: bool) -> jax.Array:
+    """``[B, 1506]`` -> the penultimate embedding ``[B, 200]``."""
+    h = Dropout(self.dropout)(pooled, deterministic=not train)
     h = nn.relu(nn.Dense(self.backend_units, name='penultimate_dense')(h))
     return self._bn('penultimate_bn', train)(h)
 
@@ -136,7 +148,9 @@ class MusiCNN(nn.Module):
     front = self.frontend(x, trains)
     if self.frozen == 'frontend':
       front, trains = jax.lax.stop_gradient(front), train
-    embedding = self.backend(self.midend(front, trains), trains)
+    embedding = self.pool(self.midend(front, trains), trains)
+    if self.head_input == 'penultimate':
+      embedding = self.penultimate(embedding, trains)
     if self.frozen == 'backbone':
       embedding = jax.lax.stop_gradient(embedding)
     h = Dropout(self.dropout)(embedding, deterministic=not train)
@@ -145,8 +159,13 @@ class MusiCNN(nn.Module):
 
 
 def embedding_dim(model_config: ml_collections.ConfigDict) -> int:
-  """The penultimate BatchNorm's width (the head's input)."""
-  return int(model_config.get('backend_units', 200))
+  """The head's input width: the penultimate layer's, or twice the mid end's output channels."""
+  if head_input(model_config) == 'penultimate':
+    return int(model_config.get('backend_units', 200))
+  filters = float(model_config.get('frontend_filters', 1.6))
+  channels = (len(_TIMBRAL) * int(filters * 128) + len(_TEMPORAL) * int(filters * 32)
+              + _MIDEND_LAYERS * int(model_config.get('midend_filters', 64)))
+  return 2 * channels
 
 
 def create(model_config: ml_collections.ConfigDict, num_classes: int,
@@ -160,7 +179,8 @@ def create(model_config: ml_collections.ConfigDict, num_classes: int,
       bn_momentum=float(model_config.get('batchnorm_momentum', 0.99)),
       bn_epsilon=float(model_config.get('bn_epsilon', 1e-3)),
       bn_axis_name=bn_axis_name,
-      frozen=frozen(model_config))
+      frozen=frozen(model_config),
+      head_input=head_input(model_config))
 
 
 def is_frozen(model_config: ml_collections.ConfigDict, layer: str) -> bool:
@@ -177,4 +197,13 @@ def frozen(model_config: ml_collections.ConfigDict) -> str:
   if value not in FROZEN:
     raise ConfigError(f'config.model.frozen={value!r}: choose one of '
                       f'{", ".join(repr(v) for v in FROZEN)} (\'\' trains every layer).')
+  return value
+
+
+def head_input(model_config: ml_collections.ConfigDict) -> str:
+  """``config.model.head_input``, checked: one of ``HEAD_INPUTS``."""
+  value = str(model_config.get('head_input', 'penultimate'))
+  if value not in HEAD_INPUTS:
+    raise ConfigError(f'config.model.head_input={value!r}: choose one of '
+                      f'{", ".join(repr(v) for v in HEAD_INPUTS)}.')
   return value

@@ -14,6 +14,11 @@ same compiled predict step as ``--mode=predict``, on one JAX device per core
 the real segment is counted). The tag probabilities are fetched; the
 penultimate embedding TF also fetches is on their path, so costs nothing extra.
 
+--layers adds where the time goes: each front-end convolution block (conv ->
+ReLU -> max over the mel axis, with the imported kernels) and the first mid-end
+convolution, alone, on one device's share of a batch of 32, with the FLOPs
+XLA's cost analysis counts and the rate achieved.
+
 With --tf_python (an interpreter of a side environment with TensorFlow and the
 musicnn package, see bench_musicnn_tf.py) each pass runs the TF script in a
 subprocess and then the Flax rows, so both see the same machine within
@@ -46,6 +51,7 @@ _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Timed rounds per row and pass.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed calls per row before timing.')
 _ROUND_SECONDS = flags.DEFINE_float('round_seconds', 2.0, 'Rough length of one timed round.')
 _OUT = flags.DEFINE_string('out', None, 'Write the results as JSON here.')
+_LAYERS = flags.DEFINE_bool('layers', False, 'Also time each front-end conv block alone.')
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXCERPT = os.path.join(REPO_ROOT, 'tests', 'fixtures', 'musicnn', 'excerpt.flac')
@@ -91,6 +97,66 @@ def flax_rows(batches: list[int]) -> list[dict]:
   return rows
 
 
+def layer_rows(batch: int) -> list[dict]:
+  """Each front-end conv block and the first mid-end conv, jitted alone on ``batch`` segments."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from configs import musicnn as musicnn_config  # pylint: disable=g-import-not-at-top
+  from melgenre_jax import inference  # pylint: disable=g-import-not-at-top
+  from melgenre_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from melgenre_jax.pretrained import musicnn  # pylint: disable=g-import-not-at-top
+
+  workdir = musicnn.imported_workdir(f'{musicnn.PACKAGE}:{MODEL}', musicnn_config.get_config())
+  params = inference.load_for_inference(workdir_lib.load_workdir_config(workdir),
+                                        workdir).variables.params
+  rng = np.random.default_rng(0)
+  image = jnp.asarray(rng.standard_normal((batch, 187, 96, 1)), jnp.float32)
+  dims = ('NHWC', 'HWIO', 'NHWC')
+
+  def block(padding: str):
+    def run(x, kernel):
+      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=dims)
+      return jnp.max(jax.nn.relu(y), axis=2)
+    return run
+
+  padded = jnp.pad(image, ((0, 0), (3, 3), (0, 0), (0, 0)))
+  cases = [(name, block('VALID'), padded) for name in ('timbral_74', 'timbral_77')]
+  cases += [(name, block('SAME'), image) for name in ('temporal_128', 'temporal_64', 'temporal_32')]
+  front = jnp.asarray(rng.standard_normal((batch, 193, 561)), jnp.float32)
+  cases.append(('midend_1', lambda x, k: jax.lax.conv_general_dilated(
+      x, k[:, :, 0, :], (1,), 'VALID', dimension_numbers=('NWC', 'WIO', 'NWC')), front))
+  rows = []
+  for name, fn, x in cases:
+    kernel = jnp.asarray(np.asarray(params[f'{name}_conv']['kernel']))  # on one device
+    compiled = jax.jit(fn).lower(x, kernel).compile()
+    flops = float((compiled.cost_analysis() or {}).get('flops', 0.0))
+
+    def call(compiled=compiled, x=x, kernel=kernel) -> int:
+      jax.block_until_ready(compiled(x, kernel))
+      return batch
+    rows.append({'layer': name, 'kernel': tuple(kernel.shape), 'flops': flops, 'fn': call,
+                 'rates': []})
+  return rows
+
+
+def print_layers(rows: list[dict], batch: int) -> list[dict]:
+  """The --layers table: ms per call, share of the blocks' sum, GFLOP/s; its JSON rows."""
+  ms = {r['layer']: 1e3 * batch / statistics.median(r['rates']) for r in rows}
+  total = sum(ms.values())
+  print(f'\nwhere the time goes: each block alone, {batch} segments on one device, median ms')
+  print(f'| {"layer":<12} | {"kernel":<16} | {"ms":>6} | {"share":>5} | {"GFLOP/s":>7} |')
+  print(f'|{"-" * 14}|{"-" * 18}|{"-" * 8}|{"-" * 7}|{"-" * 9}|')
+  out = []
+  for r in rows:
+    rate = r['flops'] / ms[r['layer']] / 1e6
+    print(f'| {r["layer"]:<12} | {"x".join(map(str, r["kernel"])):<16} | {ms[r["layer"]]:>6.1f} | '
+          f'{ms[r["layer"]] / total:>5.0%} | {rate:>7.1f} |')
+    out.append({'layer': r['layer'], 'kernel': r['kernel'], 'ms': ms[r['layer']],
+                'gflop_per_s': rate})
+  return out
+
+
 def calibrate(rows: list[dict]) -> None:
   """Warm-up (compiles each shape) and the calls per round that make ~round_seconds."""
   for row in rows:
@@ -131,6 +197,10 @@ def main(argv: list[str]) -> None:
   batches = [int(b) for b in _BATCHES.value]
   rows = flax_rows(batches)
   calibrate(rows)
+  import jax  # pylint: disable=g-import-not-at-top
+  per_device = 32 // jax.device_count()
+  layers = layer_rows(per_device) if _LAYERS.value else []
+  calibrate(layers)
   tf_rates: dict[str, list[float]] = {}
   tf_info = None
   for _ in range(_PASSES.value if _TF_PYTHON.value else 1):
@@ -140,8 +210,8 @@ def main(argv: list[str]) -> None:
         tf_rates.setdefault(f'{r["input"]}/b{r["batch_size"]}', []).extend(
             r['segments_per_s_rounds'])
     timed_rounds(rows)
+    timed_rounds(layers)
 
-  import jax  # pylint: disable=g-import-not-at-top
   from benchmarks.peers import harness  # pylint: disable=g-import-not-at-top
   print('\n'.join(harness.machine_lines()))
   print(f'musicnn {MODEL}: Flax port (jax {jax.__version__}, {jax.device_count()} CPU devices, '
@@ -164,6 +234,8 @@ def main(argv: list[str]) -> None:
                            'flax_segments_per_s': flax, 'flax_rounds': row['rates'],
                            'tf_segments_per_s': tf, 'tf_rounds': tf_rates.get(key),
                            'flax_over_tf': ratio})
+  if layers:
+    result['layers'] = print_layers(layers, per_device)
   best = {side: max(r[f'{side}_segments_per_s'] or 0 for r in result['rows'])
           for side in ('flax', 'tf')}
   if best['tf']:

@@ -16,8 +16,8 @@ penultimate embedding TF also fetches is on their path, so costs nothing extra.
 
 --layers adds where the time goes: each front-end convolution block (conv ->
 ReLU -> max over the mel axis, with the imported kernels) and the first mid-end
-convolution, alone, on one device's share of a batch of 32, with the FLOPs
-XLA's cost analysis counts and the rate achieved.
+convolution, alone, on one device's share of a batch of 32, with its
+multiply-adds counted as two FLOPs and the rate achieved.
 
 With --tf_python (an interpreter of a side environment with TensorFlow and the
 musicnn package, see bench_musicnn_tf.py) each pass runs the TF script in a
@@ -52,6 +52,10 @@ _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed calls per row before timing
 _ROUND_SECONDS = flags.DEFINE_float('round_seconds', 2.0, 'Rough length of one timed round.')
 _OUT = flags.DEFINE_string('out', None, 'Write the results as JSON here.')
 _LAYERS = flags.DEFINE_bool('layers', False, 'Also time each front-end conv block alone.')
+_CPU_DEVICES = flags.DEFINE_integer('cpu_devices', None,
+                                    'config.cpu_devices (default: configs/musicnn.py\'s).')
+_MICROBATCH = flags.DEFINE_integer('eval_microbatch', None,
+                                   'config.eval_microbatch for both rows (default: the config\'s).')
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXCERPT = os.path.join(REPO_ROOT, 'tests', 'fixtures', 'musicnn', 'excerpt.flac')
@@ -73,14 +77,18 @@ def flax_rows(batches: list[int]) -> list[dict]:
   from melgenre_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
 
   workdir = musicnn.imported_workdir(f'{musicnn.PACKAGE}:{MODEL}', musicnn_config.get_config())
-  model = inference.load_for_inference(workdir_lib.load_workdir_config(workdir), workdir)
+  config = workdir_lib.load_workdir_config(workdir)
+  if _MICROBATCH.value is not None:
+    config.eval_microbatch = _MICROBATCH.value
+  model = inference.load_for_inference(config, workdir)
   spec = model.spec
   wave = audio_lib.load_audio(EXCERPT, spec.sample_rate)
   seg = spec.segment_samples
   segments = np.stack([wave[i:i + seg] for i in range(0, len(wave) - seg + 1, seg)])
   logmel = np.asarray(jax.jit(lambda x: spec.device_preprocess()(x, 0.0, 1.0))(segments))
   p_logmel = steps.make_predict_step(model.mesh, model.apply_fn, lambda x, m, s: x,
-                                     steps.resolve_microbatch(-1), multilabel=True)
+                                     steps.resolve_microbatch(config.eval_microbatch),
+                                     multilabel=True)
   steps_of = {'logmel': (p_logmel, logmel), 'waveform': (model.p_predict, segments)}
   rows = []
   for kind in INPUTS:
@@ -114,23 +122,31 @@ def layer_rows(batch: int) -> list[dict]:
   image = jnp.asarray(rng.standard_normal((batch, 187, 96, 1)), jnp.float32)
   dims = ('NHWC', 'HWIO', 'NHWC')
 
-  def block(padding: str):
-    def run(x, kernel):
-      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=dims)
-      return jnp.max(jax.nn.relu(y), axis=2)
-    return run
+  def conv2d(padding: str):
+    return lambda x, kernel: jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
+                                                          dimension_numbers=dims)
+
+  def block(conv):
+    return lambda x, kernel: jnp.max(jax.nn.relu(conv(x, kernel)), axis=2)
+
+  def conv1d(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel[:, :, 0, :], (1,), 'VALID',
+                                        dimension_numbers=('NWC', 'WIO', 'NWC'))
 
   padded = jnp.pad(image, ((0, 0), (3, 3), (0, 0), (0, 0)))
-  cases = [(name, block('VALID'), padded) for name in ('timbral_74', 'timbral_77')]
-  cases += [(name, block('SAME'), image) for name in ('temporal_128', 'temporal_64', 'temporal_32')]
+  cases = [(name, conv2d('VALID'), block(conv2d('VALID')), padded)
+           for name in ('timbral_74', 'timbral_77')]
+  cases += [(name, conv2d('SAME'), block(conv2d('SAME')), image)
+            for name in ('temporal_128', 'temporal_64', 'temporal_32')]
   front = jnp.asarray(rng.standard_normal((batch, 193, 561)), jnp.float32)
-  cases.append(('midend_1', lambda x, k: jax.lax.conv_general_dilated(
-      x, k[:, :, 0, :], (1,), 'VALID', dimension_numbers=('NWC', 'WIO', 'NWC')), front))
+  cases.append(('midend_1', conv1d, conv1d, front))
   rows = []
-  for name, fn, x in cases:
+  for name, conv, fn, x in cases:
     kernel = jnp.asarray(np.asarray(params[f'{name}_conv']['kernel']))  # on one device
     compiled = jax.jit(fn).lower(x, kernel).compile()
-    flops = float((compiled.cost_analysis() or {}).get('flops', 0.0))
+    # A multiply and an add per kernel tap (inputs x taps) and output value.
+    out_values = np.prod(jax.eval_shape(conv, x, kernel).shape)
+    flops = 2.0 * out_values * np.prod(kernel.shape[:-1])
 
     def call(compiled=compiled, x=x, kernel=kernel) -> int:
       jax.block_until_ready(compiled(x, kernel))
@@ -193,7 +209,9 @@ def tf_pass(batches: list[int]) -> dict:
 def main(argv: list[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
-  cpu_devices.configure(-1, 32)
+  from configs import musicnn as musicnn_config  # pylint: disable=g-import-not-at-top
+  family_default = int(musicnn_config.get_config().get('cpu_devices', -1))  # what import writes
+  cpu_devices.configure(family_default if _CPU_DEVICES.value is None else _CPU_DEVICES.value, 32)
   batches = [int(b) for b in _BATCHES.value]
   rows = flax_rows(batches)
   calibrate(rows)

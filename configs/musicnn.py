@@ -47,4 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = 'float32'
   config.model.frozen = ''  # 'frontend' | 'backbone': layers kept as imported (models/musicnn.py)
   config.model.head_input = 'penultimate'  # | 'pooled': what a new head reads (models/musicnn.py)
+  # One CPU device on all cores: these convolutions are large enough for XLA to
+  # split over the cores itself, and one device does not pad a single window
+  # to two (benchmarks/bench_musicnn_flax.py --cpu_devices; docs/transfer.md).
+  config.cpu_devices = 1
   return config

@@ -17,7 +17,9 @@ penultimate embedding TF also fetches is on their path, so costs nothing extra.
 --layers adds where the time goes: each front-end convolution block (conv ->
 ReLU -> max over the mel axis, with the imported kernels) and the first mid-end
 convolution, alone, on one device's share of a batch of 32, with its
-multiply-adds counted as two FLOPs and the rate achieved.
+multiply-adds counted as two FLOPs and the rate achieved; the last row,
+``matmul``, is batched 512 x 512 float32 products of the same FLOP count: the
+rate this machine's cores reach on a dense, cache-sized product.
 
 With --tf_python (an interpreter of a side environment with TensorFlow and the
 musicnn package, see bench_musicnn_tf.py) each pass runs the TF script in a
@@ -153,21 +155,38 @@ def layer_rows(batch: int) -> list[dict]:
       return batch
     rows.append({'layer': name, 'kernel': tuple(kernel.shape), 'flops': flops, 'fn': call,
                  'rates': []})
-  return rows
+  return rows + [matmul_row(batch)]
+
+
+def matmul_row(batch: int) -> dict:
+  """The machine's yardstick: cache-sized float32 matrix products, as many FLOPs as timbral_74."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  size = 512
+  count = max(1, round(batch * 187 * 59 * 204 * 7 * 38 / size ** 3))
+  a = jnp.ones((count, size, size), jnp.float32) * 1e-3
+  compiled = jax.jit(lambda a: jnp.einsum('nij,njk->nik', a, a)).lower(a).compile()
+
+  def call() -> int:
+    jax.block_until_ready(compiled(a))
+    return batch
+  return {'layer': 'matmul', 'kernel': (count, size, size), 'flops': 2.0 * count * size ** 3,
+          'fn': call, 'rates': []}
 
 
 def print_layers(rows: list[dict], batch: int) -> list[dict]:
   """The --layers table: ms per call, share of the blocks' sum, GFLOP/s; its JSON rows."""
   ms = {r['layer']: 1e3 * batch / statistics.median(r['rates']) for r in rows}
-  total = sum(ms.values())
+  total = sum(v for k, v in ms.items() if k != 'matmul')  # the yardstick is not a layer
   print(f'\nwhere the time goes: each block alone, {batch} segments on one device, median ms')
   print(f'| {"layer":<12} | {"kernel":<16} | {"ms":>6} | {"share":>5} | {"GFLOP/s":>7} |')
   print(f'|{"-" * 14}|{"-" * 18}|{"-" * 8}|{"-" * 7}|{"-" * 9}|')
   out = []
   for r in rows:
     rate = r['flops'] / ms[r['layer']] / 1e6
+    share = '-' if r['layer'] == 'matmul' else f'{ms[r["layer"]] / total:.0%}'
     print(f'| {r["layer"]:<12} | {"x".join(map(str, r["kernel"])):<16} | {ms[r["layer"]]:>6.1f} | '
-          f'{ms[r["layer"]] / total:>5.0%} | {rate:>7.1f} |')
+          f'{share:>5} | {rate:>7.1f} |')
     out.append({'layer': r['layer'], 'kernel': r['kernel'], 'ms': ms[r['layer']],
                 'gflop_per_s': rate})
   return out

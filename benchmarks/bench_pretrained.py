@@ -13,10 +13,12 @@ MFCCs: standardised logistic regression, C by an inner group CV on each
 training side, on the cv run's folds (``--cv_workdir``: its
 ``cv/folds.json``, so every row of the table sees the same test songs), with
 that run's per-fold scores paired. ``msd+mtt`` concatenates the two.
+``--layer=pooled`` embeds the pooled features (pool_bn, 1506 values) instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -42,13 +44,28 @@ from melgenre_jax.modes import embed  # noqa: E402
 from melgenre_jax.pretrained import musicnn  # noqa: E402
 
 
-def embed_with(model_name: str, songs: Sequence[Song]) -> tuple[np.ndarray, list[bool]]:
-  """Song-mean penultimate embeddings of ``songs`` by the imported ``model_name``; decoded mask."""
+def pooled_features(model: inference.InferenceModel) -> inference.InferenceModel:
+  """The same model, its embed step returning pool_bn's output (the pooled features)."""
+  apply_fn = model.apply_fn
+
+  def pooled(variables, x, train=False, return_embedding=True):
+    (logits, _), state = apply_fn(variables, x, train=train, return_embedding=return_embedding,
+                                  capture_intermediates=lambda m, _: m.name == 'pool_bn',
+                                  mutable=['intermediates'])
+    return logits, state['intermediates']['pool_bn']['__call__'][0]
+  return dataclasses.replace(model, apply_fn=pooled)
+
+
+def embed_with(model_name: str, songs: Sequence[Song], layer: str = 'penultimate'
+               ) -> tuple[np.ndarray, list[bool]]:
+  """Song-mean embeddings (``layer``) of ``songs`` by the imported ``model_name``; decoded mask."""
   base = musicnn_config.get_config()
   workdir = musicnn.imported_workdir(f'{musicnn.PACKAGE}:{model_name}', base)
   config = workdir_lib.load_workdir_config(workdir)
   config.audio.short_clip = 'repeat'  # musicnn's rule for clips shorter than its window
   model = inference.load_for_inference(config, workdir)
+  if layer == 'pooled':
+    model = pooled_features(model)
   vectors, rows = embed.embed_songs(model, [s.path for s in songs])
   ok = [r['ok'] for r in rows]
   if len(rows) != len(songs):
@@ -57,14 +74,14 @@ def embed_with(model_name: str, songs: Sequence[Song]) -> tuple[np.ndarray, list
   return vectors.astype(np.float64), ok
 
 
-def run(config: ml_collections.ConfigDict, cv_workdir: str, model_names: Sequence[str]
-        ) -> tuple[dict, str]:
+def run(config: ml_collections.ConfigDict, cv_workdir: str, model_names: Sequence[str],
+        layer: str = 'penultimate') -> tuple[dict, str]:
   """Scores every model's embeddings (and the concatenation) on the cv run's folds."""
   songs = sorted(sources.discover_songs(config), key=lambda s: s.key)
   unit, fold_of, seeds, summary = bench_baselines.cv_folds(cv_workdir, songs)
   feats, ok = {}, np.ones(len(songs), bool)
   for name in model_names:
-    vectors, decoded = embed_with(name, songs)
+    vectors, decoded = embed_with(name, songs, layer)
     full = np.zeros((len(songs), vectors.shape[1]))
     full[np.asarray(decoded)] = vectors
     feats[name], ok = full, ok & np.asarray(decoded)
@@ -78,7 +95,7 @@ def run(config: ml_collections.ConfigDict, cv_workdir: str, model_names: Sequenc
   folds = np.asarray([fold_of[s.key] for s in kept])
   scores = {n: bench_baselines.score_folds(x[ok], y, groups, folds, seeds)
             for n, x in feats.items()}
-  report = (f'{len(kept)} of {len(songs)} songs embedded, {len(genres)} genres, folds of '
+  report = (f'{len(kept)} of {len(songs)} songs embedded ({layer}), {len(genres)} genres, folds of '
             f'{cv_workdir} by {unit}, seeds {seeds}; C from '
             f'{list(bench_baselines.C_GRID)} by an inner CV on each training side\n'
             + bench_baselines.table(scores, summary).replace(
@@ -91,7 +108,7 @@ def main(argv: Sequence[str]) -> None:
   del argv
   flags_ = flags.FLAGS
   bench_baselines.report_run(
-      lambda: run(flags_.config, flags_.cv_workdir, flags_.models), flags_.out)
+      lambda: run(flags_.config, flags_.cv_workdir, flags_.models, flags_.layer), flags_.out)
 
 
 if __name__ == '__main__':
@@ -101,5 +118,8 @@ if __name__ == '__main__':
                       required=True)
   flags.DEFINE_multi_string('models', ['MSD_musicnn', 'MTT_musicnn'],
                             f'musicnn models to embed with ({", ".join(musicnn.MODELS)}).')
+  flags.DEFINE_enum('layer', 'penultimate', ['penultimate', 'pooled'],
+                    "What to embed: the penultimate layer (the tags' input) or the pooled "
+                    'features before it (model.head_input).')
   flags.DEFINE_string('out', None, 'Write the results here as JSON.')
   app.run(main)

@@ -240,6 +240,8 @@ def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
     variables = steps.ModelVariables(**parts)
   finally:
     manager.close()
+  # Tag scores are never calibrated (song_probabilities), so a tag run has no T to look up.
+  calibrated = calibrated and config.task != 'multilabel'
   return _wrap(config, spec, genres, variables, mesh, step,
                calibration.temperature_for(workdir, step) if calibrated else 1.0)
 

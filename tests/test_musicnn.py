@@ -9,6 +9,7 @@ The real weights come from the musicnn wheel, fetched with ``pip download
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -289,7 +290,7 @@ def test_probabilities_and_embedding_equal_original(wheel, audio, name):
     assert prob_diff <= OUTPUT_ATOL and emb_diff <= OUTPUT_ATOL, (prob_diff, emb_diff)
 
 
-def test_import_writes_an_ordinary_workdir(wheel, tmp_path):
+def test_import_writes_an_ordinary_workdir(wheel, tmp_path, caplog):
   workdir = import_pretrained.import_workdir(musicnn_config.get_config(), str(tmp_path / 'msd'),
                                              f'{wheel}:MSD_musicnn')
   with open(os.path.join(workdir, 'dataset.json')) as f:
@@ -297,7 +298,10 @@ def test_import_writes_an_ordinary_workdir(wheel, tmp_path):
   ref = _reference('MSD_musicnn')
   assert info['task'] == 'multilabel' and info['genres'] == [str(t) for t in ref['tags']]
   config = musicnn.family_config(musicnn_config.get_config())
-  model = inference.load_for_inference(config, workdir)
+  with caplog.at_level(logging.INFO):
+    model = inference.load_for_inference(config, workdir)
+  # Tags are never calibrated: no "uncalibrated ... run --mode=calibrate" advice for them.
+  assert not [r for r in caplog.records if 'calibrat' in r.getMessage()]
   ckpt, tensors = musicnn.load(f'{wheel}:MSD_musicnn')
   mapped = musicnn.map_variables(tensors, musicnn.flax_target(config, 50))
   restored = {'params': model.variables.params, 'batch_stats': model.variables.batch_stats}

@@ -109,12 +109,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'fixed is for the pretrained families (musicnn): remove --config.model.frozen')
   if frozen:
     family.frozen(config.model)  # its own message for an unknown value
-  head_input = config.model.get('head_input', '')
-  require(not head_input or hasattr(family, 'head_input'), 'model.head_input', head_input,
-           f'model.name={config.model.get("name", "crnn")!r} has one head input; choosing it '
-           'is for the pretrained families (musicnn): remove --config.model.head_input')
-  if head_input:
+  if hasattr(family, 'head_input'):
     family.head_input(config.model)  # its own message for an unknown value
+  else:  # 'penultimate' (configs/musicnn.py's) is every family's one choice
+    head_input = config.model.get('head_input', 'penultimate')
+    require(head_input == 'penultimate', 'model.head_input', head_input,
+             f'model.name={config.model.get("name", "crnn")!r} has one head input; choosing it '
+             'is for the musicnn family: remove --config.model.head_input')
   short_clip = config.audio.get('short_clip', 'pad')
   require(short_clip in audio.SHORT_CLIP_RULES, 'audio.short_clip', short_clip,
            'allowed values are ' + ', '.join(audio.SHORT_CLIP_RULES))

@@ -108,6 +108,9 @@ def test_head_on_the_pooled_features():
   reference.model.head_input = 'pooled'
   with pytest.raises(ConfigError, match='model.head_input'):
     config_checks.validate(reference)
+  config.model.head_input = 'penultimate'  # configs/musicnn.py's value, kept when switching family
+  config.model.name, config.model.frozen = 'vgg', ''
+  config_checks.validate(config)
 
 
 def test_frozen_is_checked():

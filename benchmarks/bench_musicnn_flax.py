@@ -66,30 +66,36 @@ MODEL = 'MSD_musicnn'
 INPUTS = ('logmel', 'waveform')
 
 
-def flax_rows(batches: list[int]) -> list[dict]:
-  """One callable per (input, batch) row on the imported model; each returns segments done."""
+def load_model():
+  """The imported MSD_musicnn workdir as predict loads it (``--eval_microbatch`` applied)."""
   # Imported here, after main's cpu_devices.configure: JAX must not start before it.
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import musicnn as musicnn_config  # pylint: disable=g-import-not-at-top
-  from melgenre_jax import inference, steps  # pylint: disable=g-import-not-at-top
+  from melgenre_jax import inference  # pylint: disable=g-import-not-at-top
   from melgenre_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  from melgenre_jax.data import audio as audio_lib  # pylint: disable=g-import-not-at-top
   from melgenre_jax.pretrained import musicnn  # pylint: disable=g-import-not-at-top
-  from melgenre_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
 
   workdir = musicnn.imported_workdir(f'{musicnn.PACKAGE}:{MODEL}', musicnn_config.get_config())
   config = workdir_lib.load_workdir_config(workdir)
   if _MICROBATCH.value is not None:
     config.eval_microbatch = _MICROBATCH.value
-  model = inference.load_for_inference(config, workdir)
+  return inference.load_for_inference(config, workdir)
+
+
+def flax_rows(model, batches: list[int]) -> list[dict]:
+  """One callable per (input, batch) row on the imported model; each returns segments done."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from melgenre_jax import inference, steps  # pylint: disable=g-import-not-at-top
+  from melgenre_jax.data import audio as audio_lib  # pylint: disable=g-import-not-at-top
+  from melgenre_jax.runtime import parallel  # pylint: disable=g-import-not-at-top
+
   spec = model.spec
   wave = audio_lib.load_audio(EXCERPT, spec.sample_rate)
   seg = spec.segment_samples
   segments = np.stack([wave[i:i + seg] for i in range(0, len(wave) - seg + 1, seg)])
   logmel = np.asarray(jax.jit(lambda x: spec.device_preprocess()(x, 0.0, 1.0))(segments))
   p_logmel = steps.make_predict_step(model.mesh, model.apply_fn, lambda x, m, s: x,
-                                     steps.resolve_microbatch(config.eval_microbatch),
+                                     steps.resolve_microbatch(model.config.eval_microbatch),
                                      multilabel=True)
   steps_of = {'logmel': (p_logmel, logmel), 'waveform': (model.p_predict, segments)}
   rows = []
@@ -107,19 +113,12 @@ def flax_rows(batches: list[int]) -> list[dict]:
   return rows
 
 
-def layer_rows(batch: int) -> list[dict]:
+def layer_rows(params, batch: int) -> list[dict]:
   """Each front-end conv block and the first mid-end conv, jitted alone on ``batch`` segments."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from configs import musicnn as musicnn_config  # pylint: disable=g-import-not-at-top
-  from melgenre_jax import inference  # pylint: disable=g-import-not-at-top
-  from melgenre_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  from melgenre_jax.pretrained import musicnn  # pylint: disable=g-import-not-at-top
 
-  workdir = musicnn.imported_workdir(f'{musicnn.PACKAGE}:{MODEL}', musicnn_config.get_config())
-  params = inference.load_for_inference(workdir_lib.load_workdir_config(workdir),
-                                        workdir).variables.params
   rng = np.random.default_rng(0)
   image = jnp.asarray(rng.standard_normal((batch, 187, 96, 1)), jnp.float32)
   dims = ('NHWC', 'HWIO', 'NHWC')
@@ -232,11 +231,12 @@ def main(argv: list[str]) -> None:
   family_default = int(musicnn_config.get_config().get('cpu_devices', -1))  # what import writes
   cpu_devices.configure(family_default if _CPU_DEVICES.value is None else _CPU_DEVICES.value, 32)
   batches = [int(b) for b in _BATCHES.value]
-  rows = flax_rows(batches)
+  model = load_model()
+  rows = flax_rows(model, batches)
   calibrate(rows)
   import jax  # pylint: disable=g-import-not-at-top
   per_device = 32 // jax.device_count()
-  layers = layer_rows(per_device) if _LAYERS.value else []
+  layers = layer_rows(model.variables.params, per_device) if _LAYERS.value else []
   calibrate(layers)
   tf_rates: dict[str, list[float]] = {}
   tf_info = None

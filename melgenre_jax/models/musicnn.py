@@ -193,17 +193,19 @@ def is_frozen(model_config: ml_collections.ConfigDict, layer: str) -> bool:
 
 def frozen(model_config: ml_collections.ConfigDict) -> str:
   """``config.model.frozen``, checked: one of ``FROZEN``."""
-  value = str(model_config.get('frozen', ''))
-  if value not in FROZEN:
-    raise ConfigError(f'config.model.frozen={value!r}: choose one of '
-                      f'{", ".join(repr(v) for v in FROZEN)} (\'\' trains every layer).')
-  return value
+  return _choice(model_config, 'frozen', FROZEN, " ('' trains every layer)")
 
 
 def head_input(model_config: ml_collections.ConfigDict) -> str:
   """``config.model.head_input``, checked: one of ``HEAD_INPUTS``."""
-  value = str(model_config.get('head_input', 'penultimate'))
-  if value not in HEAD_INPUTS:
-    raise ConfigError(f'config.model.head_input={value!r}: choose one of '
-                      f'{", ".join(repr(v) for v in HEAD_INPUTS)}.')
+  return _choice(model_config, 'head_input', HEAD_INPUTS)
+
+
+def _choice(model_config: ml_collections.ConfigDict, field: str, allowed: tuple[str, ...],
+            note: str = '') -> str:
+  """``config.model.<field>`` (default ``allowed[0]``), or one line naming the allowed values."""
+  value = str(model_config.get(field, allowed[0]))
+  if value not in allowed:
+    raise ConfigError(f'config.model.{field}={value!r}: choose one of '
+                      f'{", ".join(repr(v) for v in allowed)}{note}.')
   return value

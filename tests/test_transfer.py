@@ -182,6 +182,20 @@ def test_run_on_other_genres_starts_from_the_source_backbone(tiny_run_dir, tmp_p
       np.testing.assert_array_equal(ours[name], value, err_msg=name)
 
 
+def test_weight_average_starts_from_the_source_weights(tiny_run_dir, tmp_path):
+  """With config.ema_decay the average is its own copy of the loaded weights (the step donates both)."""
+  config = _config(**{'init_from': tiny_run_dir, 'data.synthetic.num_genres': 3,
+                      'finetune.freeze_backbone_epochs': -1, 'ema_decay': 0.9})
+  workdir = str(tmp_path / 'averaged')
+  train.train_and_evaluate(config, workdir)
+  source = inference.load_for_inference(tiny.get_config(), tiny_run_dir)
+  averaged = inference.load_for_inference(config, workdir)  # inference reads the average
+  theirs, ours = _flat(source.variables.params), _flat(averaged.variables.params)
+  for name, value in theirs.items():
+    if not name.startswith('head/'):  # a frozen backbone's average is the source's weights
+      np.testing.assert_allclose(ours[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 @pytest.mark.slow
 def test_fine_tuning_resume_is_bit_exact(tiny_run_dir, tmp_path):
   """Stopped at the epoch where the backbone unfreezes, resumed: same weights as straight."""

@@ -185,8 +185,9 @@ def initialize_from(config: ml_collections.ConfigDict, state: steps.TrainState,
   if source.config.features.normalize:
     updates['feature_mean'] = jax.device_put(np.asarray(model.variables.feature_mean), replicated)
     updates['feature_std'] = jax.device_put(np.asarray(model.variables.feature_std), replicated)
-  if state.ema_params is not None:  # the average starts from the loaded weights
-    updates['ema_params'] = updates['params']
+  if state.ema_params is not None:  # the average starts from the loaded weights,
+    # in buffers of its own: the step donates both trees.
+    updates['ema_params'] = jax.device_put(merged['params'], replicated)
   state = state.replace(**updates)
 
   head = ('kept' if permutation is not None and list(model.genres) == list(labels) else

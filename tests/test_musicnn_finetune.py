@@ -61,12 +61,14 @@ def _moved(before, after, collection: str, layer: str) -> bool:
   return any(bool(np.any(a != b)) for a, b in pairs)
 
 
-@pytest.mark.parametrize('frozen', ['frontend', 'backbone', ''])
+@pytest.mark.parametrize('frozen', ['frontend', 'backbone', '', 'input_bn'])
 def test_frozen_layers_keep_weights_and_statistics(frozen):
   before, after = _one_step(_small(frozen))
   for layer in FRONTEND:
     collection = 'params' if layer.endswith('conv') else 'batch_stats'
-    assert _moved(before, after, collection, layer) == (frozen == ''), (frozen, layer)
+    trains = frozen == '' or (frozen == 'input_bn' and layer != 'input_bn')
+    assert _moved(before, after, collection, layer) == trains, (frozen, layer)
+  assert _moved(before, after, 'params', 'input_bn') == (frozen == '')
   for layer in ('midend_1_conv', 'penultimate_dense'):
     assert _moved(before, after, 'params', layer) == (frozen != 'backbone'), (frozen, layer)
   assert _moved(before, after, 'batch_stats', 'penultimate_bn') == (frozen != 'backbone')

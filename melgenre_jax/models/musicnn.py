@@ -31,11 +31,13 @@ BatchNorm is ``tf.compat.v1.layers.batch_normalization``'s: epsilon 1e-3,
 momentum 0.99, statistics per channel (the last axis).
 
 ``frozen`` keeps the pretrained layers fixed while a small genre set trains
-the rest: 'frontend' (the input BatchNorm and the five front-end convs) or
-'backbone' (everything before the head: a linear probe). Frozen layers run in
-inference mode (BatchNorm running statistics, no dropout) under
-``stop_gradient``, so their gradients are never computed: the front end is
-most of a training step's cost on CPU (docs/transfer.md).
+the rest: 'input_bn' (the one-channel input BatchNorm only), 'frontend' (it
+and the five front-end convs) or 'backbone' (everything before the head: a
+linear probe). Frozen layers run in inference mode (BatchNorm running
+statistics, no dropout) under ``stop_gradient``, so their gradients are never
+computed: the front end is most of a training step's cost on CPU, and with the
+input BatchNorm fixed its convolutions need no gradient for their one-channel
+input, the slowest part of a full fine-tune on XLA:CPU (docs/transfer.md).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ _TIMBRAL = (('timbral_74', 0.4), ('timbral_77', 0.7))  # (name, fraction of the 
 _TEMPORAL = (('temporal_128', 128), ('temporal_64', 64), ('temporal_32', 32))  # frames
 _MIDEND_LAYERS = 3
 _MIDEND_PAD = 3  # the 7-frame kernels' 'same' padding, written out as the original does
-FROZEN = ('', 'frontend', 'backbone')  # config.model.frozen: what stays as imported
+FROZEN = ('', 'input_bn', 'frontend', 'backbone')  # config.model.frozen: what stays as imported
 HEAD_INPUTS = ('penultimate', 'pooled')  # config.model.head_input: what the head reads
 _FRONTEND_LAYERS = ('input_bn',) + tuple(name for name, _ in _TIMBRAL + _TEMPORAL)
 
@@ -107,7 +109,9 @@ class MusiCNN(nn.Module):
   def frontend(self, logmel: jax.Array, train: bool) -> jax.Array:
     """``[B, T, F]`` -> ``[B, T, 561]``: timbral then temporal features, concatenated."""
     n_mels = logmel.shape[-1]
-    x = self._bn('input_bn', train)(logmel[..., None])
+    x = self._bn('input_bn', train and self.frozen != 'input_bn')(logmel[..., None])
+    if self.frozen == 'input_bn':
+      x = jax.lax.stop_gradient(x)
     padded = jnp.pad(x, ((0, 0), (3, 3), (0, 0), (0, 0)))
     timbral_filters = int(self.frontend_filters * 128)
     temporal_filters = int(self.frontend_filters * 32)
@@ -144,7 +148,7 @@ class MusiCNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
                return_embedding: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
-    trains = train and not self.frozen
+    trains = train and self.frozen in ('', 'input_bn')
     front = self.frontend(x, trains)
     if self.frozen == 'frontend':
       front, trains = jax.lax.stop_gradient(front), train
@@ -188,6 +192,8 @@ def is_frozen(model_config: ml_collections.ConfigDict, layer: str) -> bool:
   what = frozen(model_config)
   if what == 'backbone':
     return layer != 'head'
+  if what == 'input_bn':
+    return layer == 'input_bn'
   return what == 'frontend' and layer.startswith(_FRONTEND_LAYERS)
 
 

@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.batchnorm_momentum = 0.99
   config.model.bn_epsilon = 1e-3
   config.model.dtype = 'float32'
-  config.model.frozen = ''  # 'frontend' | 'backbone': layers kept as imported (models/musicnn.py)
+  config.model.frozen = ''  # 'input_bn' | 'frontend' | 'backbone': kept as imported (models/musicnn.py)
   config.model.head_input = 'penultimate'  # | 'pooled': what a new head reads (models/musicnn.py)
   # One CPU device on all cores: these convolutions are large enough for XLA to
   # split over the cores itself, and one device does not pad a single window

@@ -194,7 +194,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.cv.num_folds = 5
   config.cv.repeats = 1  # repeat r reshuffles the folds and trains with seed + r
   config.cv.by = 'auto'  # auto (group when the source gives groups, else song) | song | group
-  config.cv.validation_fraction = 0.15  # of each fold run's training songs, by group and genre
+  # Of each fold run's training songs, by group and genre; they choose its best
+  # epoch. 0: none, the run trains on all of them and is tested at its last epoch.
+  config.cv.validation_fraction = 0.15
 
   # --- Hyperparameter search (--mode=tune; see melgenre_jax/modes/tune/).
   # Each entry of ``space`` is 'FIELD=SPEC': FIELD a config path ('model.dropout')

@@ -216,9 +216,10 @@ def check_cv(config: ml_collections.ConfigDict) -> None:
     require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
              f'cv.{field}', value, f'must be an integer >= {minimum}')
   choice(config, 'cv.by', splits.FOLD_UNITS)
-  require(0 < config.cv.validation_fraction < 1, 'cv.validation_fraction',
+  require(0 <= config.cv.validation_fraction < 1, 'cv.validation_fraction',
            config.cv.validation_fraction,
-           "must be in (0, 1): each fold's run needs validation songs")
+           'must be in [0, 1) (0: each fold run trains on all of its training songs and '
+           'keeps its last epoch)')
 
 
 def check_cv_folds(config: ml_collections.ConfigDict, songs: Sequence[Song],

@@ -147,12 +147,15 @@ def test_cv_config_checks():
   for field, value, message in (('num_folds', 1, 'cv.num_folds=1'),
                                 ('repeats', 0, 'cv.repeats=0'),
                                 ('by', 'artist', 'auto, song, group'),
-                                ('validation_fraction', 0.0, 'cv.validation_fraction')):
+                                ('validation_fraction', 1.0, 'cv.validation_fraction')):
     config = _config()
     config.cv[field] = value
     with pytest.raises(ValueError, match=message):
       config_checks.validate(config)
   config_checks.validate(_config())
+  refit = _config()
+  refit.cv.validation_fraction = 0.0  # no validation: a refit on every training song
+  config_checks.validate(refit)
 
 
 def test_too_few_songs_or_groups_for_the_folds_is_a_clear_error():
@@ -253,6 +256,29 @@ def test_cv_end_to_end_summary_is_recomputable_from_the_predictions(tmp_path):
   assert summary['pooled']['songs'] == 40  # every song tested once per repeat
   for name in ('summary.md', 'confusion_matrix.png'):
     assert os.path.getsize(os.path.join(cv_dir, name)) > 0
+
+
+def test_cv_without_validation_trains_on_every_other_fold_and_tests_the_last_epoch(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = _tiny(num_folds=2)
+  config.cv.validation_fraction = 0.0
+  config.debug.max_steps = -1  # both epochs, so the last epoch is not the first
+  summary = cv.run_cv(config, workdir)
+  assert summary['complete'] and summary['runs_done'] == 2
+  with open(os.path.join(workdir, 'cv', 'folds.json')) as f:
+    folds = json.load(f)['folds']
+  for row in summary['folds']:
+    fold_dir = os.path.join(workdir, 'cv', f"fold_0_{row['fold']}")
+    with open(os.path.join(fold_dir, 'dataset.json')) as f:
+      recorded = json.load(f)['splits']
+    assert recorded['validation'] == []
+    assert sorted(recorded['train']) == sorted(
+        k for k, f in folds.items() if f[0] != row['fold'])
+    with open(os.path.join(fold_dir, 'metrics.json')) as f:
+      history = json.load(f)
+    assert [r['epoch'] for r in history] == [1, 2]
+    assert not any('val_song_accuracy' in r for r in history)
+    assert row['checkpoint_step'] == history[-1]['step']  # the last epoch is tested
 
 
 @pytest.mark.slow

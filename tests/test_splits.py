@@ -226,8 +226,18 @@ def test_manifest_with_only_train_and_test_carves_validation_by_group(tmp_path, 
   again = splits.split_songs(list(reversed(songs)), _config(
       split='manifest', validation_fraction=0.2))
   assert _keys(again.validation) == _keys(split.validation)
-  with pytest.raises(ValueError, match='left the validation split empty'):
-    splits.split_songs(songs, _config(split='manifest', validation_fraction=0.0))
+  refit = splits.split_songs(songs, _config(split='manifest', validation_fraction=0.0))
+  assert not refit.validation  # asked for none: every training song trains
+  assert _keys(refit.train) == {s.key for s in songs if s.split == 'train'}
+
+
+def test_an_empty_validation_side_is_refused_unless_none_was_asked_for():
+  songs = [Song(f'{g}{i}', '', g, None, 'test' if i else 'train')
+           for g in 'ab' for i in range(3)]  # one training song per genre: none to carve
+  with pytest.raises(ValueError, match='left the validation split empty.*set it to 0'):
+    splits.split_songs(songs, _config(split='manifest', validation_fraction=0.2))
+  split = splits.split_songs(songs, _config(split='manifest', validation_fraction=0.0))
+  assert _keys(split.train) == {'a0', 'b0'} and not split.validation
 
 
 def test_manifest_validation_rows_are_kept_as_given():

@@ -117,6 +117,10 @@ def test_settings_reject_unknown_pruner_and_default_to_sqlite(tmp_path):
   config.tune.pruner = 'hyperband'
   with pytest.raises(config_checks.ConfigError, match='median, halving, none'):
     study_lib.read_settings(config, str(tmp_path))
+  config = tune_tiny.get_config()
+  config.data.validation_fraction = 0.0
+  with pytest.raises(config_checks.ConfigError, match='trial is scored on validation songs'):
+    study_lib.read_settings(config, str(tmp_path))
 
 
 # ----------------------------------------------------------------------------

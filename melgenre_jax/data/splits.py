@@ -316,7 +316,11 @@ def split_segments_randomly(labels: np.ndarray, validation_fraction: float,
 
 def split_songs(songs: Sequence[Song],
                 config: ml_collections.ConfigDict) -> SongSplit:
-  """Splits by ``config.data.split``; deterministic in ``config.seed``."""
+  """Splits by ``config.data.split``; deterministic in ``config.seed``.
+
+  Validation may be empty only when asked for (``validation_fraction=0``): a
+  refit on every training song, whose run keeps its last epoch.
+  """
   name = config.data.split
   d = config.data
   if name == 'stratified':
@@ -346,9 +350,10 @@ def split_songs(songs: Sequence[Song],
     raise errors.DataError(
         f'config.data.split={name!r} left the train split empty '
         f'({len(songs)} usable songs)')
-  if not split.validation:
+  if not split.validation and d.validation_fraction > 0:
     raise errors.DataError(
         f'config.data.split={name!r} left the validation split empty '
-        f'({len(songs)} usable songs): raise config.data.validation_fraction '
-        'or add songs')
+        f'({len(songs)} usable songs): raise config.data.validation_fraction, '
+        'add songs, or set it to 0 to train on every training song (the run then '
+        'keeps its last epoch)')
   return split

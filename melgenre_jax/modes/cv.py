@@ -10,7 +10,9 @@ Everything lives in ``WORKDIR/cv/``:
     a half-finished cross-validation;
   * ``fold_<r>_<k>/`` - repeat ``r``, fold ``k``: a normal training workdir.
     Its ``split.json`` is its explicit split (test: fold ``k``; validation
-    carved by group/song and genre from the other folds; train: the rest),
+    carved by group/song and genre from the other folds, none with
+    ``config.cv.validation_fraction=0``: the run then trains on every other
+    fold's song and is tested at its last epoch; train: the rest),
     which the run reads through ``config.data.split='file'``, so the run uses
     exactly the recorded folds. Then ``eval/`` (modes/evaluate.py) and
     ``cv_fold.json``, the fold's scores, written last: its presence means done;
@@ -245,7 +247,7 @@ def plan_runs(config: ml_collections.ConfigDict, songs: Sequence[Song],
   """Every (repeat, fold) run with its split, computed up front.
 
   A fold whose training part would give no validation songs is refused here,
-  before any training.
+  before any training, unless none were asked for (``validation_fraction=0``).
   """
   units = songs if record['fold_unit'] == 'group' else splits.ungrouped(songs)
   s = record['settings']
@@ -254,7 +256,7 @@ def plan_runs(config: ml_collections.ConfigDict, songs: Sequence[Song],
     folds = {key: f[r] for key, f in record['folds'].items()}
     for k in range(s['num_folds']):
       split = splits.fold_split(units, folds, k, s['validation_fraction'], s['seed'] + r)
-      if not split.validation:
+      if not split.validation and s['validation_fraction'] > 0:
         raise ConfigError(
             f'config.cv.validation_fraction={s["validation_fraction"]} leaves fold {k} of '
             f'repeat {r} ({len(split.train)} training songs) without validation songs: '
@@ -300,6 +302,8 @@ def fold_run_config(config: ml_collections.ConfigDict, run: FoldRun) -> ml_colle
     c.seed = run.seed
     c.data.split = 'file'
     c.data.split_file = os.path.join(run.workdir, SPLIT_FILE)
+    if not run.split.validation:  # nothing carved from train: a refit on all of it
+      c.data.validation_fraction = 0.0
   return c
 
 

@@ -172,6 +172,9 @@ def _log_start(config: ml_collections.ConfigDict, dataset: input_pipeline.Datase
                len(dataset.train), len(dataset.validation), len(dataset.genres),
                steps_per_epoch, jax.device_count(), jax.process_count(), config.batch_size,
                seconds)
+  if not len(dataset.validation):
+    logging.info('No validation songs (config.data.validation_fraction=0): no epoch is '
+                 'chosen; eval, predict and export read the last one.')
 
 
 def _step_counts(config: ml_collections.ConfigDict, num_segments: int) -> tuple[int, int]:
@@ -316,7 +319,8 @@ def _end_epoch(run: _Run, epoch: int, step: int, seconds: float, signalled: bool
   """BatchNorm statistics, validation, history, reports and the epoch's checkpoint."""
   config, dataset = run.config, run.dataset
   row = run.history.close_epoch(epoch, step, float(run.schedule(step - 1)), seconds)
-  do_eval = epoch % config.eval_every_epochs == 0 or step >= run.total_steps
+  do_eval = bool(len(dataset.validation)) and (
+      epoch % config.eval_every_epochs == 0 or step >= run.total_steps)
   do_save = (epoch % config.checkpoint.every_epochs == 0 or step >= run.total_steps
              or signalled)
   if run.p_stats is not None and (do_eval or do_save):

@@ -94,12 +94,15 @@ def log_epoch(row: dict) -> None:
         row['val_song_pr_auc'], row['val_segment_roc_auc'], row['val_segment_pr_auc'],
         ' *best*' if row['best'] else '', row['epoch_seconds'])
     return
+  if 'val_loss' not in row:  # no validation this epoch (or none at all)
+    logging.info('epoch %d step %d: train loss %.4f acc %.3f (%.1fs)', row['epoch'],
+                 row['step'], row['train_loss'], row['train_accuracy'], row['epoch_seconds'])
+    return
   logging.info(
       'epoch %d step %d: train loss %.4f acc %.3f | val loss %.4f segment acc '
       '%.3f song acc %.3f%s (%.1fs)', row['epoch'], row['step'], row['train_loss'],
-      row['train_accuracy'], row.get('val_loss', float('nan')),
-      row.get('val_segment_accuracy', float('nan')),
-      row.get('val_song_accuracy', float('nan')),
+      row['train_accuracy'], row['val_loss'], row['val_segment_accuracy'],
+      row['val_song_accuracy'],
       ' *best*' if row['best'] else '', row['epoch_seconds'])
 
 

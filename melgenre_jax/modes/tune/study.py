@@ -86,6 +86,10 @@ def check_tune(config: ml_collections.ConfigDict) -> None:
         isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
         f'tune.{field}', value, f'must be an integer >= {minimum}')
   parse_space(config.tune.space)
+  config_checks.require(
+      config.data.validation_fraction > 0, 'data.validation_fraction',
+      config.data.validation_fraction,
+      'must be > 0 for --mode=tune: each trial is scored on validation songs')
 
 
 def read_settings(config: ml_collections.ConfigDict, workdir: str) -> Settings:

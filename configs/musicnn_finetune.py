@@ -13,7 +13,11 @@ weights; the 50-tag head is replaced by a fresh genre head. The front end
 linear probe of the imported embedding), then the mid end and back end join at
 a twentieth of the head's rate. Chosen by measurement on 409 real 2-3 s GTZAN
 excerpts, 5 folds by artist x 3 seeds (docs/transfer.md has the table and the
-runs behind each choice; it is level with a frozen probe, not above it).
+runs behind each choice). ``--mode=cv`` trains each fold on all of its
+training songs and tests the last epoch (``cv.validation_fraction=0``): the
+recipe is fixed, so no songs need to be kept aside to choose an epoch. A
+``--mode=train`` run still validates (``data.validation_fraction``), which
+gives its curves and its calibration.
 """
 
 from configs import musicnn  # main.py's folder (the repo root) is on sys.path
@@ -43,4 +47,5 @@ def get_config() -> ml_collections.ConfigDict:
   # layers' statistics follow them at BatchNorm's momentum.
   config.bn_recompute_batches = 0
   config.checkpoint.max_to_keep = 2
+  config.cv.validation_fraction = 0.0
   return config

@@ -184,9 +184,6 @@ def test_dead_peer_during_compilation_is_named_within_the_timeout(tmp_path):
   out = _log(logs, 0)
   assert seconds < PEER_TIMEOUT + 15, (seconds, out[-3000:])
   assert code == 1, out[-3000:]
-  # PeerWatch usually reports first ("no heartbeat for 10 s"). On a loaded 2-core
-  # machine, JAX's own coordination heartbeat can fail the barrier first; either
-  # way one PeerLostError line must name the dead process within the time bound.
-  assert 'PeerLostError: process 1 of 2 stopped answering (' in out, out[-3000:]
-  assert (f'(no heartbeat for {PEER_TIMEOUT} s)' in out
-          or 'heartbeat timeout' in out.split('PeerLostError', 1)[1]), out[-3000:]
+  # PeerWatch names it; JAX's own heartbeat check cannot fire before 2 x PEER_TIMEOUT.
+  assert (f'PeerLostError: process 1 of 2 stopped answering (no heartbeat for {PEER_TIMEOUT} s)'
+          in out), out[-3000:]

@@ -129,6 +129,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.distill.target = 'embedding'  # embedding (standardised, MSE) | tags (probabilities, BCE)
   config.distill.weight = 1.0
   config.distill.short_clip = 'repeat'  # how the teacher fills clips shorter than its window
+  # True: the teacher runs in the train step on the student's augmented, mixed
+  # audio (every view its own targets); needs target='tags'.
+  config.distill.consistent = False
 
   # --- Optimisation.
   config.batch_size = 32  # global, over all devices and hosts

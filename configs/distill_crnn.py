@@ -8,6 +8,8 @@ training song also carries musicnn's penultimate embedding of it (computed once
 and cached), which the CRNN learns to predict from its own embedding beside
 its genre (melgenre_jax/train/distill.py). The model that predicts, exports
 and serves is the unchanged reference plus one unused dense layer.
+--config.distill.consistent=True runs the teacher in every train step on the
+student's own augmented audio instead (docs/transfer.md has both measured).
 """
 
 from configs import small_data  # main.py's folder (the repo root) is on sys.path

@@ -26,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from melgenre_jax import models
 from melgenre_jax.data import augment
+from melgenre_jax.data import features
 from melgenre_jax.input_spec import InputSpec
 from melgenre_jax.runtime import parallel
 
@@ -44,6 +45,22 @@ class ModelVariables:
   batch_stats: Any
   feature_mean: jax.Array
   feature_std: jax.Array
+
+
+@flax.struct.dataclass
+class StepTeacher:
+  """A frozen model that the train step runs on the batch it trains on (train/distill.py).
+
+  With ``config.distill.consistent`` the teacher hears exactly the audio the
+  student hears (after time shift, noise and mixup), so its targets follow
+  every augmented view instead of being one fixed answer per song.
+  """
+
+  variables: ModelVariables
+  apply_fn: Callable = flax.struct.field(pytree_node=False)
+  spec: InputSpec = flax.struct.field(pytree_node=False)
+  multilabel: bool = flax.struct.field(pytree_node=False, default=True)
+  microbatch: int = flax.struct.field(pytree_node=False, default=0)
 
 
 class TrainState(FlaxTrainState):
@@ -134,7 +151,8 @@ def update_ema(ema: Any, params: Any, decay: float, step: jax.Array) -> Any:
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                config: ml_collections.ConfigDict, input_spec: InputSpec,
-               num_classes: int) -> tuple[TrainState, dict[str, jax.Array]]:
+               num_classes: int, teacher: StepTeacher | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on this device's shard of the global batch.
 
   Runs inside ``shard_map``: gradients, metrics and BatchNorm statistics are
@@ -146,16 +164,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   segments and tags, and 'accuracy' the mean per-tag accuracy at 0.5 (a
   rough training signal: with rare tags, always answering no scores high;
   validation reports ROC-AUC/PR-AUC).
+
+  ``teacher``: distillation with a consistent teacher. Mixup then mixes the
+  waveforms (not the spectrograms), and the teacher's outputs on the mixed
+  audio are the distill targets, in place of the batch's per-song ones.
   """
   key = jax.random.fold_in(state.rng, state.step)
   key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))  # own dropout per device
   k_wave, k_spec, k_mix, k_drop = jax.random.split(key, 4)
 
-  inputs = batch['inputs']
-  if input_spec.takes_waves:
-    inputs = augment.augment_waves(k_wave, inputs, config.augment, input_spec.sample_rate)
-  spec = input_spec.device_preprocess()(inputs, state.feature_mean, state.feature_std)
-  spec = augment.augment_specs(k_spec, spec, config.augment)
   multilabel = config.task == 'multilabel'
   if multilabel:
     targets = batch['label'].astype(jnp.float32)
@@ -164,23 +181,30 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
     smoothing = config.optim.get('label_smoothing', 0.0)
     if smoothing > 0:
       targets = optax.smooth_labels(targets, smoothing)
-  if config.augment.mixup_alpha > 0:
+  inputs = batch['inputs']
+  if input_spec.takes_waves:
+    inputs = augment.augment_waves(k_wave, inputs, config.augment, input_spec.sample_rate)
+  soft = batch.get('teacher')  # per-song targets when config.distill.teacher is set
+  if teacher is not None:
+    inputs, targets = augment.mixup(k_mix, inputs, targets, config.augment.mixup_alpha)
+    soft = jax.lax.stop_gradient(teacher_outputs(teacher, inputs, input_spec.sample_rate))
+  spec = input_spec.device_preprocess()(inputs, state.feature_mean, state.feature_std)
+  spec = augment.augment_specs(k_spec, spec, config.augment)
+  if teacher is None and config.augment.mixup_alpha > 0:
     spec, targets = augment.mixup(k_mix, spec, targets, config.augment.mixup_alpha)
-
-  teacher = batch.get('teacher')  # present when config.distill.teacher is set
 
   def loss_fn(params):
     logits, new_vars = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, spec, train=True,
         rngs={'dropout': k_drop},
-        mutable=['batch_stats'] + (['intermediates'] if teacher is not None else []))
+        mutable=['batch_stats'] + (['intermediates'] if soft is not None else []))
     if multilabel:
       loss = optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets).mean()
     else:
       loss = optax.softmax_cross_entropy(logits, targets).mean()
-    if teacher is not None:
+    if soft is not None:
       outputs = new_vars['intermediates']['distill'][0]
-      loss = loss + config.distill.weight * distill_loss(outputs, teacher, config.distill.target)
+      loss = loss + config.distill.weight * distill_loss(outputs, soft, config.distill.target)
     return loss, (logits, new_vars['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
@@ -215,11 +239,27 @@ def distill_loss(outputs: jax.Array, teacher: jax.Array, target: str) -> jax.Arr
   return jnp.mean((outputs - teacher) ** 2)
 
 
+def teacher_outputs(teacher: StepTeacher, waves: jax.Array, sample_rate: int) -> jax.Array:
+  """The teacher's probabilities for the student's waveforms ``[B, S]`` at ``sample_rate``.
+
+  The clips are resampled to the teacher's rate and cut or zero-filled to its
+  window (musicnn: 2.99 s against the reference's 3 s).
+  """
+  rate, window = teacher.spec.sample_rate, teacher.spec.segment_samples
+  waves = features.resample_fft(waves, int(round(waves.shape[-1] * rate / sample_rate)))
+  waves = jnp.pad(waves, ((0, 0), (0, max(0, window - waves.shape[-1]))))[:, :window]
+  return predict_step(teacher.variables, waves, apply_fn=teacher.apply_fn,
+                      preprocess=teacher.spec.device_preprocess(),
+                      microbatch=teacher.microbatch, multilabel=teacher.multilabel)
+
+
 def make_train_step(mesh, config: ml_collections.ConfigDict, num_classes: int, *,
-                    spec: InputSpec | None = None) -> Callable:
+                    spec: InputSpec | None = None,
+                    teacher: StepTeacher | None = None) -> Callable:
   """The compiled data-parallel step: ``jit(shard_map(train_step))``.
 
   ``spec``: the run's input format (default: derived from ``config``).
+  ``teacher``: a consistent distillation teacher, closed over as constants.
 
   ``check_vma=False``: we write the collectives ourselves (pmean of gradients
   as with pmap); with the checker on, JAX would already sum the gradients of
@@ -227,7 +267,7 @@ def make_train_step(mesh, config: ml_collections.ConfigDict, num_classes: int, *
   """
   step = functools.partial(train_step, config=config,
                            input_spec=spec or InputSpec.from_config(config),
-                           num_classes=num_classes)
+                           num_classes=num_classes, teacher=teacher)
   mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)),
                          out_specs=(P(), P()), check_vma=False)
   return jax.jit(mapped, donate_argnums=(0,))

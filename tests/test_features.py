@@ -8,6 +8,7 @@ import librosa
 import ml_collections
 import numpy as np
 import pytest
+import scipy.signal
 
 from configs import default as default_config
 from melgenre_jax.data import features
@@ -216,3 +217,12 @@ def test_band_stats_streamed_equals_whole_and_normalize():
   np.testing.assert_array_equal(normed[..., 5], 0.0)
   with pytest.raises(ValueError, match='training split'):
     features.band_stats(iter([]))
+
+
+@pytest.mark.parametrize('old,new', [(66150, 48000), (1000, 777), (999, 600), (1001, 1500), (800, 800)])
+def test_resample_fft_is_scipys_fourier_resampling(old, new):
+  """Down (even and odd lengths, the reference's 3 s at 22.05 kHz to 16 kHz), up, and same."""
+  x = np.random.default_rng(0).standard_normal((3, old)).astype(np.float32)
+  got = np.asarray(features.resample_fft(jnp.asarray(x), new))
+  np.testing.assert_allclose(got, scipy.signal.resample(x.astype(np.float64), new, axis=-1),
+                             atol=1e-5)

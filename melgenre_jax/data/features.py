@@ -205,6 +205,27 @@ def log10_10000(mel_power: Any) -> Any:
   return jnp.log10(10000.0 * mel_power + 1.0)
 
 
+def resample_fft(waves: jax.Array, num_samples: int) -> jax.Array:
+  """``[B, S] -> [B, num_samples]``: band-limited resampling in the Fourier domain.
+
+  scipy.signal.resample's method (keep or zero-fill the lowest bins, the
+  Nyquist bin doubled when downsampling to an even length), in JAX so a
+  compiled step can hand its batch to a model that hears another sample rate
+  (a distillation teacher). It treats each clip as periodic, which only
+  matters within a few samples of the edges.
+  """
+  old = waves.shape[-1]
+  if num_samples == old:
+    return waves
+  spectrum = jnp.fft.rfft(waves.astype(jnp.float32), axis=-1)
+  keep = min(num_samples, old) // 2 + 1
+  bins = jnp.zeros(waves.shape[:-1] + (num_samples // 2 + 1,), spectrum.dtype)
+  bins = bins.at[..., :keep].set(spectrum[..., :keep])
+  if num_samples < old and num_samples % 2 == 0:
+    bins = bins.at[..., num_samples // 2].multiply(2.0)
+  return jnp.fft.irfft(bins, num_samples, axis=-1) * (num_samples / old)
+
+
 def _on_cpu() -> bool:
   return jax.default_backend() == 'cpu'
 

@@ -138,7 +138,8 @@ def _start(config: ml_collections.ConfigDict, workdir: str) -> _Run:
         workdir_lib.path(workdir, workdir_lib.LEARNING_RATE_PLOT))
   multilabel = config.task == 'multilabel'
   p_train, p_predict = _compile_train_and_predict(config, spec, state, mesh,
-                                                  len(dataset.genres), multilabel, teacher)
+                                                  len(dataset.genres), multilabel, teacher,
+                                                  distill.step_teacher(config))
   _log_start(config, dataset, steps_per_epoch, time.time() - t0)
   # Batches reach the devices ahead of the step; checkpoints store its position.
   batches = prefetch.DevicePrefetch(data_iter, prefetch.train_batch_on_device(mesh, teacher),
@@ -222,20 +223,23 @@ def _restore_or_initialize(config: ml_collections.ConfigDict, workdir: str, spec
 
 def _compile_train_and_predict(config: ml_collections.ConfigDict, spec: InputSpec,
                                state: steps.TrainState, mesh, num_classes: int,
-                               multilabel: bool, teacher: np.ndarray | None
+                               multilabel: bool, teacher: np.ndarray | None,
+                               step_teacher: steps.StepTeacher | None
                                ) -> tuple[Callable, Callable]:
   """Both steps compiled ahead of time.
 
   The first epoch's time is then training only, and processes of a multi-host
   run meet before their first collective. ``teacher``: distillation targets
-  per training song (their width is the batch's ``'teacher'`` rows).
+  per training song (their width is the batch's ``'teacher'`` rows);
+  ``step_teacher``: a teacher the train step runs itself (distill.consistent).
   """
   label_shape = (config.batch_size, num_classes) if multilabel else (config.batch_size,)
   batch_shapes = {'inputs': (config.batch_size,) + spec.input_shape, 'label': label_shape}
   if teacher is not None:
     batch_shapes['teacher'] = (config.batch_size, teacher.shape[1])
   p_train = steps.compile_ahead(
-      'train', steps.make_train_step(mesh, config, num_classes, spec=spec), state,
+      'train', steps.make_train_step(mesh, config, num_classes, spec=spec,
+                                     teacher=step_teacher), state,
       batch_shapes, mesh)
   p_predict = steps.compile_ahead(
       'predict', steps.make_predict_step(

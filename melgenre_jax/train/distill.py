@@ -17,8 +17,17 @@ segment gets its song's targets, so the student is taught on the same audio.
 The teacher never saw the genre set: its targets for test songs are never
 used, and it is an input like any pretrained feature, not a trained model.
 
+``config.distill.consistent=True`` runs the teacher inside the train step
+instead (``step_teacher``): it hears the very audio the student hears after
+time shift, noise and waveform mixup, so every augmented or mixed view gets
+its own targets ("function matching", Beyer et al. 2022: a student matches a
+teacher best when both see the same view). Only the 'tags' target (the
+teacher's probabilities) is offered there: the embedding target's
+standardisation is a statistic over songs, not over views.
+
 Reading order: ``check``, ``teacher_model``, ``song_targets`` (cached per
-song key in the data cache), ``train_targets`` (what the train loop calls).
+song key in the data cache), ``train_targets`` and ``step_teacher`` (what the
+train loop calls).
 """
 
 from __future__ import annotations
@@ -27,11 +36,13 @@ import hashlib
 import os
 from collections.abc import Sequence
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
 from melgenre_jax import inference
+from melgenre_jax import steps
 from melgenre_jax import workdir as workdir_lib
 from melgenre_jax.data import audio
 from melgenre_jax.data import cache
@@ -63,6 +74,18 @@ def check(config: ml_collections.ConfigDict) -> None:
   if int(config.model.get('distill_outputs', 0)) <= 0:
     raise ConfigError('config.distill.teacher is set but config.model.distill_outputs is 0: set '
                       'it to the targets\' width (200 for a musicnn embedding, 50 for its tags).')
+  if consistent(config) and d.target != 'tags':
+    raise ConfigError('config.distill.consistent=True matches the teacher\'s probabilities on '
+                      'each view: set --config.distill.target=tags (and '
+                      '--config.model.distill_outputs to the teacher\'s output count, 50 for musicnn).')
+  if consistent(config) and config.features.where != 'device':
+    raise ConfigError('config.distill.consistent=True runs the teacher on the batch\'s audio: '
+                      'it needs config.features.where=device (the default).')
+
+
+def consistent(config: ml_collections.ConfigDict) -> bool:
+  """Whether the teacher runs in the train step (``step_teacher``) rather than once per song."""
+  return enabled(config) and bool(config.distill.get('consistent', False))
 
 
 def teacher_workdir(config: ml_collections.ConfigDict) -> str:
@@ -141,7 +164,7 @@ def train_targets(config: ml_collections.ConfigDict, train_songs: Sequence[Song]
 
   None without a teacher. Cached beside the run's audio cache (``config.data.cache_dir``).
   """
-  if not enabled(config):
+  if not enabled(config) or consistent(config):
     return None
   raw = song_targets(config, train_songs, config.data.cache_dir or os.path.join(workdir, 'cache'))
   if str(config.distill.get('target', 'embedding')) == 'embedding':
@@ -151,3 +174,23 @@ def train_targets(config: ml_collections.ConfigDict, train_songs: Sequence[Song]
     raise ConfigError(f'config.model.distill_outputs={width}, but the teacher\'s targets have '
                       f'{raw.shape[1]} columns: set --config.model.distill_outputs={raw.shape[1]}.')
   return raw.astype(np.float32)
+
+
+def step_teacher(config: ml_collections.ConfigDict) -> steps.StepTeacher | None:
+  """The teacher for the train step when ``config.distill.consistent``, else None."""
+  if not consistent(config):
+    return None
+  model = teacher_model(config)
+  width = len(model.genres)
+  if width != int(config.model.distill_outputs):
+    raise ConfigError(f'config.model.distill_outputs={int(config.model.distill_outputs)}, but the '
+                      f'teacher has {width} outputs: set --config.model.distill_outputs={width}.')
+  if not model.spec.takes_waves:
+    raise ConfigError(f'config.distill.teacher={config.distill.teacher!r} computes its features '
+                      'on the host (features.where=host): a consistent teacher must take audio.')
+  logging.info('distill: the teacher (%s, %d outputs, %d Hz) runs in every train step on the '
+               'student\'s augmented audio.', config.distill.teacher, width, model.spec.sample_rate)
+  host_variables = jax.tree.map(np.asarray, model.variables)  # constants of the student's step
+  return steps.StepTeacher(variables=host_variables, apply_fn=model.apply_fn, spec=model.spec,
+                           multilabel=model.multilabel,
+                           microbatch=steps.resolve_microbatch(-1))

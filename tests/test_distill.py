@@ -138,7 +138,14 @@ def test_consistent_needs_the_tags_target(tiny_run_dir):
   config = _student_config(tiny_run_dir, **{'distill.consistent': True})
   with pytest.raises(ConfigError, match='distill.target=tags'):
     distill.check(config)
-  assert distill.train_targets(_consistent_config(tiny_run_dir), [], 'unused') is None
+  with pytest.raises(ConfigError, match='features.where=device'):
+    distill.check(_consistent_config(tiny_run_dir, **{'features.where': 'host'}))
+  config = _consistent_config(tiny_run_dir)
+  with pytest.raises(ConfigError, match='distill_outputs='):
+    distill.step_teacher(_consistent_config(
+        tiny_run_dir, **{'model.distill_outputs': config.model.distill_outputs + 1}))
+  distill.check(config)  # the good one passes
+  assert distill.train_targets(config, [], 'unused') is None  # nothing cached per song
 
 
 def test_the_step_teacher_hears_the_students_audio_resampled(tiny_run_dir):

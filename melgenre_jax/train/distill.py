@@ -169,11 +169,16 @@ def train_targets(config: ml_collections.ConfigDict, train_songs: Sequence[Song]
   raw = song_targets(config, train_songs, config.data.cache_dir or os.path.join(workdir, 'cache'))
   if str(config.distill.get('target', 'embedding')) == 'embedding':
     raw = (raw - raw.mean(axis=0)) / (raw.std(axis=0) + 1e-6)
-  width = int(config.model.distill_outputs)
-  if raw.shape[1] != width:
-    raise ConfigError(f'config.model.distill_outputs={width}, but the teacher\'s targets have '
-                      f'{raw.shape[1]} columns: set --config.model.distill_outputs={raw.shape[1]}.')
+  _check_width(config, raw.shape[1])
   return raw.astype(np.float32)
+
+
+def _check_width(config: ml_collections.ConfigDict, width: int) -> None:
+  """The distill head must have as many outputs as the teacher's targets have columns."""
+  head = int(config.model.distill_outputs)
+  if head != width:
+    raise ConfigError(f'config.model.distill_outputs={head}, but the teacher\'s targets have '
+                      f'{width} columns: set --config.model.distill_outputs={width}.')
 
 
 def step_teacher(config: ml_collections.ConfigDict) -> steps.StepTeacher | None:
@@ -182,9 +187,7 @@ def step_teacher(config: ml_collections.ConfigDict) -> steps.StepTeacher | None:
     return None
   model = teacher_model(config)
   width = len(model.genres)
-  if width != int(config.model.distill_outputs):
-    raise ConfigError(f'config.model.distill_outputs={int(config.model.distill_outputs)}, but the '
-                      f'teacher has {width} outputs: set --config.model.distill_outputs={width}.')
+  _check_width(config, width)
   if not model.spec.takes_waves:
     raise ConfigError(f'config.distill.teacher={config.distill.teacher!r} computes its features '
                       'on the host (features.where=host): a consistent teacher must take audio.')
